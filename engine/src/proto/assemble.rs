@@ -1,0 +1,632 @@
+//! Message assembly: bytes in, complete messages out (RFC 6455 sections 5.4-5.6).
+//!
+//! [`Decoder::decode`] takes the bytes received so far, unmasks them **in place**, and returns
+//! how many it consumed plus, at most, one message:
+//!
+//! * A message that is one frame and lies wholly in the input is handed out as a borrowed,
+//!   unmasked slice of the input. No copy.
+//! * A fragmented message, or a frame whose payload spans several reads, is streamed into an
+//!   assembly buffer as its bytes arrive (unmasked with a rolling key phase, text validated
+//!   as it comes so invalid UTF-8 fails on the fragment that makes it invalid). The buffer is
+//!   allocated when such a message starts and released when it has been delivered, so an idle
+//!   connection holds none.
+//! * The bytes of an incomplete frame *header*, or of an incomplete control frame (at most
+//!   2 + 4 + 125 bytes), are not consumed: the caller keeps them and presents them again with
+//!   more bytes behind them.
+//!
+//! Control frames may arrive between the fragments of a message; they are returned at once
+//! and leave the message in progress untouched.
+//!
+//! # Examples
+//! ```
+//! use volley::proto::{Decoder, Limits, Message, Role};
+//! // RFC 6455 section 5.7: a masked "Hello" from a client.
+//! let mut bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+//! let mut dec = Decoder::new(Role::Server, Limits::default());
+//! let step = dec.decode(&mut bytes).unwrap();
+//! assert_eq!(step.consumed, 11);
+//! assert_eq!(step.message, Some(Message::Text("Hello")));
+//! ```
+
+use super::close::{parse_close_payload, CloseFrame};
+use super::error::ProtocolError;
+use super::frame::{FrameHeader, OpCode};
+use super::mask::apply_mask;
+use super::utf8::{self, Utf8Stream};
+use super::Status;
+
+/// Which side of the connection this decoder is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Decodes client frames: they must be masked.
+    Server,
+    /// Decodes server frames: they must not be masked.
+    Client,
+}
+
+/// Size limits enforced while decoding, before any buffer grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame payload accepted (1009 beyond it).
+    pub max_frame: usize,
+    /// Largest message accepted, summed over its fragments (1009 beyond it).
+    pub max_message: usize,
+}
+
+impl Default for Limits {
+    /// 16 MiB frames and messages.
+    fn default() -> Self {
+        Limits {
+            max_frame: 16 << 20,
+            max_message: 16 << 20,
+        }
+    }
+}
+
+/// A complete message (or control frame), borrowed from the input or the assembly buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message, valid UTF-8.
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+    /// A ping with its application data.
+    Ping(&'a [u8]),
+    /// A pong with its application data.
+    Pong(&'a [u8]),
+    /// A close frame; `None` when it carried no status code (reported as 1005).
+    Close(Option<CloseFrame<'a>>),
+}
+
+/// The result of one [`Decoder::decode`] call.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Step<'a> {
+    /// Bytes of the input consumed. The caller drops them and presents the rest again.
+    pub consumed: usize,
+    /// A complete message, if one ended within the consumed bytes.
+    pub message: Option<Message<'a>>,
+}
+
+/// A message being assembled from several frames or several reads.
+#[derive(Debug)]
+struct Assembly {
+    /// Text or Binary.
+    opcode: OpCode,
+    /// Unmasked payload so far.
+    buf: Vec<u8>,
+    utf8: Utf8Stream,
+    /// Payload bytes of the current frame not received yet.
+    frame_remaining: u64,
+    /// The current frame is the message's last.
+    frame_fin: bool,
+    mask: Option<[u8; 4]>,
+    phase: u8,
+    /// The message is complete and was handed out; drop it on the next call.
+    delivered: bool,
+}
+
+/// Per-connection frame decoder and message assembler. 32 bytes while idle.
+#[derive(Debug)]
+pub struct Decoder {
+    role: Role,
+    /// RSV bits that a negotiated extension allows (none yet: 0).
+    allowed_rsv: u8,
+    closed: bool,
+    limits: Limits,
+    asm: Option<Box<Assembly>>,
+}
+
+impl Decoder {
+    /// A decoder for `role` with the given limits.
+    pub fn new(role: Role, limits: Limits) -> Self {
+        Decoder {
+            role,
+            allowed_rsv: 0,
+            closed: false,
+            limits,
+            asm: None,
+        }
+    }
+
+    /// Whether a message is being assembled (its buffer is allocated).
+    pub fn is_assembling(&self) -> bool {
+        self.asm.as_ref().is_some_and(|a| !a.delivered)
+    }
+
+    /// Bytes held by the assembly buffer (0 while idle).
+    pub fn buffered_capacity(&self) -> usize {
+        self.asm.as_ref().map_or(0, |a| a.buf.capacity())
+    }
+
+    /// Decodes from the start of `buf`, unmasking in place. See the module docs.
+    ///
+    /// Call it again on `&mut buf[step.consumed..]` while it consumes bytes or yields
+    /// messages; `consumed == 0` with no message means "need more bytes".
+    ///
+    /// # Errors
+    /// Any [`ProtocolError`]; the connection must then be closed with
+    /// [`ProtocolError::close_code`]. The decoder must not be used after an error.
+    pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<Step<'a>, ProtocolError> {
+        if self.asm.as_ref().is_some_and(|a| a.delivered) {
+            self.asm = None;
+        }
+        if self.asm.as_ref().is_some_and(|a| a.frame_remaining > 0) {
+            return self.stream_payload(buf, 0);
+        }
+        let (h, hlen) = match FrameHeader::parse(buf)? {
+            Status::Complete(x) => x,
+            Status::Partial => {
+                return Ok(Step {
+                    consumed: 0,
+                    message: None,
+                })
+            }
+        };
+        if self.closed {
+            return Err(ProtocolError::DataAfterClose);
+        }
+        if h.rsv & !self.allowed_rsv != 0 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        match (self.role, h.mask.is_some()) {
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedClientFrame),
+            (Role::Client, true) => return Err(ProtocolError::MaskedServerFrame),
+            _ => {}
+        }
+        if h.payload_len > self.limits.max_frame as u64 {
+            return Err(ProtocolError::FrameTooBig {
+                len: h.payload_len,
+                max: self.limits.max_frame,
+            });
+        }
+        // Bounded by max_frame, which is a usize: the cast below cannot truncate.
+        let len = h.payload_len as usize;
+        if h.opcode.is_control() {
+            let Some(frame) = buf.get_mut(..hlen + len) else {
+                return Ok(Step {
+                    consumed: 0,
+                    message: None,
+                });
+            };
+            let payload = &mut frame[hlen..];
+            if let Some(k) = h.mask {
+                apply_mask(payload, k, 0);
+            }
+            let message = match h.opcode {
+                OpCode::Ping => Message::Ping(payload),
+                OpCode::Pong => Message::Pong(payload),
+                _ => {
+                    self.closed = true;
+                    Message::Close(parse_close_payload(payload)?)
+                }
+            };
+            return Ok(Step {
+                consumed: hlen + len,
+                message: Some(message),
+            });
+        }
+        let in_progress = self.asm.is_some();
+        match (h.opcode, in_progress) {
+            (OpCode::Continuation, false) => return Err(ProtocolError::UnexpectedContinuation),
+            (OpCode::Text | OpCode::Binary, true) => {
+                return Err(ProtocolError::ExpectedContinuation)
+            }
+            _ => {}
+        }
+        let so_far = self.asm.as_ref().map_or(0, |a| a.buf.len()) as u64;
+        if so_far + h.payload_len > self.limits.max_message as u64 {
+            return Err(ProtocolError::MessageTooBig {
+                len: so_far + h.payload_len,
+                max: self.limits.max_message,
+            });
+        }
+        // Fast path: a whole message in one frame, wholly in the input. Borrow it in place.
+        if h.fin && !in_progress && buf.len() - hlen >= len {
+            let payload = &mut buf[hlen..hlen + len];
+            if let Some(k) = h.mask {
+                apply_mask(payload, k, 0);
+            }
+            let message = if h.opcode == OpCode::Text {
+                Message::Text(utf8::validate(payload)?)
+            } else {
+                Message::Binary(payload)
+            };
+            return Ok(Step {
+                consumed: hlen + len,
+                message: Some(message),
+            });
+        }
+        let asm = self.asm.get_or_insert_with(|| {
+            Box::new(Assembly {
+                opcode: h.opcode,
+                buf: Vec::new(),
+                utf8: Utf8Stream::new(),
+                frame_remaining: 0,
+                frame_fin: false,
+                mask: None,
+                phase: 0,
+                delivered: false,
+            })
+        });
+        asm.frame_remaining = h.payload_len;
+        asm.frame_fin = h.fin;
+        asm.mask = h.mask;
+        asm.phase = 0;
+        if len == 0 {
+            return self.finish_frame(hlen);
+        }
+        self.stream_payload(&mut buf[hlen..], hlen)
+    }
+
+    /// Moves the available bytes of the current frame's payload into the assembly buffer.
+    /// `already` is what the caller consumed before `buf` (the header), added to `consumed`.
+    fn stream_payload<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        already: usize,
+    ) -> Result<Step<'a>, ProtocolError> {
+        let asm = self.asm.as_mut().expect("stream_payload needs an assembly");
+        let n = (asm.frame_remaining.min(buf.len() as u64)) as usize;
+        let chunk = &mut buf[..n];
+        if let Some(k) = asm.mask {
+            asm.phase = apply_mask(chunk, k, asm.phase as usize) as u8;
+        }
+        if asm.opcode == OpCode::Text {
+            asm.utf8.feed(chunk)?;
+        }
+        asm.buf.extend_from_slice(chunk);
+        asm.frame_remaining -= n as u64;
+        if asm.frame_remaining > 0 {
+            return Ok(Step {
+                consumed: already + n,
+                message: None,
+            });
+        }
+        self.finish_frame(already + n)
+    }
+
+    /// The current frame is complete: hand out the message if it was the last fragment.
+    fn finish_frame(&mut self, consumed: usize) -> Result<Step<'_>, ProtocolError> {
+        let asm = self.asm.as_mut().expect("finish_frame needs an assembly");
+        if !asm.frame_fin {
+            return Ok(Step {
+                consumed,
+                message: None,
+            });
+        }
+        asm.delivered = true;
+        let message = if asm.opcode == OpCode::Text {
+            asm.utf8.finish()?;
+            // Validated piece by piece already; this second pass only produces the `&str`.
+            Message::Text(utf8::validate(&asm.buf)?)
+        } else {
+            Message::Binary(&asm.buf)
+        };
+        Ok(Step {
+            consumed,
+            message: Some(message),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::encode::encode_client_frame;
+    use crate::proto::CloseCode;
+
+    /// An owned copy of a message, to collect results across calls.
+    #[derive(Debug, PartialEq, Eq, Clone)]
+    pub(crate) enum Owned {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    pub(crate) fn own(m: Message<'_>) -> Owned {
+        match m {
+            Message::Text(t) => Owned::Text(t.to_owned()),
+            Message::Binary(b) => Owned::Binary(b.to_vec()),
+            Message::Ping(b) => Owned::Ping(b.to_vec()),
+            Message::Pong(b) => Owned::Pong(b.to_vec()),
+            Message::Close(c) => Owned::Close(c.map(|c| (c.code.0, c.reason.to_owned()))),
+        }
+    }
+
+    /// Feeds `wire` in pieces of `chunk` bytes, keeping unconsumed bytes like a runtime would.
+    pub(crate) fn feed_chunked(
+        dec: &mut Decoder,
+        wire: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<Owned>, ProtocolError> {
+        let mut out = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        for piece in wire.chunks(chunk.max(1)) {
+            pending.extend_from_slice(piece);
+            let mut pos = 0;
+            loop {
+                let step = dec.decode(&mut pending[pos..])?;
+                pos += step.consumed;
+                match step.message {
+                    Some(m) => out.push(own(m)),
+                    None if step.consumed == 0 => break,
+                    None => {}
+                }
+            }
+            pending.drain(..pos);
+        }
+        assert!(
+            pending.len() < 2 + 4 + 125 + 8,
+            "kept too much: {}",
+            pending.len()
+        );
+        Ok(out)
+    }
+
+    fn client(op: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_client_frame(op, fin, payload, [0x37, 0xfa, 0x21, 0x3d], &mut v);
+        v
+    }
+
+    fn server_dec() -> Decoder {
+        Decoder::new(Role::Server, Limits::default())
+    }
+
+    #[test]
+    fn rfc_examples_single_frames() {
+        // Unmasked "Hello" is refused by a server, accepted by a client.
+        let mut unmasked = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        assert_eq!(
+            server_dec().decode(&mut unmasked.clone()),
+            Err(ProtocolError::UnmaskedClientFrame)
+        );
+        let mut c = Decoder::new(Role::Client, Limits::default());
+        let step = c.decode(&mut unmasked).unwrap();
+        assert_eq!(step.message, Some(Message::Text("Hello")));
+        // Masked "Hello".
+        let mut masked = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        assert_eq!(
+            server_dec().decode(&mut masked).unwrap().message,
+            Some(Message::Text("Hello"))
+        );
+        let mut c = Decoder::new(Role::Client, Limits::default());
+        assert_eq!(
+            c.decode(&mut masked.clone()),
+            Err(ProtocolError::MaskedServerFrame)
+        );
+        // Fragmented "Hel" + "lo", unmasked, client side.
+        let mut frag = [0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f];
+        let mut c = Decoder::new(Role::Client, Limits::default());
+        assert_eq!(
+            feed_chunked(&mut c, &frag, 100).unwrap(),
+            vec![Owned::Text("Hello".into())]
+        );
+        let _ = &mut frag;
+        // Unmasked ping and masked pong "Hello".
+        let mut ping = [0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let mut c = Decoder::new(Role::Client, Limits::default());
+        assert_eq!(
+            c.decode(&mut ping).unwrap().message,
+            Some(Message::Ping(b"Hello"))
+        );
+        let mut pong = [
+            0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        assert_eq!(
+            server_dec().decode(&mut pong).unwrap().message,
+            Some(Message::Pong(b"Hello"))
+        );
+        // 256 bytes and 64 KiB binary in single frames.
+        for n in [256usize, 65536] {
+            let payload: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let mut wire = client(OpCode::Binary, true, &payload);
+            let mut d = server_dec();
+            let wire_len = wire.len();
+            let step = d.decode(&mut wire).unwrap();
+            assert_eq!(step.consumed, wire_len);
+            assert_eq!(step.message, Some(Message::Binary(&payload[..])));
+            assert!(!d.is_assembling());
+        }
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_messages() {
+        let mut wire = client(OpCode::Text, false, "κό".as_bytes());
+        wire.extend(client(OpCode::Ping, true, b"p"));
+        wire.extend(client(OpCode::Continuation, false, "σμ".as_bytes()));
+        wire.extend(client(OpCode::Continuation, true, "ε".as_bytes()));
+        wire.extend(client(OpCode::Binary, true, &[7u8; 300]));
+        wire.extend(client(OpCode::Close, true, &[0x03, 0xE8, b'o', b'k']));
+        let expect = vec![
+            Owned::Ping(b"p".to_vec()),
+            Owned::Text("κόσμε".into()),
+            Owned::Binary(vec![7u8; 300]),
+            Owned::Close(Some((1000, "ok".into()))),
+        ];
+        for chunk in 1..=wire.len() {
+            let mut d = server_dec();
+            assert_eq!(
+                feed_chunked(&mut d, &wire, chunk).unwrap(),
+                expect,
+                "chunk {chunk}"
+            );
+            assert_eq!(d.buffered_capacity(), 0, "idle decoder must hold no buffer");
+        }
+    }
+
+    #[test]
+    fn assembly_buffer_is_released_after_delivery() {
+        let mut d = server_dec();
+        let wire = client(OpCode::Binary, true, &[1u8; 1000]);
+        // Deliver in two reads: the payload is streamed into the assembly buffer.
+        let out = feed_chunked(&mut d, &wire, 600).unwrap();
+        assert_eq!(out, vec![Owned::Binary(vec![1u8; 1000])]);
+        // Released on the next call.
+        let mut empty: [u8; 0] = [];
+        let step = d.decode(&mut empty).unwrap();
+        assert_eq!(
+            step,
+            Step {
+                consumed: 0,
+                message: None
+            }
+        );
+        assert_eq!(d.buffered_capacity(), 0);
+    }
+
+    #[test]
+    fn fragmentation_errors() {
+        let mut d = server_dec();
+        let mut w = client(OpCode::Continuation, true, b"x");
+        assert_eq!(d.decode(&mut w), Err(ProtocolError::UnexpectedContinuation));
+        let mut w = client(OpCode::Text, false, b"a");
+        w.extend(client(OpCode::Text, true, b"b"));
+        assert_eq!(
+            feed_chunked(&mut server_dec(), &w, 100),
+            Err(ProtocolError::ExpectedContinuation)
+        );
+        let mut w = client(OpCode::Binary, false, b"a");
+        w.extend(client(OpCode::Binary, true, b"b"));
+        assert_eq!(
+            feed_chunked(&mut server_dec(), &w, 100),
+            Err(ProtocolError::ExpectedContinuation)
+        );
+    }
+
+    #[test]
+    fn header_level_errors_map_to_1002() {
+        let cases: Vec<(Vec<u8>, ProtocolError)> = vec![
+            (vec![0xC1, 0x80, 0, 0, 0, 0], ProtocolError::ReservedBits),
+            (
+                vec![0x83, 0x80, 0, 0, 0, 0],
+                ProtocolError::ReservedOpcode(3),
+            ),
+            (
+                vec![0x8B, 0x80, 0, 0, 0, 0],
+                ProtocolError::ReservedOpcode(0xB),
+            ),
+            (
+                vec![0x09, 0x80, 0, 0, 0, 0],
+                ProtocolError::FragmentedControl,
+            ),
+            (vec![0x89, 0xFE, 0, 126], ProtocolError::ControlTooLong),
+            (
+                vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                ProtocolError::InvalidLength,
+            ),
+            (vec![0x82, 0x00], ProtocolError::UnmaskedClientFrame),
+        ];
+        for (mut wire, want) in cases {
+            let got = server_dec().decode(&mut wire).unwrap_err();
+            assert_eq!(got, want);
+            assert_eq!(got.close_code(), CloseCode::PROTOCOL_ERROR);
+        }
+    }
+
+    #[test]
+    fn limits_give_1009_before_any_allocation() {
+        let limits = Limits {
+            max_frame: 100,
+            max_message: 150,
+        };
+        let mut d = Decoder::new(Role::Server, limits);
+        // A header announcing a huge frame fails on the header alone.
+        let mut w = crate::proto::frame::encode_header(true, OpCode::Binary, 1 << 40, Some([0; 4]))
+            .to_vec();
+        let e = d.decode(&mut w).unwrap_err();
+        assert_eq!(
+            e,
+            ProtocolError::FrameTooBig {
+                len: 1 << 40,
+                max: 100
+            }
+        );
+        assert_eq!(e.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        assert_eq!(d.buffered_capacity(), 0);
+        // Two 80-byte fragments: each frame fits, the message does not.
+        let mut w = client(OpCode::Binary, false, &[0; 80]);
+        w.extend(client(OpCode::Continuation, true, &[0; 80]));
+        let e = feed_chunked(&mut Decoder::new(Role::Server, limits), &w, 1000).unwrap_err();
+        assert_eq!(e, ProtocolError::MessageTooBig { len: 160, max: 150 });
+    }
+
+    #[test]
+    fn invalid_utf8_fails_on_the_breaking_fragment() {
+        // Autobahn 6.4.2-style: the bad code point is in the second fragment; the third never
+        // needs to arrive for the error to be reported.
+        let mut w = client(OpCode::Text, false, "κόσμε".as_bytes());
+        w.extend(client(
+            OpCode::Continuation,
+            false,
+            &[0xF4, 0x90, 0x80, 0x80],
+        ));
+        assert_eq!(
+            feed_chunked(&mut server_dec(), &w, 1000),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // And inside a single frame streamed over reads, on the read that breaks it.
+        let mut payload = vec![b'a'; 100];
+        payload[10] = 0xFF;
+        let w = client(OpCode::Text, true, &payload);
+        let mut d = server_dec();
+        let mut first = w[..30].to_vec();
+        assert_eq!(d.decode(&mut first), Err(ProtocolError::InvalidUtf8));
+        // Unfinished code point at the end of the message.
+        let w = client(OpCode::Text, true, &[b'a', 0xE2, 0x82]);
+        assert_eq!(
+            feed_chunked(&mut server_dec(), &w, 1000),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // Split code points across fragments are fine.
+        let s = "🎉".as_bytes();
+        let mut w = client(OpCode::Text, false, &s[..1]);
+        w.extend(client(OpCode::Continuation, false, &s[1..3]));
+        w.extend(client(OpCode::Continuation, true, &s[3..]));
+        assert_eq!(
+            feed_chunked(&mut server_dec(), &w, 1000).unwrap(),
+            vec![Owned::Text("🎉".into())]
+        );
+    }
+
+    #[test]
+    fn close_frames() {
+        let mut w = client(OpCode::Close, true, &[]);
+        assert_eq!(
+            server_dec().decode(&mut w).unwrap().message,
+            Some(Message::Close(None))
+        );
+        let mut w = client(OpCode::Close, true, &[0x03]);
+        assert_eq!(
+            server_dec().decode(&mut w),
+            Err(ProtocolError::InvalidCloseCode(None))
+        );
+        let mut w = client(OpCode::Close, true, &1005u16.to_be_bytes());
+        assert_eq!(
+            server_dec().decode(&mut w),
+            Err(ProtocolError::InvalidCloseCode(Some(1005)))
+        );
+        let mut w = client(OpCode::Close, true, &[0x03, 0xE8, 0xC0]);
+        let e = server_dec().decode(&mut w).unwrap_err();
+        assert_eq!(e.close_code(), CloseCode::INVALID_PAYLOAD);
+        // Anything after a close is an error.
+        let mut w = client(OpCode::Close, true, &[]);
+        w.extend(client(OpCode::Text, true, b"late"));
+        assert_eq!(
+            feed_chunked(&mut server_dec(), &w, 1000),
+            Err(ProtocolError::DataAfterClose)
+        );
+    }
+
+    #[test]
+    fn large_message_streams_through_small_reads() {
+        let payload: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 31) as u8).collect();
+        let w = client(OpCode::Binary, true, &payload);
+        let out = feed_chunked(&mut server_dec(), &w, 64 * 1024 + 7).unwrap();
+        assert_eq!(out, vec![Owned::Binary(payload)]);
+    }
+}

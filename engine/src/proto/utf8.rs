@@ -1,0 +1,164 @@
+//! UTF-8 validation with simdutf8, whole and streaming.
+//!
+//! A text message may be split across frames, and a frame's payload across reads, at any
+//! byte, including inside a code point. [`Utf8Stream`] carries the (at most 3) bytes of an
+//! unfinished code point to the next chunk, and fails as soon as the input is certainly
+//! invalid (RFC 6455 section 8.1 allows failing fast; Autobahn 6.4.x checks it), not only
+//! when the message ends.
+
+use super::error::ProtocolError;
+
+/// Validates a whole text payload; returns it as `&str`.
+///
+/// # Errors
+/// [`ProtocolError::InvalidUtf8`] if `bytes` is not UTF-8.
+#[inline]
+pub fn validate(bytes: &[u8]) -> Result<&str, ProtocolError> {
+    // The `basic` flavour is the fastest; it only says yes or no, which is all we need here.
+    simdutf8::basic::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)
+}
+
+/// Streaming validator for a text message that arrives in pieces.
+#[derive(Debug, Default, Clone)]
+pub struct Utf8Stream {
+    /// The bytes of an unfinished code point from the previous chunk.
+    /// INVARIANT: `carry_len < 4`, and `carry[..carry_len]` is a valid prefix of a code point.
+    carry: [u8; 4],
+    carry_len: u8,
+}
+
+/// Length of the code point a lead byte starts, or 0 if it cannot start one.
+fn seq_len(lead: u8) -> usize {
+    match lead {
+        0x00..=0x7F => 1,
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => 0,
+    }
+}
+
+impl Utf8Stream {
+    /// A validator at the start of a message.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next piece of the message.
+    ///
+    /// # Errors
+    /// [`ProtocolError::InvalidUtf8`] as soon as the bytes so far cannot begin valid UTF-8.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), ProtocolError> {
+        if self.carry_len > 0 {
+            let have = self.carry_len as usize;
+            let need = seq_len(self.carry[0]);
+            debug_assert!(need > have);
+            let take = (need - have).min(chunk.len());
+            self.carry[have..have + take].copy_from_slice(&chunk[..take]);
+            let now = have + take;
+            chunk = &chunk[take..];
+            match simdutf8::compat::from_utf8(&self.carry[..now]) {
+                Ok(_) => self.carry_len = 0,
+                Err(e) if e.error_len().is_none() => {
+                    // Still a valid prefix; the chunk ran out before the code point ended.
+                    self.carry_len = now as u8;
+                    return Ok(());
+                }
+                Err(_) => return Err(ProtocolError::InvalidUtf8),
+            }
+        }
+        match simdutf8::compat::from_utf8(chunk) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                // The chunk ends inside a code point that may still be completed.
+                let rest = &chunk[e.valid_up_to()..];
+                self.carry[..rest.len()].copy_from_slice(rest);
+                self.carry_len = rest.len() as u8;
+                Ok(())
+            }
+            Err(_) => Err(ProtocolError::InvalidUtf8),
+        }
+    }
+
+    /// Ends the message: an unfinished code point at the end is invalid.
+    ///
+    /// # Errors
+    /// [`ProtocolError::InvalidUtf8`] if the message ended inside a code point.
+    pub fn finish(&mut self) -> Result<(), ProtocolError> {
+        let unfinished = self.carry_len != 0;
+        self.carry_len = 0;
+        if unfinished {
+            Err(ProtocolError::InvalidUtf8)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stream_ok(pieces: &[&[u8]]) -> Result<(), ProtocolError> {
+        let mut s = Utf8Stream::new();
+        for p in pieces {
+            s.feed(p)?;
+        }
+        s.finish()
+    }
+
+    #[test]
+    fn split_code_points_are_valid() {
+        let text = "κόσμε 🎉 ok".as_bytes();
+        for a in 0..=text.len() {
+            for b in a..=text.len() {
+                assert_eq!(
+                    stream_ok(&[&text[..a], &text[a..b], &text[b..]]),
+                    Ok(()),
+                    "{a} {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fails_fast_on_the_piece_that_breaks_it() {
+        // Autobahn 6.4.1: "κόσμε" + 0xF4 0x90 0x80 0x80 (above U+10FFFF) + "edited".
+        let mut s = Utf8Stream::new();
+        s.feed("κόσμε".as_bytes()).unwrap();
+        // 0xF4 alone may still start a valid code point...
+        s.feed(&[0xF4]).unwrap();
+        // ...but 0xF4 0x90 never can: fail now, before the message ends.
+        assert_eq!(s.feed(&[0x90]), Err(ProtocolError::InvalidUtf8));
+        // An invalid byte in the middle of a chunk fails at once as well.
+        assert_eq!(
+            Utf8Stream::new().feed(b"ab\xFFcd"),
+            Err(ProtocolError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn unfinished_at_end_is_invalid() {
+        assert_eq!(stream_ok(&[&[0xE2, 0x82]]), Err(ProtocolError::InvalidUtf8));
+        assert_eq!(stream_ok(&[b"", b""]), Ok(()));
+    }
+
+    proptest! {
+        #[test]
+        fn prop_stream_matches_std(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            cuts in proptest::collection::vec(0usize..64, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort();
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for c in cuts { pieces.push(&bytes[last..c]); last = c; }
+            pieces.push(&bytes[last..]);
+            let want = std::str::from_utf8(&bytes).is_ok();
+            prop_assert_eq!(stream_ok(&pieces).is_ok(), want);
+            prop_assert_eq!(validate(&bytes).is_ok(), want);
+        }
+    }
+}
