@@ -3,16 +3,48 @@
 //! A thread-per-core RFC 6455 WebSocket server engine.
 //!
 //! ```text
-//!  socket bytes ──► backend (mio | io_uring) ──► worker loop ──► proto (sans-IO) ──► Handler
-//!                                                    ▲                                  │
-//!  socket bytes ◄── one write per conn per turn ◄────┴──── corked frames ◄──────────────┘
+//!  socket ──► backend (driver/mio.rs) ──► worker Core ──► proto::Decoder ──► Handler::on_message
+//!                                             │                                     │
+//!  socket ◄── one writev per conn per turn ◄──┴──── WriteQueue (corked frames) ◄── Ctx::send
 //! ```
 //!
 //! * [`proto`]: the sans-IO protocol core (handshake, frames, SIMD unmask, UTF-8, close
 //!   codes, message assembly). Usable on its own, in either role.
+//! * [`Server`], [`Config`], [`Handle`]: the thread-per-core runtime: one worker per core,
+//!   each with its own poller, `SO_REUSEPORT` listener, slab of connections, timer wheel and
+//!   inbox.
+//! * [`Handler`], [`Ctx`]: what an application implements and what its callbacks can do.
+//!
+//! # Embedding in ten lines
+//! ```no_run
+//! use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
+//!
+//! #[derive(Clone)]
+//! struct Echo;
+//! impl Handler for Echo {
+//!     type State = ();
+//!     fn on_upgrade(&mut self, _: &Request, _: &mut Upgrade) -> Result<(), Reject> { Ok(()) }
+//!     fn on_message(&mut self, ctx: &mut Ctx<'_>, _: &mut (), msg: Message<'_>) {
+//!         ctx.send(msg);
+//!     }
+//! }
+//!
+//! let server = Server::start(Config::new("127.0.0.1:9001"), Echo).unwrap();
+//! let handle = server.handle(); // Send + Sync: give it to other threads
+//! # handle.shutdown();
+//! server.join();
+//! ```
 #![deny(missing_docs, missing_debug_implementations)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![deny(unsafe_code)]
 #![cfg_attr(test, deny(warnings))]
 
+mod driver;
+pub mod handler;
 pub mod proto;
+pub mod runtime;
+
+pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, Upgrade};
+pub use proto::handshake::Request;
+pub use proto::CloseCode;
+pub use runtime::{Config, ConnId, Handle, Server, Stats};

@@ -1,5 +1,167 @@
-//! The `volley` server binary.
+//! The `volley` server binary: reference modes for trying and benchmarking the engine.
+//!
+//! `volley serve [--addr 127.0.0.1:9001] [--workers N] [--mode echo]`; logs with `RUST_LOG`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Duration;
+use volley::{Config, Ctx, Handler, HttpResponse, Message, Reject, Request, Server, Upgrade};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "volley",
+    version,
+    about = "A thread-per-core WebSocket server engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser, Debug, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    addr: String,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Reference mode.
+    #[arg(long, value_enum, default_value_t = Mode::Echo)]
+    mode: Mode,
+    /// Pin each worker to a core.
+    #[arg(long)]
+    pin: bool,
+    /// Largest message accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_message: usize,
+    /// Unsent bytes a connection may hold before it is closed as a slow consumer.
+    #[arg(long, default_value_t = 4 << 20)]
+    write_budget: usize,
+    /// Seconds between server pings on quiet connections (0: off).
+    #[arg(long, default_value_t = 30)]
+    ping_interval: u64,
+    /// Seconds of silence after which a connection is closed (0: never).
+    #[arg(long, default_value_t = 120)]
+    idle_timeout: u64,
+    /// Seconds a client has to finish its handshake.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout: u64,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs::parse_from(["serve"])
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Every message is sent back to its sender.
+    Echo,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+        }
+    }
+}
+
+const INDEX_HTML: &str = include_str!("index.html");
+
+#[derive(Clone)]
+struct Reference {
+    mode: Mode,
+}
+
+impl Handler for Reference {
+    type State = ();
+
+    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+
+    fn on_http(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
+        match req.path {
+            "/" | "/index.html" => Some(HttpResponse {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: INDEX_HTML.replace("MODE", self.mode.name()).into_bytes(),
+            }),
+            _ => Some(HttpResponse {
+                status: 404,
+                content_type: "text/plain",
+                body: b"not found\n".to_vec(),
+            }),
+        }
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
+        match self.mode {
+            Mode::Echo => ctx.send(msg),
+        }
+    }
+}
+
+fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
 fn main() {
-    eprintln!("volley: the server runtime is not built yet; the protocol core is in volley::proto");
-    std::process::exit(2);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(a)) => a,
+        None => ServeArgs::default(),
+    };
+    let cfg = Config::new(args.addr.clone())
+        .workers(args.workers)
+        .pin_workers(args.pin)
+        .limits(args.max_message, args.max_message)
+        .write_budget(args.write_budget)
+        .handshake_timeout(Duration::from_secs(args.handshake_timeout.max(1)))
+        .idle_timeout(secs(args.idle_timeout))
+        .ping(secs(args.ping_interval), Duration::from_secs(20));
+    let server = match Server::start(cfg, Reference { mode: args.mode }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("volley: cannot listen on {}: {e}", args.addr);
+            std::process::exit(1);
+        }
+    };
+    let handle = server.handle();
+    let h = handle.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        tracing::info!("shutting down");
+        h.shutdown();
+    }) {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+    let workers = if args.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.workers
+    };
+    println!(
+        "volley listening on ws://{} (mode {}, {} workers)",
+        server.local_addr(),
+        args.mode.name(),
+        workers
+    );
+    tracing::info!(addr = %server.local_addr(), mode = args.mode.name(), workers, "listening");
+    server.join();
+    let s = handle.stats();
+    tracing::info!(opened = s.opened, messages_in = s.messages_in, "stopped");
 }

@@ -1,0 +1,326 @@
+//! The mio (epoll) backend: the one mio-specific file.
+//!
+//! Readiness is edge-triggered. Each socket is registered once for read and write readiness,
+//! so a connection whose queue cannot drain costs no `epoll_ctl`: the next writable edge
+//! flushes it. A read that fills less than the receive buffer means the socket is drained
+//! (a later arrival raises a new edge), so an echoed message costs one `read` and one
+//! `writev`.
+
+use crate::handler::Handler;
+use crate::runtime::core::{AfterFlush, Core};
+use crate::runtime::{Config, Handle, Shared, Wake, WorkerShared};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+/// Reads per connection per wake-up before yielding to others (fairness).
+const MAX_READS: usize = 4;
+/// Accepts per wake-up before yielding to connections.
+const MAX_ACCEPTS: usize = 256;
+/// Iovecs per vectored write.
+const MAX_IOV: usize = 64;
+
+struct MioWaker(Waker);
+
+impl Wake for MioWaker {
+    fn wake(&self) -> io::Result<()> {
+        self.0.wake()
+    }
+}
+
+/// Binds a listener with `SO_REUSEPORT`, so every worker accepts on the same address.
+pub(crate) fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog)?;
+    Ok(sock.into())
+}
+
+/// Binds the listeners and starts `n` workers.
+pub(crate) fn start<H: Handler>(
+    cfg: Config,
+    addr: SocketAddr,
+    n: usize,
+    handler: H,
+) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
+    crate::runtime::raise_nofile_limit();
+    let first = bind_reuseport(addr, cfg.backlog)?;
+    let local_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(bind_reuseport(local_addr, cfg.backlog)?);
+    }
+    let mut polls = Vec::with_capacity(n);
+    let mut workers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        workers.push(WorkerShared {
+            inbox: Mutex::new(Vec::new()),
+            wake_pending: AtomicBool::new(false),
+            waker: Box::new(MioWaker(waker)),
+            stats: Default::default(),
+        });
+        polls.push(poll);
+    }
+    let shared = Arc::new(Shared {
+        workers,
+        local_addr,
+        shutdown: AtomicBool::new(false),
+    });
+    let cfg = Arc::new(cfg);
+    let cores = if cfg.pin_workers {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut threads = Vec::with_capacity(n);
+    for (i, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
+        let core = Core::new(handler.clone(), cfg.clone(), shared.clone(), i as u8);
+        let pin = cores.get(i % cores.len().max(1)).copied();
+        let t = std::thread::Builder::new()
+            .name(format!("volley-w{i}"))
+            .spawn(move || {
+                if let Some(id) = pin {
+                    if !core_affinity::set_for_current(id) {
+                        tracing::warn!(worker = i, "could not pin worker to core {}", id.id);
+                    }
+                }
+                let listener = TcpListener::from_std(listener);
+                if let Err(e) = Worker::new(core, poll, listener).and_then(|w| w.run()) {
+                    tracing::error!(worker = i, "worker stopped: {e}");
+                }
+            })?;
+        threads.push(t);
+    }
+    Ok((Handle { shared }, threads))
+}
+
+struct Worker<H: Handler> {
+    core: Core<H, TcpStream>,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    rbuf: Vec<u8>,
+    /// Connections that hit the read bound with data left: read again next turn.
+    pending_reads: Vec<usize>,
+    accept_pending: bool,
+}
+
+impl<H: Handler> Worker<H> {
+    fn new(core: Core<H, TcpStream>, poll: Poll, mut listener: TcpListener) -> io::Result<Self> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let rbuf = vec![0u8; core.cfg.recv_buffer];
+        Ok(Worker {
+            core,
+            poll,
+            listener: Some(listener),
+            rbuf,
+            pending_reads: Vec::new(),
+            accept_pending: false,
+        })
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut again = Vec::new();
+        loop {
+            let timeout = if !self.pending_reads.is_empty() {
+                Some(std::time::Duration::ZERO)
+            } else if self.accept_pending {
+                Some(std::time::Duration::from_millis(50))
+            } else {
+                self.core.poll_timeout()
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.core.update_now();
+            std::mem::swap(&mut again, &mut self.pending_reads);
+            for key in again.drain(..) {
+                self.read(key);
+            }
+            if self.accept_pending {
+                self.accept();
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {
+                        if self.core.drain_inbox() {
+                            self.stop_listening();
+                        }
+                    }
+                    Token(key) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(key);
+                        }
+                        if ev.is_writable() {
+                            self.core.want_flush(key);
+                        }
+                    }
+                }
+            }
+            self.core.run_timers();
+            self.flush();
+            self.reap();
+            if self.core.finished() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn stop_listening(&mut self) {
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.accept_pending = false;
+    }
+
+    fn accept(&mut self) {
+        self.accept_pending = false;
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        for _ in 0..MAX_ACCEPTS {
+            match listener.accept() {
+                Ok((mut stream, _peer)) => {
+                    if !self.core.can_accept() {
+                        self.core.count_rejected();
+                        let mut out = Vec::new();
+                        crate::proto::handshake::write_http_response(
+                            &mut out,
+                            503,
+                            "text/plain",
+                            &[],
+                            b"server full\n",
+                        )
+                        .expect("static");
+                        let _ = stream.write(&out);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let key = self.core.next_key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!("registering a connection failed: {e}");
+                        continue;
+                    }
+                    let k = self.core.insert(stream);
+                    debug_assert_eq!(k, key);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: the pending connection stays in the backlog;
+                    // retry shortly instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    self.accept_pending = true;
+                    return;
+                }
+            }
+        }
+        self.accept_pending = true;
+    }
+
+    fn read(&mut self, key: usize) {
+        for _ in 0..MAX_READS {
+            let Some(conn) = self.core.conns.get_mut(key) else {
+                return;
+            };
+            if !conn.wants_read() {
+                return;
+            }
+            match conn.io.read(&mut self.rbuf) {
+                Ok(0) => return self.core.on_eof(key),
+                Ok(n) => {
+                    self.core.on_data(key, &mut self.rbuf[..n]);
+                    if n < self.rbuf.len() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(conn = key, "read failed: {e}");
+                    return self.core.on_eof(key);
+                }
+            }
+        }
+        self.pending_reads.push(key);
+    }
+
+    fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.core.dirty);
+        for key in dirty.drain(..) {
+            self.flush_one(key);
+        }
+        if self.core.dirty.is_empty() {
+            self.core.dirty = dirty;
+        }
+    }
+
+    fn flush_one(&mut self, key: usize) {
+        let core = &mut self.core;
+        let mut failed = false;
+        if let Some(conn) = core.conns.get_mut(key) {
+            while !conn.out.is_empty() && !conn.is_dead() {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = conn.out.io_slices(&mut iov);
+                match conn.io.write_vectored(&iov[..n]) {
+                    Ok(0) => {
+                        failed = true;
+                        break;
+                    }
+                    Ok(w) => {
+                        conn.out.advance(w, &mut core.pool);
+                        core.shared.workers[core.worker as usize]
+                            .stats
+                            .bytes_out
+                            .fetch_add(w as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::debug!(conn = key, "write failed: {e}");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if failed {
+            core.on_eof(key);
+            return;
+        }
+        if core.after_flush(key) == AfterFlush::ShutdownWrite {
+            if let Some(conn) = core.conns.get(key) {
+                let _ = conn.io.shutdown(Shutdown::Write);
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Some(key) = self.core.dead.pop() {
+            if let Some(mut io) = self.core.remove(key) {
+                let _ = self.poll.registry().deregister(&mut io);
+                drop(io);
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The embedding surface: the [`Handler`] trait and what its callbacks receive.
+//!
+//! Each worker thread owns a clone of the handler (thread-per-core: no lock between workers
+//! on the hot path); share application state between them through an `Arc` inside it.
+
+use crate::proto::handshake::Request;
+use crate::proto::CloseCode;
+use crate::runtime::core::Outbox;
+use crate::runtime::{ConnId, Handle};
+
+/// A data message received from a client. Control frames are handled by the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message (valid UTF-8, checked).
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// The payload bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+        }
+    }
+}
+
+/// What `on_upgrade` may add to the `101 Switching Protocols` answer.
+#[derive(Debug, Default)]
+pub struct Upgrade {
+    pub(crate) protocol: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl Upgrade {
+    /// Chooses one of the subprotocols the client offered (`Sec-WebSocket-Protocol`).
+    pub fn protocol(&mut self, p: impl Into<String>) -> &mut Self {
+        self.protocol = Some(p.into());
+        self
+    }
+
+    /// Adds a response header. A name or value with CR/LF fails the upgrade with 500.
+    pub fn header(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// Refuses an upgrade (or answers a plain HTTP request) with a status and a short body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    /// The HTTP status, such as 401, 403 or 404.
+    pub status: u16,
+    /// A short text body.
+    pub body: String,
+}
+
+impl Reject {
+    /// A rejection with `status` and `body`.
+    pub fn new(status: u16, body: impl Into<String>) -> Reject {
+        Reject {
+            status,
+            body: body.into(),
+        }
+    }
+}
+
+/// A response to a plain HTTP request (one that is not an upgrade).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// The application's side of the server. One clone runs on each worker thread.
+///
+/// # Examples
+/// ```no_run
+/// use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
+///
+/// #[derive(Clone)]
+/// struct Echo;
+///
+/// impl Handler for Echo {
+///     type State = ();
+///     fn on_upgrade(&mut self, _: &Request<'_>, _: &mut Upgrade) -> Result<(), Reject> {
+///         Ok(())
+///     }
+///     fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
+///         ctx.send(msg);
+///     }
+/// }
+///
+/// let server = Server::start(Config::new("127.0.0.1:9001"), Echo).unwrap();
+/// println!("listening on {}", server.local_addr());
+/// server.join();
+/// ```
+pub trait Handler: Clone + Send + 'static {
+    /// Per-connection state, created by [`Handler::on_upgrade`].
+    type State: Send + 'static;
+
+    /// Decides an upgrade: return the connection's state to accept (optionally choosing a
+    /// subprotocol or adding headers through `upgrade`), or a [`Reject`] to answer with its
+    /// status (401, 403, ...). `req` has the path, query, headers, origin and the offered
+    /// subprotocols.
+    fn on_upgrade(
+        &mut self,
+        req: &Request<'_>,
+        upgrade: &mut Upgrade,
+    ) -> Result<Self::State, Reject>;
+
+    /// Answers a plain HTTP request (no `Upgrade: websocket`). `None` (the default) answers
+    /// `426 Upgrade Required`.
+    fn on_http(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
+        let _ = req;
+        None
+    }
+
+    /// The connection is open: the 101 was queued. Frames sent here follow it.
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, state: &mut Self::State) {
+        let _ = (ctx, state);
+    }
+
+    /// A complete text or binary message arrived. The slice is valid only during the call.
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, state: &mut Self::State, msg: Message<'_>);
+
+    /// The connection closed. Called exactly once for every opened connection, with the
+    /// close code (1006 when the TCP connection dropped without a close frame).
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, state: Self::State, code: CloseCode, reason: &str) {
+        let _ = (ctx, state, code, reason);
+    }
+}
+
+/// What a callback can do: answer its connection, address others, reach the [`Handle`].
+pub struct Ctx<'a> {
+    pub(crate) out: Outbox<'a>,
+    pub(crate) handle: &'a Handle,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx<'_> {
+    /// The connection this callback is about.
+    pub fn id(&self) -> ConnId {
+        self.out.own_id()
+    }
+
+    /// Sends a message to this connection.
+    pub fn send(&mut self, msg: Message<'_>) {
+        self.out.send(self.id(), msg);
+    }
+
+    /// Sends a text message to this connection.
+    pub fn send_text(&mut self, text: &str) {
+        self.send(Message::Text(text));
+    }
+
+    /// Sends a binary message to this connection.
+    pub fn send_binary(&mut self, data: &[u8]) {
+        self.send(Message::Binary(data));
+    }
+
+    /// Sends a message to another connection (of any worker). Unknown or closed ids are
+    /// ignored and counted.
+    pub fn send_to(&mut self, id: ConnId, msg: Message<'_>) {
+        self.out.send(id, msg);
+    }
+
+    /// Starts the close handshake of this connection with `code` and `reason`.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.out.close(self.id(), code, reason);
+    }
+
+    /// Starts the close handshake of another connection.
+    pub fn close_conn(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+        self.out.close(id, code, reason);
+    }
+
+    /// The server's handle (stats, shutdown, other threads' entry point).
+    pub fn handle(&self) -> &Handle {
+        self.handle
+    }
+}

@@ -1,0 +1,473 @@
+//! The thread-per-core runtime: [`Server`], its [`Config`], the [`Handle`] other threads use,
+//! and connection ids.
+//!
+//! One worker per core, each with its own poller, its own listener on the same address
+//! (`SO_REUSEPORT`), its own slab of connections, timer wheel and inbox. Workers share
+//! nothing on the hot path; other threads reach them through their inboxes.
+
+pub(crate) mod core;
+pub(crate) mod queue;
+pub(crate) mod timer;
+
+use crate::driver;
+use crate::handler::{Handler, Message};
+use crate::proto::encode::encode_frame;
+use crate::proto::{CloseCode, Limits, OpCode};
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Server configuration. Every field has a default; set what you need.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: String,
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// Pin worker `i` to core `i` (core_affinity).
+    pub pin_workers: bool,
+    /// Listen backlog (at least 1,024 avoids SYN retransmits under connection bursts).
+    pub backlog: i32,
+    /// Most connections the server holds; past it new ones get `503`.
+    pub max_connections: usize,
+    /// Frame and message size limits (1009 beyond them).
+    pub limits: Limits,
+    /// Largest request head (431 beyond it).
+    pub max_head: usize,
+    /// A client must finish its request head within this time.
+    pub handshake_timeout: Duration,
+    /// Close a connection from which nothing arrived for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Ping a connection that was quiet for this long (`None`: never).
+    pub ping_interval: Option<Duration>,
+    /// Drop a connection that sent nothing within this time after a ping.
+    pub pong_timeout: Duration,
+    /// How long a close handshake (and the lingering close after it) may take.
+    pub close_timeout: Duration,
+    /// How long a graceful shutdown waits for close handshakes.
+    pub shutdown_timeout: Duration,
+    /// Unsent bytes a connection may hold; past it the connection is closed with 1008.
+    pub write_budget: usize,
+    /// Size of each worker's receive buffer.
+    pub recv_buffer: usize,
+}
+
+impl Config {
+    /// Defaults, listening on `addr`.
+    pub fn new(addr: impl Into<String>) -> Config {
+        Config {
+            addr: addr.into(),
+            workers: 0,
+            pin_workers: false,
+            backlog: 1024,
+            max_connections: 1_000_000,
+            limits: Limits::default(),
+            max_head: crate::proto::handshake::DEFAULT_MAX_HEAD,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(120)),
+            ping_interval: Some(Duration::from_secs(30)),
+            pong_timeout: Duration::from_secs(20),
+            close_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(5),
+            write_budget: 4 << 20,
+            recv_buffer: 256 * 1024,
+        }
+    }
+
+    /// Sets the worker count (0: one per core).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Pins workers to cores.
+    pub fn pin_workers(mut self, pin: bool) -> Self {
+        self.pin_workers = pin;
+        self
+    }
+
+    /// Sets the maximum frame and message sizes.
+    pub fn limits(mut self, max_frame: usize, max_message: usize) -> Self {
+        self.limits = Limits {
+            max_frame,
+            max_message,
+        };
+        self
+    }
+
+    /// Sets the handshake timeout.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// Sets the idle timeout.
+    pub fn idle_timeout(mut self, d: Option<Duration>) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Sets the ping interval and the pong timeout.
+    pub fn ping(mut self, interval: Option<Duration>, pong_timeout: Duration) -> Self {
+        self.ping_interval = interval;
+        self.pong_timeout = pong_timeout;
+        self
+    }
+
+    /// Sets the close handshake timeout.
+    pub fn close_timeout(mut self, d: Duration) -> Self {
+        self.close_timeout = d;
+        self
+    }
+
+    /// Sets the per-connection write budget in bytes.
+    pub fn write_budget(mut self, bytes: usize) -> Self {
+        self.write_budget = bytes;
+        self
+    }
+
+    /// Sets the maximum number of connections.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+        .min(255)
+    }
+}
+
+/// Identifies a connection across the server: worker, slab slot and generation.
+///
+/// A slot is reused after its connection closes, but with a new generation, so an id kept
+/// after its connection closed never reaches the connection that reuses the slot.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    pub(crate) fn new(worker: u8, key: usize, gen: u32) -> ConnId {
+        debug_assert!(key < (1 << 24));
+        ConnId((worker as u64) << 56 | (key as u64 & 0xFF_FFFF) << 32 | gen as u64)
+    }
+
+    /// The worker that owns the connection.
+    pub fn worker(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+
+    pub(crate) fn key(self) -> usize {
+        ((self.0 >> 32) & 0xFF_FFFF) as usize
+    }
+
+    pub(crate) fn gen(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The id as a number (stable for the connection's life).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ConnId(w{}:{}#{})",
+            self.worker(),
+            self.key(),
+            self.gen()
+        )
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}:{}#{}", self.worker(), self.key(), self.gen())
+    }
+}
+
+macro_rules! stats {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// Counters of one worker, updated by that worker only.
+        #[derive(Debug, Default)]
+        pub(crate) struct WorkerStats {
+            $( pub(crate) $name: AtomicU64, )*
+            /// Closes sent for protocol errors, by code - 1000 (1000..=1015).
+            pub(crate) protocol_closes: [AtomicU64; 16],
+        }
+
+        /// A snapshot of the server's counters, summed over workers.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: u64, )*
+            /// Closes sent for protocol errors, as (code, count), codes with a count only.
+            pub protocol_closes: Vec<(u16, u64)>,
+        }
+
+        impl Stats {
+            fn add(&mut self, w: &WorkerStats) {
+                $( self.$name += w.$name.load(Ordering::Relaxed); )*
+                for (i, c) in w.protocol_closes.iter().enumerate() {
+                    let c = c.load(Ordering::Relaxed);
+                    if c == 0 { continue; }
+                    let code = 1000 + i as u16;
+                    match self.protocol_closes.iter_mut().find(|(k, _)| *k == code) {
+                        Some((_, n)) => *n += c,
+                        None => self.protocol_closes.push((code, c)),
+                    }
+                }
+            }
+        }
+    };
+}
+
+stats! {
+    /// Connections currently held (handshaking, open or closing).
+    connections,
+    /// TCP connections accepted.
+    accepted,
+    /// WebSocket connections opened (101 sent).
+    opened,
+    /// Handshakes refused with an HTTP error.
+    handshake_failures,
+    /// Clients dropped for not finishing their request head in time.
+    handshake_timeouts,
+    /// Connections refused with 503 because the server was full.
+    rejected_full,
+    /// Data messages received.
+    messages_in,
+    /// Data messages queued for sending.
+    messages_out,
+    /// Bytes read from sockets.
+    bytes_in,
+    /// Bytes written to sockets.
+    bytes_out,
+    /// Connections closed because their unsent output exceeded the write budget (1008).
+    slow_consumer_closes,
+    /// Pings sent to quiet connections.
+    pings_sent,
+    /// Connections dropped because no pong (nor anything else) came after a ping.
+    pong_timeouts,
+    /// Connections closed for idleness.
+    idle_closes,
+    /// Messages addressed to connections that no longer exist.
+    unknown_target,
+}
+
+/// A request to a worker from another thread.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Queue an encoded frame.
+    Send(ConnId, Vec<u8>),
+    /// Start a close handshake.
+    Close(ConnId, CloseCode, String),
+    /// Stop accepting, close every connection with 1001, exit.
+    Shutdown,
+}
+
+/// Wakes a worker's poller from another thread.
+pub(crate) trait Wake: Send + Sync {
+    fn wake(&self) -> io::Result<()>;
+}
+
+/// What other threads share with one worker.
+pub(crate) struct WorkerShared {
+    pub(crate) inbox: Mutex<Vec<Command>>,
+    /// Set when a wake-up is already on its way: one wake per burst, not per command.
+    pub(crate) wake_pending: AtomicBool,
+    pub(crate) waker: Box<dyn Wake>,
+    pub(crate) stats: WorkerStats,
+}
+
+impl fmt::Debug for WorkerShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerShared").finish_non_exhaustive()
+    }
+}
+
+impl WorkerShared {
+    pub(crate) fn push(&self, cmd: Command) {
+        self.inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cmd);
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                tracing::warn!("waking a worker failed: {e}");
+            }
+        }
+    }
+
+    /// Takes every queued command (called by the worker after a wake-up).
+    pub(crate) fn drain(&self, into: &mut Vec<Command>) {
+        self.wake_pending.store(false, Ordering::Release);
+        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *inbox, into);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) workers: Vec<WorkerShared>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) shutdown: AtomicBool,
+}
+
+/// A cloneable, `Send + Sync` handle to a running server, for any thread of the host.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Handle {
+    fn worker(&self, id: ConnId) -> Option<&WorkerShared> {
+        self.shared.workers.get(id.worker())
+    }
+
+    /// Sends a message to a connection. Unknown or closed ids are ignored (and counted).
+    pub fn send(&self, id: ConnId, msg: Message<'_>) {
+        if let Some(w) = self.worker(id) {
+            let op = if matches!(msg, Message::Text(_)) {
+                OpCode::Text
+            } else {
+                OpCode::Binary
+            };
+            let mut frame = Vec::new();
+            encode_frame(op, msg.as_bytes(), &mut frame);
+            w.push(Command::Send(id, frame));
+        }
+    }
+
+    /// Sends a text message to a connection.
+    pub fn send_text(&self, id: ConnId, text: &str) {
+        self.send(id, Message::Text(text));
+    }
+
+    /// Sends a binary message to a connection.
+    pub fn send_binary(&self, id: ConnId, data: &[u8]) {
+        self.send(id, Message::Binary(data));
+    }
+
+    /// Starts the close handshake of a connection.
+    pub fn close(&self, id: ConnId, code: CloseCode, reason: &str) {
+        if let Some(w) = self.worker(id) {
+            w.push(Command::Close(id, code, reason.to_owned()));
+        }
+    }
+
+    /// The server's counters, summed over workers.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for w in &self.shared.workers {
+            s.add(&w.stats);
+        }
+        s.protocol_closes.sort();
+        s
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Starts a graceful shutdown: stop accepting, close every connection with 1001, wait up
+    /// to the shutdown timeout for the close handshakes, then stop the workers.
+    pub fn shutdown(&self) {
+        if !self.shared.shutdown.swap(true, Ordering::AcqRel) {
+            for w in &self.shared.workers {
+                w.push(Command::Shutdown);
+            }
+        }
+    }
+
+    /// Whether a shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit (each socket is a file; io_uring's
+/// fixed-file tables are capped by the soft limit too). Logs what it did.
+#[allow(unsafe_code)]
+pub(crate) fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; RLIMIT_NOFILE is a valid resource.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            tracing::debug!(
+                "raised the soft open-files limit from {old} to {}",
+                lim.rlim_cur
+            );
+        } else {
+            lim.rlim_cur = old;
+        }
+    }
+    lim.rlim_cur as u64
+}
+
+/// A running server: its worker threads and a [`Handle`].
+#[derive(Debug)]
+pub struct Server {
+    handle: Handle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds one listener per worker and starts the workers.
+    ///
+    /// # Errors
+    /// The address does not resolve, cannot be bound, or a poller cannot be created.
+    pub fn start<H: Handler>(config: Config, handler: H) -> io::Result<Server> {
+        let addr = config.addr.to_socket_addrs()?.next().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
+        })?;
+        let n = config.worker_count();
+        let (handle, threads) = driver::mio::start(config, addr, n, handler)?;
+        Ok(Server { handle, threads })
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    /// Waits until every worker has stopped (after [`Handle::shutdown`]).
+    pub fn join(self) {
+        for t in self.threads {
+            if t.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+
+    /// Shuts down gracefully and waits for the workers.
+    pub fn shutdown(self) {
+        self.handle.shutdown();
+        self.join();
+    }
+}

@@ -1,0 +1,103 @@
+//! A hashed timer wheel, one per worker.
+//!
+//! Each connection has at most one live entry: its earliest deadline. Activity does not touch
+//! the wheel (a received byte only updates the connection's `last_rx`); when an entry fires,
+//! the worker recomputes the connection's deadline from its state and either acts or
+//! schedules again. So the per-message cost is one store, and the wheel holds one entry per
+//! connection, as uWebSockets' 1-byte tick does, without sweeping every socket.
+
+/// Slots in the wheel; with 100 ms ticks one revolution is 51.2 s.
+const SLOTS: usize = 512;
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: u32,
+    gen: u32,
+    due: u64,
+}
+
+/// The wheel. Time is in ticks since the worker started.
+#[derive(Debug)]
+pub(crate) struct TimerWheel {
+    slots: Vec<Vec<Entry>>,
+    /// The next tick to process.
+    current: u64,
+    len: usize,
+}
+
+impl TimerWheel {
+    pub(crate) fn new() -> Self {
+        TimerWheel {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            current: 0,
+            len: 0,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Schedules `(key, gen)` to fire at tick `due` (or at the next tick, if `due` is past).
+    pub(crate) fn schedule(&mut self, key: u32, gen: u32, due: u64) -> u64 {
+        let due = due.max(self.current);
+        self.slots[(due % SLOTS as u64) as usize].push(Entry { key, gen, due });
+        self.len += 1;
+        due
+    }
+
+    /// Fires every entry due at or before tick `now`, into `out` as `(key, gen, due)`.
+    pub(crate) fn expire(&mut self, now: u64, out: &mut Vec<(u32, u32, u64)>) {
+        if now < self.current {
+            return;
+        }
+        let steps = (now - self.current + 1).min(SLOTS as u64);
+        for i in 0..steps {
+            let slot = &mut self.slots[((self.current + i) % SLOTS as u64) as usize];
+            let before = slot.len();
+            slot.retain(|e| {
+                if e.due <= now {
+                    out.push((e.key, e.gen, e.due));
+                    false
+                } else {
+                    true
+                }
+            });
+            self.len -= before - slot.len();
+            if slot.is_empty() && slot.capacity() > 64 {
+                slot.shrink_to(16);
+            }
+        }
+        self.current = now + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fires_in_order_of_ticks_and_across_revolutions() {
+        let mut w = TimerWheel::new();
+        w.schedule(1, 0, 5);
+        w.schedule(2, 0, 5 + SLOTS as u64); // same slot, next revolution
+        w.schedule(3, 0, 0);
+        let mut out = Vec::new();
+        w.expire(4, &mut out);
+        assert_eq!(out, vec![(3, 0, 0)]);
+        out.clear();
+        w.expire(5, &mut out);
+        assert_eq!(out, vec![(1, 0, 5)]);
+        out.clear();
+        w.expire(5 + SLOTS as u64 - 1, &mut out);
+        assert!(out.is_empty());
+        w.expire(10_000, &mut out);
+        assert_eq!(out, vec![(2, 0, 5 + SLOTS as u64)]);
+        assert!(w.is_empty());
+        // A due tick in the past fires on the next expire.
+        w.schedule(4, 1, 3);
+        out.clear();
+        w.expire(10_001, &mut out);
+        assert_eq!(out, vec![(4, 1, 10_001)]);
+    }
+}

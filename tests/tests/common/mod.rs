@@ -1,0 +1,355 @@
+//! Shared helpers for the runtime integration tests: an in-process server with a recording
+//! handler, a raw client built on the protocol core's client role (for fragmentation and
+//! protocol violations no polite client would send), and the `volley` binary's path.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use volley::proto::encode::encode_client_frame;
+use volley::proto::handshake::{verify_response, write_client_request, ClientKey};
+use volley::proto::{Decoder, Limits, Message as PMsg, OpCode, Role, Status};
+use volley::{CloseCode, Config, ConnId, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
+
+/// What the recording handler saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Open(ConnId),
+    Close(ConnId, u16, String),
+}
+
+/// Echoes every message and reports opens and closes on a channel.
+#[derive(Clone)]
+pub struct Recorder {
+    pub tx: Arc<Mutex<mpsc::Sender<Seen>>>,
+}
+
+impl Handler for Recorder {
+    type State = ();
+    fn on_upgrade(&mut self, req: &Request<'_>, up: &mut Upgrade) -> Result<(), Reject> {
+        if req.path == "/forbidden" {
+            return Err(Reject::new(403, "no"));
+        }
+        if let Some(p) = req.protocols().find(|p| *p == "chat") {
+            up.protocol(p);
+        }
+        Ok(())
+    }
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, _: &mut ()) {
+        let _ = self.tx.lock().unwrap().send(Seen::Open(ctx.id()));
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _: &mut (), msg: Message<'_>) {
+        if msg == Message::Text("close-me") {
+            ctx.close(CloseCode(4000), "as asked");
+            return;
+        }
+        ctx.send(msg);
+    }
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, _: (), code: CloseCode, reason: &str) {
+        let _ = self
+            .tx
+            .lock()
+            .unwrap()
+            .send(Seen::Close(ctx.id(), code.0, reason.to_owned()));
+    }
+}
+
+/// An in-process server with a [`Recorder`] on port 0.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub seen: mpsc::Receiver<Seen>,
+}
+
+impl TestServer {
+    pub fn start(cfg: Config) -> TestServer {
+        let (tx, rx) = mpsc::channel();
+        let server = Server::start(
+            cfg,
+            Recorder {
+                tx: Arc::new(Mutex::new(tx)),
+            },
+        )
+        .expect("server starts");
+        let addr = server.local_addr();
+        TestServer {
+            server: Some(server),
+            addr,
+            seen: rx,
+        }
+    }
+
+    pub fn default_config() -> Config {
+        Config::new("127.0.0.1:0").workers(2)
+    }
+
+    pub fn handle(&self) -> volley::Handle {
+        self.server.as_ref().unwrap().handle()
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// The next close the handler saw, waiting up to 10 s.
+    pub fn next_close(&self) -> (u16, String) {
+        loop {
+            match self
+                .seen
+                .recv_timeout(Duration::from_secs(10))
+                .expect("on_close within 10 s")
+            {
+                Seen::Close(_, code, reason) => return (code, reason),
+                Seen::Open(_) => continue,
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+/// A message as the raw client decodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<(u16, String)>),
+    /// The server closed the TCP connection.
+    Eof,
+}
+
+/// A client that speaks through the protocol core's client role.
+pub struct RawClient {
+    pub stream: TcpStream,
+    dec: Decoder,
+    buf: Vec<u8>,
+    pub status: u16,
+    pub head: String,
+}
+
+impl RawClient {
+    /// Connects and completes the handshake for `path`.
+    pub fn connect(addr: SocketAddr, path: &str) -> RawClient {
+        let c = Self::connect_raw(addr, path, &[]);
+        assert_eq!(c.status, 101, "handshake failed: {}", c.head);
+        c
+    }
+
+    /// Connects and sends an upgrade request; does not insist on 101.
+    pub fn connect_raw(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> RawClient {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        let key = ClientKey::from_nonce(rand_bytes());
+        let mut req = Vec::new();
+        write_client_request(&mut req, &addr.to_string(), path, &key, extra).unwrap();
+        stream.write_all(&req).unwrap();
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut tmp).expect("read handshake answer");
+            assert!(n > 0, "server closed during handshake");
+            buf.extend_from_slice(&tmp[..n]);
+            if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                let status: u16 = head[9..12].parse().unwrap();
+                if status == 101 {
+                    assert_eq!(
+                        verify_response(&buf, &key),
+                        Ok(Status::Complete(end + 4)),
+                        "{head}"
+                    );
+                }
+                buf.drain(..end + 4);
+                return RawClient {
+                    stream,
+                    dec: Decoder::new(
+                        Role::Client,
+                        Limits {
+                            max_frame: 64 << 20,
+                            max_message: 64 << 20,
+                        },
+                    ),
+                    buf,
+                    status,
+                    head,
+                };
+            }
+        }
+    }
+
+    pub fn send_frame(&mut self, op: OpCode, fin: bool, payload: &[u8]) {
+        let mut v = Vec::new();
+        encode_client_frame(op, fin, payload, rand_bytes::<4>(), &mut v);
+        self.stream.write_all(&v).unwrap();
+    }
+
+    /// Writes raw bytes; errors (the server may have closed) are ignored.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    pub fn send_text(&mut self, t: &str) {
+        self.send_frame(OpCode::Text, true, t.as_bytes());
+    }
+
+    pub fn send_close(&mut self, code: Option<u16>, reason: &str) {
+        let mut p = Vec::new();
+        if let Some(c) = code {
+            p.extend_from_slice(&c.to_be_bytes());
+            p.extend_from_slice(reason.as_bytes());
+        }
+        self.send_frame(OpCode::Close, true, &p);
+    }
+
+    /// The next message (or close, or EOF) from the server.
+    pub fn recv(&mut self) -> Got {
+        loop {
+            let mut pos = 0;
+            let mut got = None;
+            loop {
+                let step = self
+                    .dec
+                    .decode(&mut self.buf[pos..])
+                    .expect("server frames are valid");
+                pos += step.consumed;
+                if let Some(m) = step.message {
+                    got = Some(match m {
+                        PMsg::Text(t) => Got::Text(t.to_owned()),
+                        PMsg::Binary(b) => Got::Binary(b.to_vec()),
+                        PMsg::Ping(b) => Got::Ping(b.to_vec()),
+                        PMsg::Pong(b) => Got::Pong(b.to_vec()),
+                        PMsg::Close(c) => Got::Close(c.map(|c| (c.code.0, c.reason.to_owned()))),
+                    });
+                    break;
+                }
+                if step.consumed == 0 {
+                    break;
+                }
+            }
+            self.buf.drain(..pos);
+            if let Some(g) = got {
+                return g;
+            }
+            let mut tmp = vec![0u8; 256 * 1024];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return Got::Eof,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Got::Eof,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code (None: no status).
+    pub fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.recv() {
+                Got::Close(c) => return c.map(|c| c.0),
+                Got::Eof => panic!("EOF before a close frame"),
+                _ => {}
+            }
+        }
+    }
+
+    /// After the close handshake the server closes the TCP connection.
+    pub fn expect_eof(&mut self) {
+        loop {
+            match self.recv() {
+                Got::Eof => return,
+                Got::Close(_) => {}
+                other => panic!("expected EOF, got {other:?}"),
+            }
+        }
+    }
+}
+
+pub fn rand_bytes<const N: usize>() -> [u8; N] {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(chunk.as_ptr() as u64);
+        let v = h.finish().to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    out
+}
+
+/// Path of the `volley` binary built next to this test (same profile).
+pub fn volley_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("volley");
+    assert!(
+        bin.exists(),
+        "{} not built; run `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// A `volley` server in a child process, killed on drop.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    pub fn spawn(args: &[&str]) -> ChildServer {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = std::process::Command::new(volley_bin());
+        cmd.arg("serve")
+            .arg("--addr")
+            .arg(addr.to_string())
+            .args(args);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = cmd.spawn().expect("spawn volley");
+        for _ in 0..200 {
+            if TcpStream::connect(addr).is_ok() {
+                return ChildServer { child, addr };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("volley did not start listening on {addr}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Open file descriptors of the child, from /proc.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

@@ -1,0 +1,440 @@
+//! The mio runtime against real clients: the tungstenite client (Rust) and a raw client on
+//! the protocol core for what polite clients never send.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode as TCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::Message as TMsg;
+use volley::proto::OpCode;
+use volley::{CloseCode, Config};
+
+fn tclient(
+    srv: &TestServer,
+) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>> {
+    let (ws, resp) = tungstenite::connect(srv.url()).expect("tungstenite connects");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[test]
+fn echo_text_and_binary_at_boundary_sizes() {
+    let srv = TestServer::start(TestServer::default_config());
+    let mut ws = tclient(&srv);
+    for size in [0usize, 125, 126, 65535, 65536, 16 << 20] {
+        let bin: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+        ws.send(TMsg::binary(bin.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), TMsg::binary(bin), "binary {size}");
+        let text: String = (0..size)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        ws.send(TMsg::text(text.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), TMsg::text(text), "text {size}");
+    }
+    ws.close(None).unwrap();
+    assert_eq!(srv.next_close().0, 1005);
+}
+
+#[test]
+fn fragmented_messages_with_interleaved_pings() {
+    let srv = TestServer::start(TestServer::default_config());
+    let mut c = RawClient::connect(srv.addr, "/");
+    c.send_frame(OpCode::Text, false, "κό".as_bytes());
+    c.send_frame(OpCode::Ping, true, b"mid");
+    c.send_frame(OpCode::Continuation, false, "σμ".as_bytes());
+    c.send_frame(OpCode::Continuation, true, "ε".as_bytes());
+    assert_eq!(c.recv(), Got::Pong(b"mid".to_vec()));
+    assert_eq!(c.recv(), Got::Text("κόσμε".into()));
+    // A large binary message in many fragments.
+    let big: Vec<u8> = (0..300_000).map(|i| i as u8).collect();
+    let mut parts = big.chunks(70_001).peekable();
+    let mut first = true;
+    while let Some(p) = parts.next() {
+        let op = if first {
+            OpCode::Binary
+        } else {
+            OpCode::Continuation
+        };
+        c.send_frame(op, parts.peek().is_none(), p);
+        first = false;
+    }
+    assert_eq!(c.recv(), Got::Binary(big));
+    c.send_close(Some(1000), "done");
+    assert_eq!(c.expect_close(), Some(1000));
+    c.expect_eof();
+    assert_eq!(srv.next_close(), (1000, "done".into()));
+}
+
+#[test]
+fn ping_pong_both_ways() {
+    let cfg =
+        TestServer::default_config().ping(Some(Duration::from_millis(300)), Duration::from_secs(5));
+    let srv = TestServer::start(cfg);
+    let mut ws = tclient(&srv);
+    ws.send(TMsg::Ping(b"hi".to_vec().into())).unwrap();
+    assert_eq!(ws.read().unwrap(), TMsg::Pong(b"hi".to_vec().into()));
+    // Stay quiet: the server pings, tungstenite answers by itself.
+    ws.get_mut()
+        .get_mut_tcp()
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .ok();
+    match ws.read().unwrap() {
+        TMsg::Ping(p) => assert!(p.is_empty()),
+        other => panic!("expected a server ping, got {other:?}"),
+    }
+    ws.flush().unwrap(); // sends the queued pong
+    std::thread::sleep(Duration::from_millis(800));
+    // Still open after several ping rounds.
+    ws.send(TMsg::text("still here")).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            TMsg::Text(t) => {
+                assert_eq!(t.as_str(), "still here");
+                break;
+            }
+            TMsg::Ping(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(srv.handle().stats().pings_sent >= 1);
+}
+
+trait TcpOf {
+    fn get_mut_tcp(&mut self) -> &mut TcpStream;
+}
+impl TcpOf for tungstenite::stream::MaybeTlsStream<TcpStream> {
+    fn get_mut_tcp(&mut self) -> &mut TcpStream {
+        match self {
+            tungstenite::stream::MaybeTlsStream::Plain(s) => s,
+            _ => unreachable!("plain TCP only"),
+        }
+    }
+}
+
+#[test]
+fn unanswered_ping_drops_the_connection_with_1006() {
+    let cfg = TestServer::default_config()
+        .ping(Some(Duration::from_millis(200)), Duration::from_millis(300));
+    let srv = TestServer::start(cfg);
+    let mut c = RawClient::connect(srv.addr, "/");
+    // Read the ping but never answer it, and send nothing else.
+    assert_eq!(c.recv(), Got::Ping(vec![]));
+    assert_eq!(c.recv(), Got::Eof);
+    assert_eq!(srv.next_close(), (1006, "pong timeout".into()));
+    assert_eq!(srv.handle().stats().pong_timeouts, 1);
+}
+
+#[test]
+fn close_code_paths() {
+    let srv = TestServer::start(TestServer::default_config());
+    // Client closes with a code: echoed, reported.
+    let mut ws = tclient(&srv);
+    ws.close(Some(CloseFrame {
+        code: TCode::Library(4321),
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    loop {
+        match ws.read() {
+            Ok(TMsg::Close(Some(f))) => {
+                assert_eq!(u16::from(f.code), 4321);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(srv.next_close(), (4321, "bye".into()));
+    // Client closes without a status: reported 1005, answered 1000.
+    let mut c = RawClient::connect(srv.addr, "/");
+    c.send_close(None, "");
+    assert_eq!(c.expect_close(), Some(1000));
+    c.expect_eof();
+    assert_eq!(srv.next_close().0, 1005);
+    // Handler closes from on_message.
+    let mut c = RawClient::connect(srv.addr, "/");
+    c.send_text("close-me");
+    assert_eq!(c.expect_close(), Some(4000));
+    c.send_close(Some(4000), "");
+    c.expect_eof();
+    assert_eq!(srv.next_close(), (4000, "as asked".into()));
+    // Another thread closes through the Handle.
+    let mut c = RawClient::connect(srv.addr, "/");
+    let id = loop {
+        if let Seen::Open(id) = srv.seen.recv_timeout(Duration::from_secs(5)).unwrap() {
+            break id;
+        }
+    };
+    srv.handle().close(id, CloseCode(4100), "from handle");
+    assert_eq!(c.expect_close(), Some(4100));
+    c.send_close(Some(4100), "");
+    c.expect_eof();
+    assert_eq!(srv.next_close(), (4100, "from handle".into()));
+    // TCP dropped without a close frame: 1006.
+    let c = RawClient::connect(srv.addr, "/");
+    drop(c);
+    assert_eq!(srv.next_close().0, 1006);
+    // A close the peer never answers: reported with our code after the close timeout.
+    let cfg = TestServer::default_config().close_timeout(Duration::from_millis(300));
+    let srv2 = TestServer::start(cfg);
+    let mut c = RawClient::connect(srv2.addr, "/");
+    c.send_text("close-me");
+    assert_eq!(c.expect_close(), Some(4000));
+    assert_eq!(srv2.next_close(), (4000, "as asked".into()));
+    assert_eq!(c.recv(), Got::Eof);
+}
+
+#[test]
+fn protocol_errors_close_with_the_right_code() {
+    let cfg = TestServer::default_config().limits(1024, 4096);
+    let srv = TestServer::start(cfg);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("reserved bits", vec![0xC1, 0x80, 0, 0, 0, 0], 1002),
+        ("reserved opcode", vec![0x83, 0x80, 0, 0, 0, 0], 1002),
+        ("fragmented ping", vec![0x09, 0x80, 0, 0, 0, 0], 1002),
+        ("continuation first", vec![0x80, 0x80, 0, 0, 0, 0], 1002),
+        (
+            "bad close code",
+            vec![0x88, 0x82, 0, 0, 0, 0, 0x03, 0xED],
+            1002,
+        ),
+        (
+            "invalid utf-8",
+            vec![0x81, 0x82, 0, 0, 0, 0, 0xC3, 0x28],
+            1007,
+        ),
+        (
+            "frame too big",
+            vec![0x82, 0xFE, 0x10, 0x00, 0, 0, 0, 0],
+            1009,
+        ),
+    ];
+    for (name, bytes, code) in cases {
+        let mut c = RawClient::connect(srv.addr, "/");
+        c.send_raw(&bytes);
+        assert_eq!(c.expect_close(), Some(code), "{name}");
+        assert_eq!(srv.next_close().0, code, "{name}");
+        c.expect_eof();
+    }
+    // A message over the limit in several frames that each fit.
+    let mut c = RawClient::connect(srv.addr, "/");
+    c.send_frame(OpCode::Binary, false, &[0; 1000]);
+    for _ in 0..4 {
+        c.send_frame(OpCode::Continuation, false, &[0; 1000]);
+    }
+    assert_eq!(c.expect_close(), Some(1009));
+    let stats = srv.handle().stats();
+    assert!(
+        stats.protocol_closes.contains(&(1002, 6)),
+        "{:?}",
+        stats.protocol_closes
+    );
+}
+
+#[test]
+fn http_answers_for_bad_and_plain_requests() {
+    let srv = TestServer::start(TestServer::default_config());
+    let ask = |req: &str| -> String {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(ask("GET / HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 426 "));
+    assert!(ask("POST / HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 405 "));
+    assert!(ask("garbage\r\n\r\n").starts_with("HTTP/1.1 400 "));
+    let v8 = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n";
+    let r = ask(v8);
+    assert!(
+        r.starts_with("HTTP/1.1 426 ") && r.contains("Sec-WebSocket-Version: 13"),
+        "{r}"
+    );
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    assert!(ask(&big).starts_with("HTTP/1.1 431 "));
+    // The handler rejects one path, and picks a subprotocol.
+    let c = RawClient::connect_raw(srv.addr, "/forbidden", &[]);
+    assert_eq!(c.status, 403);
+    let c = RawClient::connect_raw(
+        srv.addr,
+        "/",
+        &[("Sec-WebSocket-Protocol", "superchat, chat")],
+    );
+    assert_eq!(c.status, 101);
+    assert!(
+        c.head.contains("Sec-WebSocket-Protocol: chat\r\n"),
+        "{}",
+        c.head
+    );
+    assert!(srv.handle().stats().handshake_failures >= 6);
+}
+
+#[test]
+fn first_frames_in_the_handshake_packet_are_not_lost() {
+    let srv = TestServer::start(TestServer::default_config());
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let key = volley::proto::handshake::ClientKey::from_nonce([7; 16]);
+    let mut bytes = Vec::new();
+    volley::proto::handshake::write_client_request(&mut bytes, "x", "/", &key, &[]).unwrap();
+    volley::proto::encode::encode_client_frame(
+        OpCode::Text,
+        true,
+        b"early",
+        [1, 2, 3, 4],
+        &mut bytes,
+    );
+    s.write_all(&bytes).unwrap();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 1024];
+    while !got.ends_with(b"early") {
+        let n = s.read(&mut tmp).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&tmp[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101 "));
+}
+
+#[test]
+fn a_thousand_connections_echo_at_once() {
+    let srv = TestServer::start(TestServer::default_config());
+    let mut clients: Vec<RawClient> = (0..1000)
+        .map(|_| RawClient::connect(srv.addr, "/"))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send_text(&format!("hello {i}"));
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.recv(), Got::Text(format!("hello {i}")));
+    }
+    assert_eq!(srv.handle().stats().opened, 1000);
+    assert_eq!(srv.handle().stats().messages_in, 1000);
+}
+
+#[test]
+fn a_stalled_handshake_is_dropped_after_the_timeout() {
+    let cfg = TestServer::default_config().handshake_timeout(Duration::from_millis(300));
+    let srv = TestServer::start(cfg);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap(); // and never the rest
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closes without an answer");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(srv.handle().stats().handshake_timeouts, 1);
+    // A healthy client is unaffected.
+    let mut c = RawClient::connect(srv.addr, "/");
+    c.send_text("ok");
+    assert_eq!(c.recv(), Got::Text("ok".into()));
+}
+
+#[test]
+fn a_non_reading_client_is_closed_as_slow_consumer_while_others_are_served() {
+    let cfg = TestServer::default_config().write_budget(256 * 1024);
+    let srv = TestServer::start(cfg);
+    let stalled = RawClient::connect(srv.addr, "/");
+    let mut good = RawClient::connect(srv.addr, "/");
+    // The stalled client sends a lot and never reads the echoes.
+    let payload = vec![b'x'; 64 * 1024];
+    let writer = {
+        let mut s = stalled.stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut frame = Vec::new();
+            volley::proto::encode::encode_client_frame(
+                OpCode::Binary,
+                true,
+                &payload,
+                [9, 9, 9, 9],
+                &mut frame,
+            );
+            for _ in 0..2000 {
+                if s.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let t = Instant::now();
+    while srv.handle().stats().slow_consumer_closes == 0 {
+        good.send_text("ping?");
+        assert_eq!(good.recv(), Got::Text("ping?".into()));
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "slow consumer never closed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(srv.next_close(), (1008, "slow consumer".into()));
+    good.send_text("after");
+    assert_eq!(good.recv(), Got::Text("after".into()));
+    drop(stalled.stream.shutdown(std::net::Shutdown::Both));
+    writer.join().unwrap();
+}
+
+#[test]
+fn graceful_shutdown_sends_1001_to_every_client() {
+    let srv = TestServer::start(TestServer::default_config());
+    let mut clients: Vec<RawClient> = (0..50).map(|_| RawClient::connect(srv.addr, "/")).collect();
+    let mut ws = tclient(&srv);
+    let handle = srv.handle();
+    let t = std::thread::spawn(move || {
+        let mut srv = srv;
+        srv.server.take().unwrap().shutdown();
+        srv
+    });
+    for c in clients.iter_mut() {
+        assert_eq!(c.expect_close(), Some(1001));
+        c.send_close(Some(1001), "");
+        c.expect_eof();
+    }
+    match ws.read() {
+        Ok(TMsg::Close(Some(f))) => assert_eq!(f.code, TCode::Away),
+        other => panic!("{other:?}"),
+    }
+    let _ = ws.flush();
+    let srv = t.join().unwrap();
+    let mut closes = 0;
+    while let Ok(s) = srv.seen.try_recv() {
+        if let Seen::Close(_, code, _) = s {
+            assert_eq!(code, 1001);
+            closes += 1;
+        }
+    }
+    assert_eq!(closes, 51);
+    assert_eq!(handle.stats().connections, 0);
+    // The port is free again: nothing is listening.
+    assert!(TcpStream::connect(handle.local_addr()).is_err());
+}
+
+#[test]
+fn stale_ids_never_reach_a_reused_slot() {
+    let srv = TestServer::start(Config::new("127.0.0.1:0").workers(1));
+    let c1 = RawClient::connect(srv.addr, "/");
+    let old = match srv.seen.recv_timeout(Duration::from_secs(5)).unwrap() {
+        Seen::Open(id) => id,
+        s => panic!("{s:?}"),
+    };
+    drop(c1);
+    srv.next_close();
+    let mut c2 = RawClient::connect(srv.addr, "/");
+    let new = match srv.seen.recv_timeout(Duration::from_secs(5)).unwrap() {
+        Seen::Open(id) => id,
+        s => panic!("{s:?}"),
+    };
+    assert_ne!(old, new);
+    srv.handle().send_text(old, "for the old one");
+    srv.handle().send_text(new, "for the new one");
+    assert_eq!(c2.recv(), Got::Text("for the new one".into()));
+    assert_eq!(srv.handle().stats().unknown_target, 1);
+}
