@@ -809,12 +809,14 @@ impl<H: Handler, Io> Core<H, Io> {
         }
     }
 
-    /// Queues a connection for flushing.
+    /// Queues a connection for flushing: it has output, or it is draining and its write
+    /// side is still to be shut (which the backend does after the flush).
     fn mark_output(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.dead || conn.out.is_empty() {
+        let unshut = matches!(conn.phase, Phase::Draining { shut: false });
+        if conn.dead || (conn.out.is_empty() && !unshut) {
             return;
         }
         if !conn.dirty {

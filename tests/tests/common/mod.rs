@@ -265,8 +265,12 @@ impl RawClient {
         }
     }
 
-    /// After the close handshake the server closes the TCP connection.
+    /// After the close handshake the server closes the TCP connection, promptly (well
+    /// before any close timeout).
     pub fn expect_eof(&mut self) {
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
         loop {
             match self.recv() {
                 Got::Eof => return,

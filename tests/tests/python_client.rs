@@ -1,0 +1,87 @@
+//! Python's `websockets` library (installed into `.venv` by `.ci/run`, or here on first use)
+//! against an in-process volley server.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The venv's python with `websockets`, creating the venv if it is missing.
+fn python() -> PathBuf {
+    let root = workspace_root();
+    let py = root.join(".venv/bin/python");
+    let has_ws = |py: &PathBuf| {
+        Command::new(py)
+            .args(["-c", "import websockets"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if py.exists() && has_ws(&py) {
+        return py;
+    }
+    let venv = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(root.join(".venv"))
+        .status();
+    assert!(
+        venv.is_ok_and(|s| s.success()),
+        "python3 -m venv failed: install python3-venv"
+    );
+    let pip = Command::new(root.join(".venv/bin/pip"))
+        .args(["install", "--quiet", "-r"])
+        .arg(root.join("tests/python/requirements.txt"))
+        .status();
+    assert!(
+        pip.is_ok_and(|s| s.success()),
+        "pip install of tests/python/requirements.txt failed"
+    );
+    assert!(has_ws(&py));
+    py
+}
+
+#[test]
+fn python_websockets_client_suite() {
+    let srv = TestServer::start(TestServer::default_config());
+    let out = Command::new(python())
+        .arg(workspace_root().join("tests/python/client_suite.py"))
+        .arg(srv.url())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python suite failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for check in [
+        "echo_sizes",
+        "fragmented",
+        "ping_pong",
+        "close_codes",
+        "many_at_once",
+    ] {
+        assert!(
+            stdout.contains(&format!("{check} ok")),
+            "{check} did not run:\n{stdout}"
+        );
+    }
+    let closes: Vec<_> = std::iter::from_fn(|| srv.seen.try_recv().ok())
+        .filter_map(|s| match s {
+            Seen::Close(_, code, reason) => Some((code, reason)),
+            _ => None,
+        })
+        .collect();
+    assert!(closes.contains(&(4001, "py bye".to_string())), "{closes:?}");
+    assert!(
+        closes.contains(&(4000, "as asked".to_string())),
+        "{closes:?}"
+    );
+}
