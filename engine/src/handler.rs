@@ -3,6 +3,7 @@
 //! Each worker thread owns a clone of the handler (thread-per-core: no lock between workers
 //! on the hot path); share application state between them through an `Arc` inside it.
 
+use crate::broadcast::Target;
 use crate::proto::handshake::Request;
 use crate::proto::CloseCode;
 use crate::runtime::core::Outbox;
@@ -130,6 +131,18 @@ pub trait Handler: Clone + Send + 'static {
     /// A complete text or binary message arrived. The slice is valid only during the call.
     fn on_message(&mut self, ctx: &mut Ctx<'_>, state: &mut Self::State, msg: Message<'_>);
 
+    /// A publish made with [`Ctx::publish_tracked`] from this connection has been delivered
+    /// on every worker: `reached` connections got it.
+    fn on_published(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        state: &mut Self::State,
+        tag: u64,
+        reached: usize,
+    ) {
+        let _ = (ctx, state, tag, reached);
+    }
+
     /// The connection closed. Called exactly once for every opened connection, with the
     /// close code (1006 when the TCP connection dropped without a close frame).
     fn on_close(&mut self, ctx: &mut Ctx<'_>, state: Self::State, code: CloseCode, reason: &str) {
@@ -186,6 +199,40 @@ impl Ctx<'_> {
     /// Starts the close handshake of another connection.
     pub fn close_conn(&mut self, id: ConnId, code: CloseCode, reason: &str) {
         self.out.close(id, code, reason);
+    }
+
+    /// Publishes a message to `target` on every worker (see [`Target`]). The frame is
+    /// encoded once and shared by every recipient.
+    pub fn publish(&mut self, target: Target<'_>, msg: Message<'_>) {
+        self.out.publish(target, msg, None);
+    }
+
+    /// Like [`Ctx::publish`], and once every worker has delivered it,
+    /// [`Handler::on_published`] runs on this connection with `tag` and the number of
+    /// connections reached.
+    pub fn publish_tracked(&mut self, target: Target<'_>, msg: Message<'_>, tag: u64) {
+        self.out.publish(target, msg, Some(tag));
+    }
+
+    /// Binds this connection to an application key; false if it already was (or closing).
+    pub fn bind_key(&mut self, key: &str) -> bool {
+        self.out.bindings(|r, s, slot| r.bind(s, slot, key))
+    }
+
+    /// Unbinds this connection from an application key; false if it was not bound.
+    pub fn unbind_key(&mut self, key: &str) -> bool {
+        self.out.bindings(|r, s, slot| r.unbind(s, slot, key))
+    }
+
+    /// Subscribes this connection to a topic; false if it already was (or closing).
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.out.bindings(|r, s, slot| r.subscribe(s, slot, topic))
+    }
+
+    /// Unsubscribes this connection from a topic; false if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.out
+            .bindings(|r, s, slot| r.unsubscribe(s, slot, topic))
     }
 
     /// The server's handle (stats, shutdown, other threads' entry point).

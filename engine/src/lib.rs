@@ -39,12 +39,14 @@
 #![deny(unsafe_code)]
 #![cfg_attr(test, deny(warnings))]
 
+pub mod broadcast;
 mod driver;
 pub mod handler;
 pub mod proto;
 pub mod runtime;
 
+pub use broadcast::Target;
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
-pub use runtime::{Config, ConnId, Handle, Server, Stats};
+pub use runtime::{Config, ConnId, Handle, Server, SlowConsumerPolicy, Stats};

@@ -288,7 +288,7 @@ impl<H: Handler> Worker<H> {
                         break;
                     }
                     Ok(w) => {
-                        conn.out.advance(w, &mut core.pool);
+                        conn.out.advance(w, &mut core.env.pool);
                         core.shared.workers[core.worker as usize]
                             .stats
                             .bytes_out

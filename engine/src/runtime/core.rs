@@ -14,7 +14,9 @@
 
 use super::queue::{BufPool, WriteQueue};
 use super::timer::TimerWheel;
-use super::{Command, Config, ConnId, Handle, WorkerShared};
+use super::{Command, Config, ConnId, Handle, SlowConsumerPolicy, WorkerShared};
+use crate::broadcast::registry::{Registry, Subs};
+use crate::broadcast::{encode_shared, group_by_worker, Event, OwnedTarget, Target, Tracker};
 use crate::handler::{Ctx, Handler, HttpResponse, Message, Upgrade};
 use crate::proto::encode::encode_close_frame;
 use crate::proto::frame::encode_header;
@@ -24,7 +26,7 @@ use crate::proto::handshake::{
 };
 use crate::proto::{self, CloseCode, Decoder, HandshakeError, OpCode, Role, Status};
 use slab::Slab;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,6 +61,8 @@ pub(crate) struct Conn<S, Io> {
     tail: Vec<u8>,
     /// The application's state; `Some` from open until `on_close`.
     state: Option<S>,
+    /// Keys and topics this connection is bound to (allocated on its first binding).
+    subs: Option<Box<Subs>>,
     /// Code and reason to report in `on_close` for a close we started.
     closing: Option<Box<(CloseCode, String)>>,
     /// Milliseconds since the worker started: last byte received, phase start, ping sent.
@@ -87,25 +91,52 @@ impl<S, Io> Conn<S, Io> {
 enum Deferred {
     Send(ConnId, Vec<u8>),
     Close(ConnId, CloseCode, String),
+    /// A publish: the frame, its target, and (origin, tag) if the origin wants a receipt.
+    Publish(Arc<[u8]>, OwnedTarget, Option<(ConnId, u64)>),
 }
 
-/// What a callback writes through its [`Ctx`]: straight into its own connection's queue, or
-/// deferred until the callback returns for other connections.
+/// The worker-level pieces a callback's [`Ctx`] writes into.
+#[derive(Debug, Default)]
+pub(crate) struct Env {
+    pub(crate) pool: BufPool,
+    deferred: Vec<Deferred>,
+    pub(crate) registry: Registry,
+    budget: usize,
+}
+
+/// The callback's own connection, when it can still send.
+#[derive(Debug)]
+pub(crate) struct Own<'a> {
+    out: &'a mut WriteQueue,
+    subs: &'a mut Option<Box<Subs>>,
+}
+
+/// What a callback writes through its [`Ctx`]: straight into its own connection's queue
+/// (and its own key and topic bindings), or deferred until the callback returns for other
+/// connections and for publishes.
 #[derive(Debug)]
 pub(crate) struct Outbox<'a> {
     own_id: ConnId,
     /// `None` when the connection can no longer send (closing, or in `on_close`).
-    own: Option<&'a mut WriteQueue>,
-    pool: &'a mut BufPool,
-    deferred: &'a mut Vec<Deferred>,
+    own: Option<Own<'a>>,
+    env: &'a mut Env,
     sent: u64,
-    /// The write budget; a send to the own connection while its queue is over it is dropped
-    /// and the connection closed as a slow consumer after the callback.
-    budget: usize,
+    /// A send found the own queue over the write budget: the message was not queued and the
+    /// connection is handled as a slow consumer after the callback.
     over: bool,
 }
 
-impl Outbox<'_> {
+impl<'a> Outbox<'a> {
+    fn new(own_id: ConnId, own: Option<Own<'a>>, env: &'a mut Env) -> Self {
+        Outbox {
+            own_id,
+            own,
+            env,
+            sent: 0,
+            over: false,
+        }
+    }
+
     pub(crate) fn own_id(&self) -> ConnId {
         self.own_id
     }
@@ -117,27 +148,64 @@ impl Outbox<'_> {
         };
         let payload = msg.as_bytes();
         let header = encode_header(true, op, payload.len() as u64, None);
-        if id == self.own_id {
-            if let Some(q) = self.own.as_deref_mut() {
-                if q.len() > self.budget {
+        // Straight into the own queue, unless something is deferred before it (a publish):
+        // then it waits its turn, so this connection sees both in the order they were made.
+        if id == self.own_id && self.env.deferred.is_empty() {
+            if let Some(own) = self.own.as_mut() {
+                if own.out.len() > self.env.budget {
                     self.over = true;
                     return;
                 }
-                q.push_parts(self.pool, &[&header, payload]);
+                own.out.push_parts(&mut self.env.pool, &[&header, payload]);
                 self.sent += 1;
             }
-        } else {
-            let mut frame = Vec::with_capacity(header.len() + payload.len());
-            frame.extend_from_slice(&header);
-            frame.extend_from_slice(payload);
-            self.deferred.push(Deferred::Send(id, frame));
+            return;
         }
+        let mut frame = Vec::with_capacity(header.len() + payload.len());
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(payload);
+        self.env.deferred.push(Deferred::Send(id, frame));
     }
 
     pub(crate) fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
-        self.deferred
+        self.env
+            .deferred
             .push(Deferred::Close(id, code, reason.to_owned()));
     }
+
+    pub(crate) fn publish(&mut self, target: Target<'_>, msg: Message<'_>, tag: Option<u64>) {
+        let frame = encode_shared(msg);
+        let tag = tag.map(|t| (self.own_id, t));
+        self.env.deferred.push(Deferred::Publish(
+            frame,
+            OwnedTarget::from_target(&target),
+            tag,
+        ));
+    }
+
+    /// Applies `f` to the own connection's bindings; false if it cannot (closing).
+    pub(crate) fn bindings(
+        &mut self,
+        f: impl FnOnce(&mut Registry, &mut Subs, u32) -> bool,
+    ) -> bool {
+        let slot = self.own_id.key() as u32;
+        match self.own.as_mut() {
+            Some(own) => {
+                let subs = own.subs.get_or_insert_with(Default::default);
+                f(&mut self.env.registry, subs, slot)
+            }
+            None => false,
+        }
+    }
+}
+
+/// A change to a connection's key or topic bindings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BindOp {
+    Bind,
+    Unbind,
+    Subscribe,
+    Unsubscribe,
 }
 
 /// What the backend should do with a connection after flushing it.
@@ -165,8 +233,10 @@ pub(crate) struct Core<H: Handler, Io> {
     pub(crate) dirty: Vec<usize>,
     /// Keys whose socket must be closed and slot freed.
     pub(crate) dead: Vec<usize>,
-    deferred: Vec<Deferred>,
-    pub(crate) pool: BufPool,
+    /// What callbacks write into (pool, deferred actions, key and topic tables).
+    pub(crate) env: Env,
+    /// Slots gathered for one delivery (kept to avoid allocating per event).
+    scratch: Vec<u32>,
     pub(crate) shutting_down: bool,
     shutdown_deadline: u64,
     commands: Vec<Command>,
@@ -182,6 +252,7 @@ impl<H: Handler, Io> Core<H, Io> {
     ) -> Self {
         let n = shared.workers.len().max(1);
         let max_conns = cfg.max_connections.div_ceil(n).min(1 << 24);
+        let budget = cfg.write_budget;
         Core {
             handler,
             conns: Slab::new(),
@@ -198,8 +269,11 @@ impl<H: Handler, Io> Core<H, Io> {
             fired: Vec::new(),
             dirty: Vec::new(),
             dead: Vec::new(),
-            deferred: Vec::new(),
-            pool: BufPool::default(),
+            env: Env {
+                budget,
+                ..Env::default()
+            },
+            scratch: Vec::new(),
             shutting_down: false,
             shutdown_deadline: 0,
             commands: Vec::new(),
@@ -255,6 +329,7 @@ impl<H: Handler, Io> Core<H, Io> {
             decoder: Decoder::new(Role::Server, self.cfg.limits),
             tail: Vec::new(),
             state: None,
+            subs: None,
             closing: None,
             last_rx: self.now_ms,
             since: self.now_ms,
@@ -274,8 +349,11 @@ impl<H: Handler, Io> Core<H, Io> {
     pub(crate) fn remove(&mut self, key: usize) -> Option<Io> {
         let conn = self.conns.try_remove(key)?;
         debug_assert!(conn.state.is_none(), "on_close must have run");
+        if let Some(subs) = conn.subs {
+            self.env.registry.remove_all(*subs, key as u32);
+        }
         let mut out = conn.out;
-        out.clear(&mut self.pool);
+        out.clear(&mut self.env.pool);
         self.me().stats.connections.fetch_sub(1, Ordering::Relaxed);
         Some(conn.io)
     }
@@ -360,6 +438,17 @@ impl<H: Handler, Io> Core<H, Io> {
         };
         let client_key = match req.validate() {
             Ok(k) => k,
+            Err(HandshakeError::NotUpgrade)
+                if req.method == "GET" && self.cfg.metrics_path.as_deref() == Some(req.path) =>
+            {
+                let body = self.handle.prometheus().into_bytes();
+                let resp = HttpResponse {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4",
+                    body,
+                };
+                return self.http_response(key, &resp);
+            }
             Err(HandshakeError::NotUpgrade) if req.method == "GET" || req.method == "HEAD" => {
                 match self.handler.on_http(&req) {
                     Some(resp) => return self.http_response(key, &resp),
@@ -391,12 +480,12 @@ impl<H: Handler, Io> Core<H, Io> {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        let mut resp = self.pool.take(256);
+        let mut resp = self.env.pool.take(256);
         if let Err(e) =
             write_accept_response(&mut resp, &accept, upgrade.protocol.as_deref(), &extra)
         {
             tracing::error!("handler produced an invalid upgrade response: {e}");
-            self.pool.give(resp);
+            self.env.pool.give(resp);
             let resp = HttpResponse {
                 status: 500,
                 content_type: "text/plain",
@@ -458,11 +547,9 @@ impl<H: Handler, Io> Core<H, Io> {
                 handler,
                 conns,
                 handle,
-                pool,
-                deferred,
+                env,
                 shared,
                 worker,
-                cfg,
                 ..
             } = self;
             let id = ConnId::new(*worker, key, conns[key].gen);
@@ -487,17 +574,11 @@ impl<H: Handler, Io> Core<H, Io> {
             match msg {
                 proto::Message::Text(t) if open => {
                     stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                    let Conn { state, out, .. } = conn;
+                    let Conn {
+                        state, out, subs, ..
+                    } = conn;
                     let mut ctx = Ctx {
-                        out: Outbox {
-                            own_id: id,
-                            own: Some(out),
-                            pool,
-                            deferred,
-                            sent: 0,
-                            budget: cfg.write_budget,
-                            over: false,
-                        },
+                        out: Outbox::new(id, Some(Own { out, subs }), env),
                         handle,
                     };
                     handler.on_message(&mut ctx, state.as_mut().expect("open"), Message::Text(t));
@@ -508,17 +589,11 @@ impl<H: Handler, Io> Core<H, Io> {
                 }
                 proto::Message::Binary(b) if open => {
                     stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                    let Conn { state, out, .. } = conn;
+                    let Conn {
+                        state, out, subs, ..
+                    } = conn;
                     let mut ctx = Ctx {
-                        out: Outbox {
-                            own_id: id,
-                            own: Some(out),
-                            pool,
-                            deferred,
-                            sent: 0,
-                            budget: cfg.write_budget,
-                            over: false,
-                        },
+                        out: Outbox::new(id, Some(Own { out, subs }), env),
                         handle,
                     };
                     handler.on_message(&mut ctx, state.as_mut().expect("open"), Message::Binary(b));
@@ -529,7 +604,7 @@ impl<H: Handler, Io> Core<H, Io> {
                 }
                 proto::Message::Ping(p) if open => {
                     let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
-                    conn.out.push_parts(pool, &[&h, p]);
+                    conn.out.push_parts(&mut env.pool, &[&h, p]);
                 }
                 proto::Message::Close(frame) => {
                     let (code, reason) = match frame {
@@ -631,8 +706,7 @@ impl<H: Handler, Io> Core<H, Io> {
             handler,
             conns,
             handle,
-            pool,
-            deferred,
+            env,
             worker,
             ..
         } = self;
@@ -640,15 +714,7 @@ impl<H: Handler, Io> Core<H, Io> {
         if let Some(state) = conn.state.take() {
             let id = ConnId::new(*worker, key, conn.gen);
             let mut ctx = Ctx {
-                out: Outbox {
-                    own_id: id,
-                    own: None,
-                    pool,
-                    deferred,
-                    sent: 0,
-                    budget: 0,
-                    over: false,
-                },
+                out: Outbox::new(id, None, env),
                 handle,
             };
             handler.on_close(&mut ctx, state, code, reason);
@@ -672,7 +738,7 @@ impl<H: Handler, Io> Core<H, Io> {
         self.close_callback(key, code, &reason);
         let conn = &mut self.conns[key];
         conn.dead = true;
-        conn.out.clear(&mut self.pool);
+        conn.out.clear(&mut self.env.pool);
         self.dead.push(key);
     }
 
@@ -687,28 +753,20 @@ impl<H: Handler, Io> Core<H, Io> {
             handler,
             conns,
             handle,
-            pool,
-            deferred,
+            env,
             shared,
             worker,
-            cfg,
             ..
         } = self;
         let conn = &mut conns[key];
         let id = ConnId::new(*worker, key, conn.gen);
-        let Conn { state, out, .. } = conn;
+        let Conn {
+            state, out, subs, ..
+        } = conn;
         let mut over = false;
         if let Some(state) = state.as_mut() {
             let mut ctx = Ctx {
-                out: Outbox {
-                    own_id: id,
-                    own: Some(out),
-                    pool,
-                    deferred,
-                    sent: 0,
-                    budget: cfg.write_budget,
-                    over: false,
-                },
+                out: Outbox::new(id, Some(Own { out, subs }), env),
                 handle,
             };
             f(handler, &mut ctx, state);
@@ -725,12 +783,13 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Applies sends and closes that callbacks addressed to other connections.
     fn apply_deferred(&mut self) {
-        while !self.deferred.is_empty() {
-            let batch = std::mem::take(&mut self.deferred);
+        while !self.env.deferred.is_empty() {
+            let batch = std::mem::take(&mut self.env.deferred);
             for d in batch {
                 match d {
                     Deferred::Send(id, frame) => self.send_frame(id, frame),
                     Deferred::Close(id, code, reason) => self.close_id(id, code, &reason),
+                    Deferred::Publish(frame, target, tag) => self.publish(frame, target, tag),
                 }
             }
         }
@@ -761,7 +820,12 @@ impl<H: Handler, Io> Core<H, Io> {
             return;
         };
         if self.conns[key].out.len() > self.cfg.write_budget {
-            return self.slow_consumer(key);
+            return match self.cfg.slow_consumer {
+                SlowConsumerPolicy::Close => self.slow_consumer(key),
+                SlowConsumerPolicy::Drop => {
+                    self.me().stats.drops.fetch_add(1, Ordering::Relaxed);
+                }
+            };
         }
         self.conns[key].out.push_owned(frame);
         self.me().stats.messages_out.fetch_add(1, Ordering::Relaxed);
@@ -797,7 +861,7 @@ impl<H: Handler, Io> Core<H, Io> {
             .slow_consumer_closes
             .fetch_add(1, Ordering::Relaxed);
         let clean = conn.out.at_frame_boundary();
-        conn.out.clear(&mut self.pool);
+        conn.out.clear(&mut self.env.pool);
         conn.closing = None;
         if clean {
             let mut frame = Vec::new();
@@ -851,6 +915,209 @@ impl<H: Handler, Io> Core<H, Io> {
                 self.dirty.push(key);
             }
         }
+    }
+
+    // ---- broadcast ----
+
+    /// Publishes an encoded frame from this worker: delivered here at once, and sent as one
+    /// queue item to each other worker that may hold recipients.
+    pub(crate) fn publish(
+        &mut self,
+        frame: Arc<[u8]>,
+        target: OwnedTarget,
+        tag: Option<(ConnId, u64)>,
+    ) {
+        let n = self.shared.workers.len();
+        self.me()
+            .stats
+            .events_published
+            .fetch_add(1, Ordering::Relaxed);
+        // Lists of connections are split by owning worker here; keys, topics and "all" are
+        // resolved by each worker against its own tables.
+        let parts: Vec<(usize, OwnedTarget)> = match target {
+            OwnedTarget::Conns(ids) => group_by_worker(&ids, n)
+                .into_iter()
+                .enumerate()
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(w, ids)| (w, OwnedTarget::Conns(ids)))
+                .collect(),
+            other => {
+                let shared = Arc::new(Event {
+                    frame,
+                    target: other,
+                    tracker: None,
+                });
+                return self.fan_out_all(shared, tag);
+            }
+        };
+        let tracker = tag.map(|(origin, tag)| {
+            Arc::new(Tracker {
+                remaining: AtomicUsize::new(parts.len()),
+                reached: AtomicUsize::new(0),
+                origin,
+                tag,
+            })
+        });
+        if parts.is_empty() {
+            if let Some((origin, tag)) = tag {
+                self.receipt(origin, tag, 0);
+            }
+            return;
+        }
+        for (w, t) in parts {
+            let ev = Arc::new(Event {
+                frame: frame.clone(),
+                target: t,
+                tracker: tracker.clone(),
+            });
+            if w == self.worker as usize {
+                self.deliver_event(&ev);
+            } else {
+                self.shared.workers[w].push(Command::Publish(ev));
+            }
+        }
+    }
+
+    /// Sends one event (keys, topic, all) to every worker, this one included.
+    fn fan_out_all(&mut self, mut ev: Arc<Event>, tag: Option<(ConnId, u64)>) {
+        let n = self.shared.workers.len();
+        if let Some((origin, tag)) = tag {
+            let tracker = Arc::new(Tracker {
+                remaining: AtomicUsize::new(n),
+                reached: AtomicUsize::new(0),
+                origin,
+                tag,
+            });
+            Arc::get_mut(&mut ev).expect("not shared yet").tracker = Some(tracker);
+        }
+        for w in 0..n {
+            if w != self.worker as usize {
+                self.shared.workers[w].push(Command::Publish(ev.clone()));
+            }
+        }
+        self.deliver_event(&ev);
+    }
+
+    /// Delivers an event to its recipients on this worker; reports to its tracker.
+    pub(crate) fn deliver_event(&mut self, ev: &Event) {
+        let mut slots = std::mem::take(&mut self.scratch);
+        slots.clear();
+        match &ev.target {
+            OwnedTarget::All => slots.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, c)| matches!(c.phase, Phase::Open))
+                    .map(|(k, _)| k as u32),
+            ),
+            OwnedTarget::Topic(t) => {
+                if let Some(set) = self.env.registry.topic(t) {
+                    slots.extend(set.iter().copied());
+                }
+            }
+            OwnedTarget::Keys(keys) => {
+                for k in keys.iter() {
+                    slots.extend_from_slice(self.env.registry.key(k));
+                }
+                if keys.len() > 1 {
+                    slots.sort_unstable();
+                    slots.dedup();
+                }
+            }
+            OwnedTarget::Conns(ids) => {
+                for id in ids {
+                    if let Some(k) = (id.worker() == self.worker as usize)
+                        .then(|| self.resolve(*id))
+                        .flatten()
+                    {
+                        slots.push(k as u32);
+                    }
+                }
+                slots.sort_unstable();
+                slots.dedup();
+            }
+        }
+        let mut reached = 0;
+        for &slot in &slots {
+            if self.push_shared_to(slot as usize, &ev.frame) {
+                reached += 1;
+            }
+        }
+        self.scratch = slots;
+        self.me()
+            .stats
+            .deliveries
+            .fetch_add(reached as u64, Ordering::Relaxed);
+        if let Some(t) = &ev.tracker {
+            if let Some(total) = t.finish_part(reached) {
+                self.receipt(t.origin, t.tag, total);
+            }
+        }
+    }
+
+    /// Queues a shared frame for one connection, applying the slow-consumer policy.
+    fn push_shared_to(&mut self, key: usize, frame: &Arc<[u8]>) -> bool {
+        let budget = self.cfg.write_budget;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if conn.dead || !matches!(conn.phase, Phase::Open) {
+            return false;
+        }
+        if conn.out.len() > budget {
+            match self.cfg.slow_consumer {
+                SlowConsumerPolicy::Close => self.slow_consumer(key),
+                SlowConsumerPolicy::Drop => {
+                    self.me().stats.drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return false;
+        }
+        conn.out.push_shared(frame.clone());
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+        true
+    }
+
+    /// Reports a tracked publish's total to its origin connection (`on_published`).
+    fn receipt(&mut self, origin: ConnId, tag: u64, reached: usize) {
+        if origin.worker() != self.worker as usize {
+            if let Some(w) = self.shared.workers.get(origin.worker()) {
+                w.push(Command::Receipt {
+                    origin,
+                    tag,
+                    reached,
+                });
+            }
+            return;
+        }
+        let Some(key) = self.resolve(origin) else {
+            return;
+        };
+        self.callback(key, |h, ctx, s| h.on_published(ctx, s, tag, reached));
+        self.apply_deferred();
+        self.mark_output(key);
+    }
+
+    /// Binds, unbinds, subscribes or unsubscribes a connection on behalf of another thread.
+    fn bind_op(&mut self, id: ConnId, name: &str, op: BindOp) {
+        if id.worker() != self.worker as usize {
+            if let Some(w) = self.shared.workers.get(id.worker()) {
+                w.push(Command::Bind(id, name.into(), op));
+            }
+            return;
+        }
+        let Some(key) = self.resolve(id) else { return };
+        let Core { conns, env, .. } = self;
+        let subs = conns[key].subs.get_or_insert_with(Default::default);
+        let slot = key as u32;
+        match op {
+            BindOp::Bind => env.registry.bind(subs, slot, name),
+            BindOp::Unbind => env.registry.unbind(subs, slot, name),
+            BindOp::Subscribe => env.registry.subscribe(subs, slot, name),
+            BindOp::Unsubscribe => env.registry.unsubscribe(subs, slot, name),
+        };
     }
 
     // ---- timers ----
@@ -956,7 +1223,7 @@ impl<H: Handler, Io> Core<H, Io> {
                 } else {
                     conn.ping_sent = Some(now);
                     let h = encode_header(true, OpCode::Ping, 0, None);
-                    conn.out.push_parts(&mut self.pool, &[&h]);
+                    conn.out.push_parts(&mut self.env.pool, &[&h]);
                     self.me().stats.pings_sent.fetch_add(1, Ordering::Relaxed);
                     self.mark_output(key);
                 }
@@ -965,7 +1232,7 @@ impl<H: Handler, Io> Core<H, Io> {
             Phase::Draining { .. } => {
                 let conn = &mut self.conns[key];
                 conn.dead = true;
-                conn.out.clear(&mut self.pool);
+                conn.out.clear(&mut self.env.pool);
                 self.dead.push(key);
             }
         }
@@ -983,6 +1250,13 @@ impl<H: Handler, Io> Core<H, Io> {
                 Command::Send(id, frame) => self.send_frame(id, frame),
                 Command::Close(id, code, reason) => self.close_id(id, code, &reason),
                 Command::Shutdown => shutdown = true,
+                Command::Publish(ev) => self.deliver_event(&ev),
+                Command::Receipt {
+                    origin,
+                    tag,
+                    reached,
+                } => self.receipt(origin, tag, reached),
+                Command::Bind(id, name, op) => self.bind_op(id, &name, op),
             }
         }
         self.commands = cmds;

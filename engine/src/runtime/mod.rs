@@ -9,6 +9,7 @@ pub(crate) mod core;
 pub(crate) mod queue;
 pub(crate) mod timer;
 
+use crate::broadcast::Target;
 use crate::driver;
 use crate::handler::{Handler, Message};
 use crate::proto::encode::encode_frame;
@@ -54,6 +55,22 @@ pub struct Config {
     pub write_budget: usize,
     /// Size of each worker's receive buffer.
     pub recv_buffer: usize,
+    /// What happens to a connection whose unsent output is over the write budget when more
+    /// comes for it.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Path answered with the counters in the Prometheus text format (`None`: off).
+    pub metrics_path: Option<String>,
+}
+
+/// What to do with a connection that does not read fast enough (its queue is over the
+/// write budget when more output comes for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SlowConsumerPolicy {
+    /// Close it with 1008 "slow consumer" (counted in `slow_consumer_closes`).
+    #[default]
+    Close,
+    /// Keep it, and drop what is sent to it until it catches up (counted in `drops`).
+    Drop,
 }
 
 impl Config {
@@ -75,6 +92,8 @@ impl Config {
             shutdown_timeout: Duration::from_secs(5),
             write_budget: 4 << 20,
             recv_buffer: 256 * 1024,
+            slow_consumer: SlowConsumerPolicy::Close,
+            metrics_path: Some("/metrics".to_owned()),
         }
     }
 
@@ -127,6 +146,12 @@ impl Config {
     /// Sets the per-connection write budget in bytes.
     pub fn write_budget(mut self, bytes: usize) -> Self {
         self.write_budget = bytes;
+        self
+    }
+
+    /// Sets the slow-consumer policy.
+    pub fn slow_consumer(mut self, p: SlowConsumerPolicy) -> Self {
+        self.slow_consumer = p;
         self
     }
 
@@ -215,6 +240,30 @@ macro_rules! stats {
             pub protocol_closes: Vec<(u16, u64)>,
         }
 
+        impl WorkerStats {
+            /// Appends this worker's counters in the Prometheus text format (no HELP/TYPE).
+            fn write_prometheus(&self, worker: usize, out: &mut String) {
+                use std::fmt::Write as _;
+                $(
+                    let _ = writeln!(out, "volley_{}{{worker=\"{worker}\"}} {}",
+                        stringify!($name), self.$name.load(Ordering::Relaxed));
+                )*
+                for (i, c) in self.protocol_closes.iter().enumerate() {
+                    let _ = writeln!(out, "volley_protocol_closes{{worker=\"{worker}\",code=\"{}\"}} {}",
+                        1000 + i, c.load(Ordering::Relaxed));
+                }
+            }
+
+            fn prometheus_types(out: &mut String) {
+                use std::fmt::Write as _;
+                $(
+                    let kind = if stringify!($name) == "connections" { "gauge" } else { "counter" };
+                    let _ = writeln!(out, "# TYPE volley_{} {kind}", stringify!($name));
+                )*
+                let _ = writeln!(out, "# TYPE volley_protocol_closes counter");
+            }
+        }
+
         impl Stats {
             fn add(&mut self, w: &WorkerStats) {
                 $( self.$name += w.$name.load(Ordering::Relaxed); )*
@@ -263,6 +312,12 @@ stats! {
     idle_closes,
     /// Messages addressed to connections that no longer exist.
     unknown_target,
+    /// Events published (counted by the publishing worker).
+    events_published,
+    /// Event deliveries: one per recipient reached.
+    deliveries,
+    /// Messages dropped for slow consumers under `SlowConsumerPolicy::Drop`.
+    drops,
 }
 
 /// A request to a worker from another thread.
@@ -274,6 +329,16 @@ pub(crate) enum Command {
     Close(ConnId, CloseCode, String),
     /// Stop accepting, close every connection with 1001, exit.
     Shutdown,
+    /// Deliver an event to this worker's recipients.
+    Publish(Arc<crate::broadcast::Event>),
+    /// A tracked publish reached `reached` connections: tell its origin.
+    Receipt {
+        origin: ConnId,
+        tag: u64,
+        reached: usize,
+    },
+    /// Change a connection's key or topic bindings.
+    Bind(ConnId, Box<str>, core::BindOp),
 }
 
 /// Wakes a worker's poller from another thread.
@@ -366,6 +431,77 @@ impl Handle {
         }
     }
 
+    /// Publishes a message to `target` (connections, keys, a topic, everyone), on every
+    /// worker. The frame is encoded once; each worker gets one queue item, not one per
+    /// recipient. Events published by one thread reach each recipient in order.
+    pub fn publish(&self, target: Target<'_>, msg: Message<'_>) {
+        let frame = crate::broadcast::encode_shared(msg);
+        let workers = &self.shared.workers;
+        match target {
+            Target::Conn(_) | Target::Conns(_) => {
+                let ids: &[ConnId] = match &target {
+                    Target::Conn(id) => std::slice::from_ref(id),
+                    Target::Conns(ids) => ids,
+                    _ => unreachable!(),
+                };
+                for (w, ids) in crate::broadcast::group_by_worker(ids, workers.len())
+                    .into_iter()
+                    .enumerate()
+                {
+                    if !ids.is_empty() {
+                        let target = crate::broadcast::OwnedTarget::Conns(ids);
+                        let ev = crate::broadcast::Event {
+                            frame: frame.clone(),
+                            target,
+                            tracker: None,
+                        };
+                        workers[w].push(Command::Publish(Arc::new(ev)));
+                    }
+                }
+            }
+            _ => {
+                let target = crate::broadcast::OwnedTarget::from_target(&target);
+                let ev = Arc::new(crate::broadcast::Event {
+                    frame,
+                    target,
+                    tracker: None,
+                });
+                for w in workers {
+                    w.push(Command::Publish(ev.clone()));
+                }
+            }
+        }
+        if let Some(w) = workers.first() {
+            w.stats.events_published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn bind_op(&self, id: ConnId, name: &str, op: core::BindOp) {
+        if let Some(w) = self.worker(id) {
+            w.push(Command::Bind(id, name.into(), op));
+        }
+    }
+
+    /// Binds a connection to an application key (a user id, a device id).
+    pub fn bind_key(&self, id: ConnId, key: &str) {
+        self.bind_op(id, key, core::BindOp::Bind);
+    }
+
+    /// Unbinds a connection from an application key.
+    pub fn unbind_key(&self, id: ConnId, key: &str) {
+        self.bind_op(id, key, core::BindOp::Unbind);
+    }
+
+    /// Subscribes a connection to a topic.
+    pub fn subscribe(&self, id: ConnId, topic: &str) {
+        self.bind_op(id, topic, core::BindOp::Subscribe);
+    }
+
+    /// Unsubscribes a connection from a topic.
+    pub fn unsubscribe(&self, id: ConnId, topic: &str) {
+        self.bind_op(id, topic, core::BindOp::Unsubscribe);
+    }
+
     /// The server's counters, summed over workers.
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
@@ -379,6 +515,16 @@ impl Handle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// Every worker's counters in the Prometheus text format (what `GET /metrics` answers).
+    pub fn prometheus(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        WorkerStats::prometheus_types(&mut out);
+        for (i, w) in self.shared.workers.iter().enumerate() {
+            w.stats.write_prometheus(i, &mut out);
+        }
+        out
     }
 
     /// Starts a graceful shutdown: stop accepting, close every connection with 1001, wait up
@@ -422,7 +568,9 @@ pub(crate) fn raise_nofile_limit() -> u64 {
             lim.rlim_cur = old;
         }
     }
-    lim.rlim_cur as u64
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    let cur = lim.rlim_cur as u64;
+    cur
 }
 
 /// A running server: its worker threads and a [`Handle`].

@@ -60,12 +60,15 @@ impl BufPool {
     }
 }
 
-/// Unsent output of one connection. Holds no allocation while empty.
+/// Unsent output of one connection. Holds no allocation while empty, and none either for
+/// one pending chunk: the first chunk is stored inline, so delivering a shared frame to an
+/// idle connection costs a reference-count increment and nothing else.
 #[derive(Debug, Default)]
 pub(crate) struct WriteQueue {
-    chunks: VecDeque<Chunk>,
-    /// Bytes of the first chunk already written.
-    /// INVARIANT: `offset < chunks[0].len()` whenever `chunks` is not empty, else 0.
+    /// The chunk being written. INVARIANT: `None` only if `rest` is empty.
+    first: Option<Chunk>,
+    rest: VecDeque<Chunk>,
+    /// Bytes of `first` already written. INVARIANT: `offset < first.len()`, or 0.
     offset: usize,
     /// Unsent bytes in total.
     len: usize,
@@ -85,6 +88,21 @@ impl WriteQueue {
         self.offset == 0
     }
 
+    fn push_chunk(&mut self, c: Chunk) {
+        if self.first.is_none() {
+            self.first = Some(c);
+        } else {
+            self.rest.push_back(c);
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut Chunk> {
+        match self.rest.back_mut() {
+            Some(c) => Some(c),
+            None => self.first.as_mut(),
+        }
+    }
+
     /// Appends `parts` (a header and a payload) as contiguous bytes.
     pub(crate) fn push_parts(&mut self, pool: &mut BufPool, parts: &[&[u8]]) {
         let n: usize = parts.iter().map(|p| p.len()).sum();
@@ -93,7 +111,7 @@ impl WriteQueue {
         }
         self.len += n;
         if n < COALESCE_MAX {
-            if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
+            if let Some(Chunk::Owned(last)) = self.last_mut() {
                 if last.len() + n <= POOL_BUF_CAP {
                     for p in parts {
                         last.extend_from_slice(p);
@@ -105,13 +123,13 @@ impl WriteQueue {
             for p in parts {
                 v.extend_from_slice(p);
             }
-            self.chunks.push_back(Chunk::Owned(v));
+            self.push_chunk(Chunk::Owned(v));
         } else {
             let mut v = Vec::with_capacity(n);
             for p in parts {
                 v.extend_from_slice(p);
             }
-            self.chunks.push_back(Chunk::Owned(v));
+            self.push_chunk(Chunk::Owned(v));
         }
     }
 
@@ -121,28 +139,31 @@ impl WriteQueue {
             return;
         }
         self.len += frame.len();
-        self.chunks.push_back(Chunk::Owned(frame));
+        self.push_chunk(Chunk::Owned(frame));
     }
 
     /// Appends a shared frame by reference.
-    #[allow(dead_code)] // used by the broadcast path
     pub(crate) fn push_shared(&mut self, frame: Arc<[u8]>) {
         if frame.is_empty() {
             return;
         }
         self.len += frame.len();
-        self.chunks.push_back(Chunk::Shared(frame));
+        self.push_chunk(Chunk::Shared(frame));
     }
 
     /// Fills `out` with slices of the unsent bytes; returns how many were filled.
     pub(crate) fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        for (i, c) in self.chunks.iter().enumerate() {
+        let Some(first) = &self.first else { return 0 };
+        if out.is_empty() {
+            return 0;
+        }
+        out[0] = IoSlice::new(&first.bytes()[self.offset..]);
+        let mut n = 1;
+        for c in &self.rest {
             if n == out.len() {
                 break;
             }
-            let b = c.bytes();
-            out[n] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
+            out[n] = IoSlice::new(c.bytes());
             n += 1;
         }
         n
@@ -153,9 +174,7 @@ impl WriteQueue {
         debug_assert!(n <= self.len);
         self.len -= n.min(self.len);
         while n > 0 {
-            let Some(first) = self.chunks.front() else {
-                break;
-            };
+            let Some(first) = &self.first else { break };
             let rest = first.bytes().len() - self.offset;
             if n < rest {
                 self.offset += n;
@@ -163,24 +182,25 @@ impl WriteQueue {
             }
             n -= rest;
             self.offset = 0;
-            if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
+            if let Some(Chunk::Owned(v)) = self.first.take() {
                 pool.give(v);
             }
+            self.first = self.rest.pop_front();
         }
-        if self.chunks.is_empty() {
-            // Release the deque's own storage too: an idle connection holds nothing.
-            self.chunks = VecDeque::new();
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            // Release the deque's storage too: an idle connection holds nothing.
+            self.rest = VecDeque::new();
         }
     }
 
     /// Drops everything unsent.
     pub(crate) fn clear(&mut self, pool: &mut BufPool) {
-        for c in self.chunks.drain(..) {
+        for c in self.first.take().into_iter().chain(self.rest.drain(..)) {
             if let Chunk::Owned(v) = c {
                 pool.give(v);
             }
         }
-        self.chunks = VecDeque::new();
+        self.rest = VecDeque::new();
         self.offset = 0;
         self.len = 0;
     }
@@ -205,7 +225,7 @@ mod tests {
         let shared: Arc<[u8]> = Arc::from(&b"SHARED"[..]);
         q.push_shared(shared.clone());
         q.push_parts(&mut pool, &[b"gh"]);
-        assert_eq!(q.chunks.len(), 3);
+        assert_eq!(q.rest.len(), 2);
         assert_eq!(Arc::strong_count(&shared), 2);
         assert_eq!(drain(&q), b"abcdefSHAREDgh");
         q.advance(3, &mut pool);
@@ -216,6 +236,10 @@ mod tests {
         q.advance(5, &mut pool);
         assert!(q.is_empty());
         assert_eq!(Arc::strong_count(&shared), 1);
-        assert_eq!(q.chunks.capacity(), 0);
+        assert_eq!(q.rest.capacity(), 0);
+        // One shared frame on an empty queue is held inline: no allocation.
+        q.push_shared(shared.clone());
+        assert_eq!(q.rest.capacity(), 0);
+        assert_eq!(drain(&q), b"SHARED");
     }
 }

@@ -1,10 +1,11 @@
 //! The `volley` server binary: reference modes for trying and benchmarking the engine.
 //!
-//! `volley serve [--addr 127.0.0.1:9001] [--workers N] [--mode echo]`; logs with `RUST_LOG`.
+//! `volley serve [--addr 127.0.0.1:9001] [--workers N] [--mode echo|broadcast|notify|pubsub]`;
+//! logs with `RUST_LOG`. The modes' wire formats are in docs/modes.md.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::time::Duration;
-use volley::{Config, Ctx, Handler, HttpResponse, Message, Reject, Request, Server, Upgrade};
+use volley::{Config, Server, SlowConsumerPolicy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,9 +50,19 @@ struct ServeArgs {
     /// Seconds of silence after which a connection is closed (0: never).
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
+    /// When a connection's unsent output is over the write budget: close it (1008) or drop
+    /// what is sent to it until it catches up.
+    #[arg(long, value_enum, default_value_t = SlowPolicy::Close)]
+    slow_consumer: SlowPolicy,
     /// Seconds a client has to finish its handshake.
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SlowPolicy {
+    Close,
+    Drop,
 }
 
 impl Default for ServeArgs {
@@ -60,55 +71,9 @@ impl Default for ServeArgs {
     }
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// Every message is sent back to its sender.
-    Echo,
-}
+mod modes;
 
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Echo => "echo",
-        }
-    }
-}
-
-const INDEX_HTML: &str = include_str!("index.html");
-
-#[derive(Clone)]
-struct Reference {
-    mode: Mode,
-}
-
-impl Handler for Reference {
-    type State = ();
-
-    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
-        Ok(())
-    }
-
-    fn on_http(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
-        match req.path {
-            "/" | "/index.html" => Some(HttpResponse {
-                status: 200,
-                content_type: "text/html; charset=utf-8",
-                body: INDEX_HTML.replace("MODE", self.mode.name()).into_bytes(),
-            }),
-            _ => Some(HttpResponse {
-                status: 404,
-                content_type: "text/plain",
-                body: b"not found\n".to_vec(),
-            }),
-        }
-    }
-
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
-        match self.mode {
-            Mode::Echo => ctx.send(msg),
-        }
-    }
-}
+use modes::{Mode, Reference};
 
 fn secs(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
@@ -133,7 +98,11 @@ fn main() {
         .write_budget(args.write_budget)
         .handshake_timeout(Duration::from_secs(args.handshake_timeout.max(1)))
         .idle_timeout(secs(args.idle_timeout))
-        .ping(secs(args.ping_interval), Duration::from_secs(20));
+        .ping(secs(args.ping_interval), Duration::from_secs(20))
+        .slow_consumer(match args.slow_consumer {
+            SlowPolicy::Close => SlowConsumerPolicy::Close,
+            SlowPolicy::Drop => SlowConsumerPolicy::Drop,
+        });
     let server = match Server::start(cfg, Reference { mode: args.mode }) {
         Ok(s) => s,
         Err(e) => {

@@ -1,0 +1,141 @@
+//! Recipient-targeted broadcast: an event is encoded once and reaches exactly the sockets it
+//! targets, on every worker, with no per-recipient copy or allocation.
+//!
+//! * [`Target`] names the recipients: one connection, a list, an application key (a user
+//!   id, a device id: one key may have many connections), a list of keys, a topic, everyone.
+//! * An [`Event`] is the complete server frame (header and payload contiguous) in one
+//!   `Arc<[u8]>`. Each recipient's write queue gets a clone of the `Arc`: a reference-count
+//!   increment, then one `writev` per socket per loop turn for everything queued to it.
+//! * Across workers an event travels as one queue item per worker (the `Arc<Event>` itself),
+//!   never one per recipient. Keys and topics are looked up by the worker that owns the
+//!   connections (each worker holds its part of the tables, see [`registry`]); lists of
+//!   connections are grouped by worker before they leave the publisher.
+
+pub(crate) mod registry;
+
+use crate::handler::Message;
+use crate::proto::frame::encode_header;
+use crate::proto::OpCode;
+use crate::runtime::ConnId;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Who receives an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// One connection.
+    Conn(ConnId),
+    /// Several connections (each receives the event once, even if listed twice).
+    Conns(&'a [ConnId]),
+    /// Every connection bound to an application key.
+    Key(&'a str),
+    /// Every connection bound to any of these keys, each once.
+    Keys(&'a [&'a str]),
+    /// Every current subscriber of a topic.
+    Topic(&'a str),
+    /// Every open connection.
+    All,
+}
+
+/// The target as it travels to other workers.
+#[derive(Debug)]
+pub(crate) enum OwnedTarget {
+    /// Already grouped: the recipients on the receiving worker.
+    Conns(Vec<ConnId>),
+    Keys(Box<[Box<str>]>),
+    Topic(Box<str>),
+    All,
+}
+
+/// Counts how many connections an event reached across workers; the last worker to finish
+/// reports the total to the publishing connection (`Handler::on_published`).
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    pub(crate) remaining: AtomicUsize,
+    pub(crate) reached: AtomicUsize,
+    pub(crate) origin: ConnId,
+    pub(crate) tag: u64,
+}
+
+impl Tracker {
+    /// Adds one worker's count; returns the total if this was the last worker.
+    pub(crate) fn finish_part(&self, reached: usize) -> Option<usize> {
+        self.reached.fetch_add(reached, Ordering::AcqRel);
+        (self.remaining.fetch_sub(1, Ordering::AcqRel) == 1)
+            .then(|| self.reached.load(Ordering::Acquire))
+    }
+}
+
+/// One published event, shared by every worker that delivers it.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) frame: Arc<[u8]>,
+    pub(crate) target: OwnedTarget,
+    pub(crate) tracker: Option<Arc<Tracker>>,
+}
+
+/// Encodes a message once as a complete, unmasked server frame in one allocation.
+pub(crate) fn encode_shared(msg: Message<'_>) -> Arc<[u8]> {
+    let op = match msg {
+        Message::Text(_) => OpCode::Text,
+        Message::Binary(_) => OpCode::Binary,
+    };
+    let payload = msg.as_bytes();
+    let h = encode_header(true, op, payload.len() as u64, None);
+    // A chain of two slice iterators has an exact length: one allocation, no intermediate Vec.
+    h.iter().chain(payload.iter()).copied().collect()
+}
+
+impl OwnedTarget {
+    pub(crate) fn from_target(t: &Target<'_>) -> OwnedTarget {
+        match *t {
+            Target::Conn(id) => OwnedTarget::Conns(vec![id]),
+            Target::Conns(ids) => OwnedTarget::Conns(ids.to_vec()),
+            Target::Key(k) => OwnedTarget::Keys(Box::new([k.into()])),
+            Target::Keys(ks) => {
+                OwnedTarget::Keys(ks.iter().map(|k| Box::<str>::from(*k)).collect())
+            }
+            Target::Topic(t) => OwnedTarget::Topic(t.into()),
+            Target::All => OwnedTarget::All,
+        }
+    }
+}
+
+/// Splits a list of connections by owning worker: `out[w]` gets worker `w`'s recipients.
+pub(crate) fn group_by_worker(ids: &[ConnId], workers: usize) -> Vec<Vec<ConnId>> {
+    let mut out = vec![Vec::new(); workers];
+    for id in ids {
+        if let Some(v) = out.get_mut(id.worker()) {
+            v.push(*id);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_is_encoded_once_whole() {
+        let f = encode_shared(Message::Text("Hello"));
+        assert_eq!(&*f, &[0x81, 0x05, b'H', b'e', b'l', b'l', b'o']);
+        let big = vec![7u8; 70_000];
+        let f = encode_shared(Message::Binary(&big));
+        assert_eq!(f.len(), 10 + 70_000);
+        assert_eq!(&f[..2], &[0x82, 127]);
+    }
+
+    #[test]
+    fn tracker_reports_once_with_the_total() {
+        let t = Tracker {
+            remaining: AtomicUsize::new(3),
+            reached: AtomicUsize::new(0),
+            origin: ConnId::new(0, 1, 1),
+            tag: 9,
+        };
+        assert_eq!(t.finish_part(2), None);
+        assert_eq!(t.finish_part(0), None);
+        assert_eq!(t.finish_part(5), Some(7));
+    }
+}
