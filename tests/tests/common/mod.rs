@@ -357,3 +357,72 @@ pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
+
+/// Opens a bare WebSocket connection (handshake through stack buffers, no heap).
+pub fn open_lean(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    s.write_all(req).unwrap();
+    let mut buf = [0u8; 512];
+    let mut got = 0;
+    while !buf[..got].ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut buf[got..]).unwrap();
+        assert!(n > 0, "closed during handshake");
+        got += n;
+    }
+    assert!(buf.starts_with(b"HTTP/1.1 101 "));
+    s
+}
+
+/// The body of a test binary's ignored `hold_connections` test: opens `HOLD_N` connections
+/// to `HOLD_ADDR`, prints `ready`, and holds them until its standard input closes (or 120 s).
+pub fn hold_connections_main() {
+    let Ok(addr) = std::env::var("HOLD_ADDR") else {
+        return;
+    };
+    let addr: SocketAddr = addr.parse().unwrap();
+    let n: usize = std::env::var("HOLD_N").unwrap().parse().unwrap();
+    let conns: Vec<TcpStream> = (0..n).map(|_| open_lean(addr)).collect();
+    println!("ready {}", conns.len());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let _ = std::io::stdin().read(&mut b);
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(120));
+    drop(conns);
+}
+
+/// Holds `n` connections to `addr` in a child process (this test binary re-run with its
+/// ignored `hold_connections` test), so the server's process keeps its file table for its
+/// own sockets. Returns once they are all open; drop the child's stdin to release them.
+pub fn spawn_holder(addr: SocketAddr, n: usize) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "hold_connections",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("HOLD_ADDR", addr.to_string())
+        .env("HOLD_N", n.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn holder");
+    let out = child.stdout.take().unwrap();
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.unwrap();
+        if line.contains("ready ") {
+            return child;
+        }
+    }
+    panic!("holder exited before opening its connections");
+}

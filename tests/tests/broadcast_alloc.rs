@@ -1,0 +1,110 @@
+//! Publishing to N local connections allocates a constant number of times: the frame once,
+//! the event once, then only reference-count increments per recipient.
+
+mod common;
+
+use common::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Target, Upgrade};
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: defers to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Clone)]
+struct Quiet;
+impl Handler for Quiet {
+    type State = ();
+    fn on_upgrade(&mut self, _: &Request<'_>, _: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+    fn on_message(&mut self, _: &mut Ctx<'_>, _: &mut (), _: Message<'_>) {}
+}
+
+#[test]
+#[ignore]
+fn hold_connections() {
+    hold_connections_main();
+}
+
+/// Publishes one 64-byte event to everyone and returns the allocations it took, from the
+/// publish call until every recipient's bytes were written.
+fn allocs_for_one_publish(handle: &volley::Handle, n: u64) -> usize {
+    let payload = [b'e'; 64];
+    let before_deliveries = handle.stats().deliveries;
+    let before_bytes = handle.stats().bytes_out;
+    let a0 = ALLOCS.load(Ordering::SeqCst);
+    handle.publish(Target::All, Message::Binary(&payload));
+    let t = Instant::now();
+    loop {
+        // `stats()` itself does not allocate while no protocol close was counted.
+        let s = handle.stats();
+        if s.deliveries == before_deliveries + n && s.bytes_out == before_bytes + n * 66 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "deliveries did not complete"
+        );
+        std::thread::yield_now();
+    }
+    ALLOCS.load(Ordering::SeqCst) - a0
+}
+
+#[test]
+fn publishing_to_10000_local_connections_allocates_a_constant_number_of_times() {
+    let mut counts = Vec::new();
+    for n in [100usize, 10_000] {
+        let server = Server::start(
+            Config::new("127.0.0.1:0")
+                .workers(1)
+                .ping(None, Duration::from_secs(20)),
+            Quiet,
+        )
+        .unwrap();
+        let handle = server.handle();
+        let mut holder = spawn_holder(server.local_addr(), n);
+        while handle.stats().opened < n as u64 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Warm-up: the worker's scratch and dirty lists grow to N once.
+        allocs_for_one_publish(&handle, n as u64);
+        let allocs = allocs_for_one_publish(&handle, n as u64);
+        println!("{n} recipients: {allocs} allocations");
+        counts.push(allocs);
+        drop(holder.stdin.take());
+        let _ = holder.wait();
+        server.shutdown();
+    }
+    assert!(
+        counts[1] <= 4,
+        "publishing to 10,000 connections took {} allocations",
+        counts[1]
+    );
+    assert_eq!(
+        counts[0], counts[1],
+        "allocations grow with the recipients: {counts:?}"
+    );
+}
