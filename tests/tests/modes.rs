@@ -1,0 +1,198 @@
+//! The reference modes of the `volley` binary, over their documented wire formats
+//! (docs/modes.md), and its `/metrics` endpoint.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn notify_envelope(keys: &[&str], payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x01];
+    v.extend_from_slice(&(keys.len() as u16).to_be_bytes());
+    for k in keys {
+        v.push(k.len() as u8);
+        v.extend_from_slice(k.as_bytes());
+    }
+    v.extend_from_slice(payload);
+    v
+}
+
+fn receipt(c: &mut RawClient) -> u32 {
+    match c.recv() {
+        Got::Binary(b) if b.len() == 5 && b[0] == 0x02 => {
+            u32::from_be_bytes(b[1..].try_into().unwrap())
+        }
+        other => panic!("expected a receipt, got {other:?}"),
+    }
+}
+
+#[test]
+fn notify_delivers_to_keys_only_and_answers_how_many_were_reached() {
+    let srv = ChildServer::spawn(&["--mode", "notify", "--workers", "2"]);
+    let mut alice1 = RawClient::connect(srv.addr, "/?id=alice");
+    let mut alice2 = RawClient::connect(srv.addr, "/?id=alice");
+    let mut bob = RawClient::connect(srv.addr, "/?id=bob");
+    let mut sender = RawClient::connect(srv.addr, "/?id=carol");
+    std::thread::sleep(Duration::from_millis(50));
+    // Binary envelope; alice listed twice, a key nobody holds.
+    sender.send_frame(
+        volley::proto::OpCode::Binary,
+        true,
+        &notify_envelope(&["alice", "bob", "alice", "zed"], b"\x00hi"),
+    );
+    assert_eq!(receipt(&mut sender), 3);
+    for c in [&mut alice1, &mut alice2, &mut bob] {
+        assert_eq!(c.recv(), Got::Binary(b"\x00hi".to_vec()));
+    }
+    // JSON envelope.
+    sender.send_text(r#"{"to":["bob"],"data":"json hello"}"#);
+    assert_eq!(sender.recv(), Got::Text(r#"{"reached":1}"#.into()));
+    assert_eq!(bob.recv(), Got::Text("json hello".into()));
+    sender.send_text(r#"{"to":["alice"],"data":{"n":1}}"#);
+    assert_eq!(sender.recv(), Got::Text(r#"{"reached":2}"#.into()));
+    assert_eq!(alice1.recv(), Got::Text(r#"{"n":1}"#.into()));
+    // Bad envelopes get an error answer, and the connection stays.
+    sender.send_frame(
+        volley::proto::OpCode::Binary,
+        true,
+        &[0x01, 0x00, 0x02, 0x05, b'a'],
+    );
+    match sender.recv() {
+        Got::Binary(b) => assert_eq!(b[0], 0x03, "{:?}", String::from_utf8_lossy(&b)),
+        other => panic!("{other:?}"),
+    }
+    sender.send_text("not json");
+    match sender.recv() {
+        Got::Text(t) => assert!(t.contains("error"), "{t}"),
+        other => panic!("{other:?}"),
+    }
+    // Connecting without an id, or with a bad one, is refused with 400.
+    assert_eq!(RawClient::connect_raw(srv.addr, "/", &[]).status, 400);
+    assert_eq!(
+        RawClient::connect_raw(srv.addr, "/?id=a%20b", &[]).status,
+        400
+    );
+}
+
+#[test]
+fn notify_to_100_keys_among_10000_leaves_the_other_9900_sockets_silent() {
+    let srv = ChildServer::spawn(&["--mode", "notify", "--workers", "2"]);
+    let mut conns: Vec<TcpStream> = Vec::with_capacity(10_000);
+    for i in 0..10_000 {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        write!(
+            s,
+            "GET /?id=user{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        conns.push(s);
+    }
+    // Read every 101 (each answer is exactly one head).
+    for s in conns.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 129];
+        s.read_exact(&mut buf).unwrap();
+        assert!(buf.starts_with(b"HTTP/1.1 101 ") && buf.ends_with(b"\r\n\r\n"));
+    }
+    let keys: Vec<String> = (0..100).map(|i| format!("user{}", i * 100)).collect();
+    let key_refs: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    let mut sender = RawClient::connect(srv.addr, "/?id=sender");
+    sender.send_frame(
+        volley::proto::OpCode::Binary,
+        true,
+        &notify_envelope(&key_refs, b"event"),
+    );
+    assert_eq!(receipt(&mut sender), 100);
+    let frame = [0x82, 0x05, b'e', b'v', b'e', b'n', b't'];
+    for (i, s) in conns.iter_mut().enumerate() {
+        if i % 100 == 0 {
+            let mut got = [0u8; 7];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(got, frame, "recipient user{i}");
+        }
+    }
+    // Everyone else: not one byte (checked after the recipients got theirs).
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("user{i} saw {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn pubsub_text_protocol() {
+    let srv = ChildServer::spawn(&["--mode", "pubsub", "--workers", "2"]);
+    let mut s1 = RawClient::connect(srv.addr, "/");
+    let mut s2 = RawClient::connect(srv.addr, "/");
+    let mut p = RawClient::connect(srv.addr, "/");
+    s1.send_text("SUB news");
+    assert_eq!(s1.recv(), Got::Text("+SUB news".into()));
+    s2.send_text("SUB news");
+    assert_eq!(s2.recv(), Got::Text("+SUB news".into()));
+    p.send_text("PUB news hello world");
+    assert_eq!(p.recv(), Got::Text("+PUB news 2".into()));
+    assert_eq!(s1.recv(), Got::Text("hello world".into()));
+    assert_eq!(s2.recv(), Got::Text("hello world".into()));
+    s2.send_text("UNSUB news");
+    assert_eq!(s2.recv(), Got::Text("+UNSUB news".into()));
+    p.send_text("PUB news again");
+    assert_eq!(p.recv(), Got::Text("+PUB news 1".into()));
+    assert_eq!(s1.recv(), Got::Text("again".into()));
+    p.send_text("PUB empty x");
+    assert_eq!(p.recv(), Got::Text("+PUB empty 0".into()));
+    p.send_text("HELLO");
+    assert!(matches!(p.recv(), Got::Text(t) if t.starts_with("-ERR")));
+    p.send_text("SUB bad topic");
+    assert!(matches!(p.recv(), Got::Text(t) if t.starts_with("-ERR")));
+}
+
+#[test]
+fn broadcast_relays_every_message_to_every_connection() {
+    let srv = ChildServer::spawn(&["--mode", "broadcast", "--workers", "2"]);
+    let mut cs: Vec<RawClient> = (0..10).map(|_| RawClient::connect(srv.addr, "/")).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    cs[3].send_text("to all");
+    cs[7].send_frame(volley::proto::OpCode::Binary, true, b"\x01\x02");
+    // Two publishers: each connection gets both (their relative order is not defined).
+    for c in cs.iter_mut() {
+        let mut got = vec![c.recv(), c.recv()];
+        got.sort_by_key(|g| format!("{g:?}"));
+        assert_eq!(
+            got,
+            vec![
+                Got::Binary(b"\x01\x02".to_vec()),
+                Got::Text("to all".into())
+            ]
+        );
+    }
+}
+
+#[test]
+fn metrics_endpoint_speaks_prometheus_text() {
+    let srv = ChildServer::spawn(&["--mode", "echo", "--workers", "2"]);
+    let mut c = RawClient::connect(srv.addr, "/");
+    c.send_text("x");
+    assert_eq!(c.recv(), Got::Text("x".into()));
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("# TYPE volley_connections gauge"));
+    let sum = |name: &str| -> u64 {
+        out.lines()
+            .filter(|l| l.starts_with(&format!("volley_{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("messages_in"), 1);
+    assert_eq!(sum("opened"), 1);
+    assert!(sum("connections") >= 1);
+}
