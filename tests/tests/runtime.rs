@@ -438,3 +438,28 @@ fn stale_ids_never_reach_a_reused_slot() {
     assert_eq!(c2.recv(), Got::Text("for the new one".into()));
     assert_eq!(srv.handle().stats().unknown_target, 1);
 }
+
+#[test]
+fn data_and_fin_in_one_burst_still_end_the_connection_at_once() {
+    let srv = TestServer::start(TestServer::default_config());
+    for _ in 0..20 {
+        let mut c = RawClient::connect(srv.addr, "/");
+        let mut bytes = Vec::new();
+        volley::proto::encode::encode_client_frame(
+            OpCode::Text,
+            true,
+            b"bye",
+            [1, 2, 3, 4],
+            &mut bytes,
+        );
+        c.send_raw(&bytes);
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let t = Instant::now();
+        assert_eq!(srv.next_close().0, 1006);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "EOF noticed late: {:?}",
+            t.elapsed()
+        );
+    }
+}

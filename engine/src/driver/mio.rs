@@ -111,8 +111,9 @@ struct Worker<H: Handler> {
     poll: Poll,
     listener: Option<TcpListener>,
     rbuf: Vec<u8>,
-    /// Connections that hit the read bound with data left: read again next turn.
-    pending_reads: Vec<usize>,
+    /// Connections that hit the read bound with data left: read again next turn (with
+    /// whether to read to the end).
+    pending_reads: Vec<(usize, bool)>,
     accept_pending: bool,
 }
 
@@ -149,8 +150,8 @@ impl<H: Handler> Worker<H> {
             }
             self.core.update_now();
             std::mem::swap(&mut again, &mut self.pending_reads);
-            for key in again.drain(..) {
-                self.read(key);
+            for (key, to_end) in again.drain(..) {
+                self.read(key, to_end);
             }
             if self.accept_pending {
                 self.accept();
@@ -165,7 +166,8 @@ impl<H: Handler> Worker<H> {
                     }
                     Token(key) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(key);
+                            // After the peer's FIN no new edge will come: read to the end.
+                            self.read(key, ev.is_read_closed() || ev.is_error());
                         }
                         if ev.is_writable() {
                             self.core.want_flush(key);
@@ -238,7 +240,9 @@ impl<H: Handler> Worker<H> {
         self.accept_pending = true;
     }
 
-    fn read(&mut self, key: usize) {
+    /// Reads what `key` has. A short read means the socket is drained (a later arrival raises
+    /// a new edge), unless `to_end`: the peer has closed its side, so read until EOF.
+    fn read(&mut self, key: usize, to_end: bool) {
         for _ in 0..MAX_READS {
             let Some(conn) = self.core.conns.get_mut(key) else {
                 return;
@@ -250,7 +254,7 @@ impl<H: Handler> Worker<H> {
                 Ok(0) => return self.core.on_eof(key),
                 Ok(n) => {
                     self.core.on_data(key, &mut self.rbuf[..n]);
-                    if n < self.rbuf.len() {
+                    if n < self.rbuf.len() && !to_end {
                         return;
                     }
                 }
@@ -262,7 +266,7 @@ impl<H: Handler> Worker<H> {
                 }
             }
         }
-        self.pending_reads.push(key);
+        self.pending_reads.push((key, to_end));
     }
 
     fn flush(&mut self) {
