@@ -49,4 +49,4 @@ pub use broadcast::Target;
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
-pub use runtime::{Config, ConnId, Handle, Server, SlowConsumerPolicy, Stats};
+pub use runtime::{Backend, Config, ConnId, Handle, Server, SlowConsumerPolicy, Stats};

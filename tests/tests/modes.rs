@@ -108,7 +108,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     assert_eq!(receipt(&mut sender), 100);
     let frame = [0x82, 0x05, b'e', b'v', b'e', b'n', b't'];
     for (i, s) in conns.iter_mut().enumerate() {
-        if i % 100 == 0 {
+        if i.is_multiple_of(100) {
             let mut got = [0u8; 7];
             s.read_exact(&mut got).unwrap();
             assert_eq!(got, frame, "recipient user{i}");

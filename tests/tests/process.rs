@@ -77,7 +77,7 @@ fn cycle(addr: std::net::SocketAddr, i: usize) {
         // Abrupt: handshake done, then drop without a close frame (sometimes with RST).
         3..=5 => {
             let c = RawClient::connect(addr, "/");
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 let _ = socket_linger_zero(&c.stream);
             }
         }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use volley::Backend;
+
 use common::*;
 use std::path::PathBuf;
 use std::process::Command;
@@ -47,9 +49,8 @@ fn python() -> PathBuf {
     py
 }
 
-#[test]
-fn python_websockets_client_suite() {
-    let srv = TestServer::start(TestServer::default_config());
+fn python_websockets_client_suite(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b));
     let out = Command::new(python())
         .arg(workspace_root().join("tests/python/client_suite.py"))
         .arg(srv.url())
@@ -85,3 +86,5 @@ fn python_websockets_client_suite() {
         "{closes:?}"
     );
 }
+
+both_backends!(python_websockets_client_suite,);

@@ -3,6 +3,8 @@
 
 mod common;
 
+use volley::Backend;
+
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -21,9 +23,8 @@ fn tclient(
     ws
 }
 
-#[test]
-fn echo_text_and_binary_at_boundary_sizes() {
-    let srv = TestServer::start(TestServer::default_config());
+fn echo_text_and_binary_at_boundary_sizes(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b));
     let mut ws = tclient(&srv);
     for size in [0usize, 125, 126, 65535, 65536, 16 << 20] {
         let bin: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
@@ -39,9 +40,8 @@ fn echo_text_and_binary_at_boundary_sizes() {
     assert_eq!(srv.next_close().0, 1005);
 }
 
-#[test]
-fn fragmented_messages_with_interleaved_pings() {
-    let srv = TestServer::start(TestServer::default_config());
+fn fragmented_messages_with_interleaved_pings(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b));
     let mut c = RawClient::connect(srv.addr, "/");
     c.send_frame(OpCode::Text, false, "κό".as_bytes());
     c.send_frame(OpCode::Ping, true, b"mid");
@@ -69,10 +69,8 @@ fn fragmented_messages_with_interleaved_pings() {
     assert_eq!(srv.next_close(), (1000, "done".into()));
 }
 
-#[test]
-fn ping_pong_both_ways() {
-    let cfg =
-        TestServer::default_config().ping(Some(Duration::from_millis(300)), Duration::from_secs(5));
+fn ping_pong_both_ways(b: Backend) {
+    let cfg = TestServer::config(b).ping(Some(Duration::from_millis(300)), Duration::from_secs(5));
     let srv = TestServer::start(cfg);
     let mut ws = tclient(&srv);
     ws.send(TMsg::Ping(b"hi".to_vec().into())).unwrap();
@@ -115,10 +113,9 @@ impl TcpOf for tungstenite::stream::MaybeTlsStream<TcpStream> {
     }
 }
 
-#[test]
-fn unanswered_ping_drops_the_connection_with_1006() {
-    let cfg = TestServer::default_config()
-        .ping(Some(Duration::from_millis(200)), Duration::from_millis(300));
+fn unanswered_ping_drops_the_connection_with_1006(b: Backend) {
+    let cfg =
+        TestServer::config(b).ping(Some(Duration::from_millis(200)), Duration::from_millis(300));
     let srv = TestServer::start(cfg);
     let mut c = RawClient::connect(srv.addr, "/");
     // Read the ping but never answer it, and send nothing else.
@@ -128,9 +125,8 @@ fn unanswered_ping_drops_the_connection_with_1006() {
     assert_eq!(srv.handle().stats().pong_timeouts, 1);
 }
 
-#[test]
-fn close_code_paths() {
-    let srv = TestServer::start(TestServer::default_config());
+fn close_code_paths(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b));
     // Client closes with a code: echoed, reported.
     let mut ws = tclient(&srv);
     ws.close(Some(CloseFrame {
@@ -179,7 +175,7 @@ fn close_code_paths() {
     drop(c);
     assert_eq!(srv.next_close().0, 1006);
     // A close the peer never answers: reported with our code after the close timeout.
-    let cfg = TestServer::default_config().close_timeout(Duration::from_millis(300));
+    let cfg = TestServer::config(b).close_timeout(Duration::from_millis(300));
     let srv2 = TestServer::start(cfg);
     let mut c = RawClient::connect(srv2.addr, "/");
     c.send_text("close-me");
@@ -188,9 +184,8 @@ fn close_code_paths() {
     assert_eq!(c.recv(), Got::Eof);
 }
 
-#[test]
-fn protocol_errors_close_with_the_right_code() {
-    let cfg = TestServer::default_config().limits(1024, 4096);
+fn protocol_errors_close_with_the_right_code(b: Backend) {
+    let cfg = TestServer::config(b).limits(1024, 4096);
     let srv = TestServer::start(cfg);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
@@ -236,9 +231,8 @@ fn protocol_errors_close_with_the_right_code() {
     );
 }
 
-#[test]
-fn http_answers_for_bad_and_plain_requests() {
-    let srv = TestServer::start(TestServer::default_config());
+fn http_answers_for_bad_and_plain_requests(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b));
     let ask = |req: &str| -> String {
         let mut s = TcpStream::connect(srv.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -278,9 +272,8 @@ fn http_answers_for_bad_and_plain_requests() {
     assert!(srv.handle().stats().handshake_failures >= 6);
 }
 
-#[test]
-fn first_frames_in_the_handshake_packet_are_not_lost() {
-    let srv = TestServer::start(TestServer::default_config());
+fn first_frames_in_the_handshake_packet_are_not_lost(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b));
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let key = volley::proto::handshake::ClientKey::from_nonce([7; 16]);
@@ -304,9 +297,8 @@ fn first_frames_in_the_handshake_packet_are_not_lost() {
     assert!(got.starts_with(b"HTTP/1.1 101 "));
 }
 
-#[test]
-fn a_thousand_connections_echo_at_once() {
-    let srv = TestServer::start(TestServer::default_config());
+fn a_thousand_connections_echo_at_once(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b));
     let mut clients: Vec<RawClient> = (0..1000)
         .map(|_| RawClient::connect(srv.addr, "/"))
         .collect();
@@ -320,9 +312,8 @@ fn a_thousand_connections_echo_at_once() {
     assert_eq!(srv.handle().stats().messages_in, 1000);
 }
 
-#[test]
-fn a_stalled_handshake_is_dropped_after_the_timeout() {
-    let cfg = TestServer::default_config().handshake_timeout(Duration::from_millis(300));
+fn a_stalled_handshake_is_dropped_after_the_timeout(b: Backend) {
+    let cfg = TestServer::config(b).handshake_timeout(Duration::from_millis(300));
     let srv = TestServer::start(cfg);
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -339,9 +330,8 @@ fn a_stalled_handshake_is_dropped_after_the_timeout() {
     assert_eq!(c.recv(), Got::Text("ok".into()));
 }
 
-#[test]
-fn a_non_reading_client_is_closed_as_slow_consumer_while_others_are_served() {
-    let cfg = TestServer::default_config().write_budget(256 * 1024);
+fn a_non_reading_client_is_closed_as_slow_consumer_while_others_are_served(b: Backend) {
+    let cfg = TestServer::config(b).write_budget(256 * 1024);
     let srv = TestServer::start(cfg);
     let stalled = RawClient::connect(srv.addr, "/");
     let mut good = RawClient::connect(srv.addr, "/");
@@ -382,9 +372,8 @@ fn a_non_reading_client_is_closed_as_slow_consumer_while_others_are_served() {
     writer.join().unwrap();
 }
 
-#[test]
-fn graceful_shutdown_sends_1001_to_every_client() {
-    let srv = TestServer::start(TestServer::default_config());
+fn graceful_shutdown_sends_1001_to_every_client(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b));
     let mut clients: Vec<RawClient> = (0..50).map(|_| RawClient::connect(srv.addr, "/")).collect();
     let mut ws = tclient(&srv);
     let handle = srv.handle();
@@ -417,9 +406,8 @@ fn graceful_shutdown_sends_1001_to_every_client() {
     assert!(TcpStream::connect(handle.local_addr()).is_err());
 }
 
-#[test]
-fn stale_ids_never_reach_a_reused_slot() {
-    let srv = TestServer::start(Config::new("127.0.0.1:0").workers(1));
+fn stale_ids_never_reach_a_reused_slot(b: Backend) {
+    let srv = TestServer::start(Config::new("127.0.0.1:0").workers(1).backend(b));
     let c1 = RawClient::connect(srv.addr, "/");
     let old = match srv.seen.recv_timeout(Duration::from_secs(5)).unwrap() {
         Seen::Open(id) => id,
@@ -439,9 +427,8 @@ fn stale_ids_never_reach_a_reused_slot() {
     assert_eq!(srv.handle().stats().unknown_target, 1);
 }
 
-#[test]
-fn data_and_fin_in_one_burst_still_end_the_connection_at_once() {
-    let srv = TestServer::start(TestServer::default_config());
+fn data_and_fin_in_one_burst_still_end_the_connection_at_once(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b));
     for _ in 0..20 {
         let mut c = RawClient::connect(srv.addr, "/");
         let mut bytes = Vec::new();
@@ -463,3 +450,20 @@ fn data_and_fin_in_one_burst_still_end_the_connection_at_once() {
         );
     }
 }
+
+both_backends!(
+    echo_text_and_binary_at_boundary_sizes,
+    fragmented_messages_with_interleaved_pings,
+    ping_pong_both_ways,
+    unanswered_ping_drops_the_connection_with_1006,
+    close_code_paths,
+    protocol_errors_close_with_the_right_code,
+    http_answers_for_bad_and_plain_requests,
+    first_frames_in_the_handshake_packet_are_not_lost,
+    a_thousand_connections_echo_at_once,
+    a_stalled_handshake_is_dropped_after_the_timeout,
+    a_non_reading_client_is_closed_as_slow_consumer_while_others_are_served,
+    graceful_shutdown_sends_1001_to_every_client,
+    stale_ids_never_reach_a_reused_slot,
+    data_and_fin_in_one_burst_still_end_the_connection_at_once,
+);

@@ -232,6 +232,10 @@ impl<H: Handler> Worker<H> {
                     // EMFILE/ENFILE/ENOBUFS: the pending connection stays in the backlog;
                     // retry shortly instead of spinning.
                     tracing::warn!("accept failed: {e}");
+                    self.core.shared.workers[self.core.worker as usize]
+                        .stats
+                        .accept_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.accept_pending = true;
                     return;
                 }

@@ -16,6 +16,29 @@
 //! * call `Core::update_now` and `Core::run_timers` every turn, sleeping at most
 //!   `Core::poll_timeout`; and drain the inbox with `Core::drain_inbox` when woken.
 //!
-//! `mio.rs` is the only mio-specific file.
+//! `mio.rs` is the only mio-specific file; `uring/` holds everything io_uring.
 
 pub(crate) mod mio;
+#[cfg(target_os = "linux")]
+pub(crate) mod uring;
+
+/// Whether the io_uring backend can run here; the reason if not. Probed once per process,
+/// on a thread of its own: tearing down the scratch ring queues task work for the thread
+/// that created it, which would interrupt that thread's blocking syscalls (EINTR).
+pub(crate) fn uring_probe() -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        PROBE
+            .get_or_init(|| {
+                std::thread::spawn(uring::probe)
+                    .join()
+                    .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+            })
+            .clone()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err("io_uring exists only on Linux".into())
+    }
+}

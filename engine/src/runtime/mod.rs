@@ -60,6 +60,21 @@ pub struct Config {
     pub slow_consumer: SlowConsumerPolicy,
     /// Path answered with the counters in the Prometheus text format (`None`: off).
     pub metrics_path: Option<String>,
+    /// The I/O backend.
+    pub backend: Backend,
+}
+
+/// Which I/O backend the workers run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// io_uring where the kernel (and sandbox) allow it, else mio, with one log line saying why.
+    #[default]
+    Auto,
+    /// io_uring; starting fails with a clear error where it is unavailable.
+    Uring,
+    /// mio (epoll).
+    Mio,
 }
 
 /// What to do with a connection that does not read fast enough (its queue is over the
@@ -71,6 +86,14 @@ pub enum SlowConsumerPolicy {
     Close,
     /// Keep it, and drop what is sent to it until it catches up (counted in `drops`).
     Drop,
+}
+
+impl Backend {
+    /// Whether the io_uring backend can run on this kernel and in this sandbox: the opcodes
+    /// and features it needs are probed on a scratch ring. `Err` says what is missing.
+    pub fn uring_available() -> Result<(), String> {
+        driver::uring_probe()
+    }
 }
 
 impl Config {
@@ -94,6 +117,7 @@ impl Config {
             recv_buffer: 256 * 1024,
             slow_consumer: SlowConsumerPolicy::Close,
             metrics_path: Some("/metrics".to_owned()),
+            backend: Backend::Auto,
         }
     }
 
@@ -146,6 +170,12 @@ impl Config {
     /// Sets the per-connection write budget in bytes.
     pub fn write_budget(mut self, bytes: usize) -> Self {
         self.write_budget = bytes;
+        self
+    }
+
+    /// Sets the I/O backend.
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.backend = b;
         self
     }
 
@@ -257,7 +287,7 @@ macro_rules! stats {
             fn prometheus_types(out: &mut String) {
                 use std::fmt::Write as _;
                 $(
-                    let kind = if stringify!($name) == "connections" { "gauge" } else { "counter" };
+                    let kind = if matches!(stringify!($name), "connections" | "uring_slots" | "uring_ops" | "uring_bufs_held") { "gauge" } else { "counter" };
                     let _ = writeln!(out, "# TYPE volley_{} {kind}", stringify!($name));
                 )*
                 let _ = writeln!(out, "# TYPE volley_protocol_closes counter");
@@ -318,6 +348,16 @@ stats! {
     deliveries,
     /// Messages dropped for slow consumers under `SlowConsumerPolicy::Drop`.
     drops,
+    /// Accepts that failed (out of files or fixed-file slots); retried shortly.
+    accept_errors,
+    /// io_uring: multishot receives that ran out of provided buffers (re-armed).
+    recv_enobufs,
+    /// io_uring: direct descriptors held (gauge).
+    uring_slots,
+    /// io_uring: operations submitted and not completed (gauge).
+    uring_ops,
+    /// io_uring: provided buffers taken out of the ring and not yet returned (gauge).
+    uring_bufs_held,
 }
 
 /// A request to a worker from another thread.
@@ -578,6 +618,7 @@ pub(crate) fn raise_nofile_limit() -> u64 {
 pub struct Server {
     handle: Handle,
     threads: Vec<JoinHandle<()>>,
+    backend: Backend,
 }
 
 impl Server {
@@ -590,8 +631,40 @@ impl Server {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;
         let n = config.worker_count();
-        let (handle, threads) = driver::mio::start(config, addr, n, handler)?;
-        Ok(Server { handle, threads })
+        let backend = match config.backend {
+            Backend::Mio => Backend::Mio,
+            Backend::Uring => match driver::uring_probe() {
+                Ok(()) => Backend::Uring,
+                Err(why) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("io_uring backend unavailable: {why}"),
+                    ))
+                }
+            },
+            Backend::Auto => match driver::uring_probe() {
+                Ok(()) => Backend::Uring,
+                Err(why) => {
+                    tracing::info!("io_uring unavailable ({why}); using the mio backend");
+                    Backend::Mio
+                }
+            },
+        };
+        let (handle, threads) = match backend {
+            #[cfg(target_os = "linux")]
+            Backend::Uring => driver::uring::start(config, addr, n, handler)?,
+            _ => driver::mio::start(config, addr, n, handler)?,
+        };
+        Ok(Server {
+            handle,
+            threads,
+            backend,
+        })
+    }
+
+    /// The backend the workers run on (`Uring` or `Mio`, never `Auto`).
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// A handle for other threads.

@@ -72,9 +72,36 @@ pub(crate) struct WriteQueue {
     offset: usize,
     /// Unsent bytes in total.
     len: usize,
+    /// Chunks (from the front) an asynchronous send is reading from: never appended to,
+    /// never freed until [`WriteQueue::end_send`]. Always 0 with a readiness backend.
+    inflight: usize,
 }
 
 impl WriteQueue {
+    fn chunk_count(&self) -> usize {
+        self.first.is_some() as usize + self.rest.len()
+    }
+
+    /// Whether an asynchronous send is reading from this queue.
+    pub(crate) fn is_sending(&self) -> bool {
+        self.inflight > 0
+    }
+
+    /// Pins the first `max` chunks (or all) for an asynchronous send until
+    /// [`WriteQueue::end_send`]; returns how many. Their slices come from
+    /// [`WriteQueue::io_slices`] with room for that many.
+    pub(crate) fn begin_send(&mut self, max: usize) -> usize {
+        debug_assert_eq!(self.inflight, 0, "one send at a time");
+        self.inflight = self.chunk_count().min(max);
+        self.inflight
+    }
+
+    /// The asynchronous send wrote `written` bytes: release what it finished, unpin the rest.
+    pub(crate) fn end_send(&mut self, written: usize, pool: &mut BufPool) {
+        self.inflight = 0;
+        self.advance(written.min(self.len), pool);
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -110,7 +137,8 @@ impl WriteQueue {
             return;
         }
         self.len += n;
-        if n < COALESCE_MAX {
+        // Never append to a chunk a send is reading from: its buffer could move.
+        if n < COALESCE_MAX && self.chunk_count() > self.inflight {
             if let Some(Chunk::Owned(last)) = self.last_mut() {
                 if last.len() + n <= POOL_BUF_CAP {
                     for p in parts {
@@ -193,8 +221,23 @@ impl WriteQueue {
         }
     }
 
-    /// Drops everything unsent.
+    /// Drops everything unsent, except chunks an asynchronous send is still reading from
+    /// (they go with [`WriteQueue::end_send`] or when the queue is dropped).
     pub(crate) fn clear(&mut self, pool: &mut BufPool) {
+        if self.inflight > 0 {
+            let keep = self.inflight - 1; // `first` is pinned; keep this many of `rest`
+            for c in self.rest.drain(keep..) {
+                if let Chunk::Owned(v) = c {
+                    pool.give(v);
+                }
+            }
+            let first = self
+                .first
+                .as_ref()
+                .map_or(0, |c| c.bytes().len() - self.offset);
+            self.len = first + self.rest.iter().map(|c| c.bytes().len()).sum::<usize>();
+            return;
+        }
         for c in self.first.take().into_iter().chain(self.rest.drain(..)) {
             if let Chunk::Owned(v) = c {
                 pool.give(v);
@@ -241,5 +284,28 @@ mod tests {
         q.push_shared(shared.clone());
         assert_eq!(q.rest.capacity(), 0);
         assert_eq!(drain(&q), b"SHARED");
+    }
+
+    #[test]
+    fn pinned_chunks_are_not_appended_to_nor_freed() {
+        let mut pool = BufPool::default();
+        let mut q = WriteQueue::default();
+        q.push_parts(&mut pool, &[b"abc"]);
+        assert_eq!(q.begin_send(8), 1);
+        let mut iov = [IoSlice::new(&[]); 8];
+        assert_eq!(q.io_slices(&mut iov[..1]), 1);
+        let ptr = iov[0].as_ptr();
+        // A new frame during the send goes to a new chunk: the pinned buffer does not move.
+        q.push_parts(&mut pool, &[b"def"]);
+        assert_eq!(q.rest.len(), 1);
+        // Clearing (the connection failed) keeps the pinned chunk until the send ends.
+        q.clear(&mut pool);
+        assert_eq!(q.len(), 3);
+        let mut iov2 = [IoSlice::new(&[]); 8];
+        assert_eq!(q.io_slices(&mut iov2), 1);
+        assert_eq!(iov2[0].as_ptr(), ptr);
+        q.end_send(2, &mut pool);
+        assert_eq!(drain(&q), b"c");
+        assert!(!q.is_sending());
     }
 }

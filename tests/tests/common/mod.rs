@@ -82,8 +82,8 @@ impl TestServer {
         }
     }
 
-    pub fn default_config() -> Config {
-        Config::new("127.0.0.1:0").workers(2)
+    pub fn config(backend: volley::Backend) -> Config {
+        Config::new("127.0.0.1:0").workers(2).backend(backend)
     }
 
     pub fn handle(&self) -> volley::Handle {
@@ -325,9 +325,11 @@ impl ChildServer {
         cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let child = cmd.spawn().expect("spawn volley");
+        // Owned from here: killed and reaped on drop, whatever happens below.
+        let server = ChildServer { child, addr };
         for _ in 0..200 {
             if TcpStream::connect(addr).is_ok() {
-                return ChildServer { child, addr };
+                return server;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -424,5 +426,41 @@ pub fn spawn_holder(addr: SocketAddr, n: usize) -> std::process::Child {
             return child;
         }
     }
-    panic!("holder exited before opening its connections");
+    let status = child.wait();
+    panic!("holder exited before opening its connections: {status:?}");
+}
+
+/// The io_uring backend for the `uring` half of a test, or `None` to skip it. Where io_uring
+/// is unavailable the test fails with the reason, unless `VOLLEY_SKIP_URING=1` says to skip
+/// it (then the reason is printed): the uring half never passes silently.
+pub fn uring_or_skip() -> Option<volley::Backend> {
+    match volley::Backend::uring_available() {
+        Ok(()) => Some(volley::Backend::Uring),
+        Err(why) if std::env::var("VOLLEY_SKIP_URING").is_ok_and(|v| v == "1") => {
+            eprintln!("SKIPPED (io_uring unavailable: {why})");
+            None
+        }
+        Err(why) => {
+            panic!("io_uring unavailable: {why}; set VOLLEY_SKIP_URING=1 to skip the io_uring half")
+        }
+    }
+}
+
+/// Runs each named `fn(Backend)` as two tests, `name::mio` and `name::uring`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn mio() {
+                super::$name(volley::Backend::Mio)
+            }
+            #[test]
+            fn uring() {
+                if let Some(b) = super::common::uring_or_skip() {
+                    super::$name(b)
+                }
+            }
+        }
+    )*};
 }

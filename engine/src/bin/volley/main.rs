@@ -5,7 +5,7 @@
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
-use volley::{Config, Server, SlowConsumerPolicy};
+use volley::{Backend, Config, Server, SlowConsumerPolicy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +35,9 @@ struct ServeArgs {
     /// Reference mode.
     #[arg(long, value_enum, default_value_t = Mode::Echo)]
     mode: Mode,
+    /// I/O backend: io_uring where available (auto), or forced.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
     /// Pin each worker to a core.
     #[arg(long)]
     pin: bool,
@@ -57,6 +60,13 @@ struct ServeArgs {
     /// Seconds a client has to finish its handshake.
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BackendArg {
+    Auto,
+    Uring,
+    Mio,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +109,11 @@ fn main() {
         .handshake_timeout(Duration::from_secs(args.handshake_timeout.max(1)))
         .idle_timeout(secs(args.idle_timeout))
         .ping(secs(args.ping_interval), Duration::from_secs(20))
+        .backend(match args.backend {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Uring => Backend::Uring,
+            BackendArg::Mio => Backend::Mio,
+        })
         .slow_consumer(match args.slow_consumer {
             SlowPolicy::Close => SlowConsumerPolicy::Close,
             SlowPolicy::Drop => SlowConsumerPolicy::Drop,
@@ -123,13 +138,17 @@ fn main() {
     } else {
         args.workers
     };
+    let backend = if server.backend() == Backend::Uring {
+        "io_uring"
+    } else {
+        "mio"
+    };
     println!(
-        "volley listening on ws://{} (mode {}, {} workers)",
+        "volley listening on ws://{} (mode {}, {workers} workers, {backend})",
         server.local_addr(),
         args.mode.name(),
-        workers
     );
-    tracing::info!(addr = %server.local_addr(), mode = args.mode.name(), workers, "listening");
+    tracing::info!(addr = %server.local_addr(), mode = args.mode.name(), workers, backend, "listening");
     server.join();
     let s = handle.stats();
     tracing::info!(opened = s.opened, messages_in = s.messages_in, "stopped");

@@ -1,0 +1,666 @@
+//! The io_uring backend: every io_uring-specific line lives in this folder.
+//!
+//! One ring per worker, created for a single-threaded owner (`SINGLE_ISSUER`,
+//! `DEFER_TASKRUN`). Connections never enter the process file table:
+//!
+//! * **Accept**: one multishot accept straight into direct descriptors (a sparse registered
+//!   file table whose slots the kernel allocates).
+//! * **Receive**: one multishot receive per connection with a provided-buffer ring per worker
+//!   ([`bufring`]); `ENOBUFS` re-arms the receive and is counted.
+//! * **Send**: the frames corked for a connection during a turn go out as one `sendmsg` SQE
+//!   whose iovecs point into the queued chunks (shared broadcast frames included, no copy);
+//!   the chunks stay pinned until the completion; a short send re-queues the rest. Every send
+//!   of a turn (a whole fan-out) is submitted with one `io_uring_enter`.
+//! * **Wake-ups** from other threads: an eventfd read armed on the ring.
+//! * **Close**: cancel the receive, `IORING_OP_CLOSE` on the direct descriptor; the slab slot
+//!   is freed only when every completion for the connection has arrived.
+//!
+//! The connection logic is `runtime::core`, shared with the mio backend.
+#![allow(unsafe_code)]
+
+mod bufring;
+
+use crate::handler::Handler;
+use crate::runtime::core::{AfterFlush, Core};
+use crate::runtime::{Config, Handle, Shared, Wake, WorkerShared};
+use bufring::BufRing;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+const OP_ACCEPT: u64 = 1;
+const OP_RECV: u64 = 2;
+const OP_SEND: u64 = 3;
+const OP_CLOSE: u64 = 4;
+const OP_CANCEL: u64 = 5;
+const OP_SHUTDOWN: u64 = 6;
+const OP_WAKE: u64 = 7;
+/// Closing a direct descriptor that never became a connection (server full).
+const OP_CLOSE_REJECTED: u64 = 8;
+const OP_CANCEL_ACCEPT: u64 = 9;
+
+const RING_ENTRIES: u32 = 4096;
+const BUF_COUNT: u16 = 1024;
+const BUF_SIZE: usize = 4096;
+/// Iovecs per sendmsg.
+const MAX_IOV: usize = 64;
+
+fn ud(op: u64, key: usize) -> u64 {
+    op << 56 | key as u64
+}
+
+fn ud_op(ud: u64) -> u64 {
+    ud >> 56
+}
+
+fn ud_key(ud: u64) -> usize {
+    (ud & 0xFFFF_FFFF) as usize
+}
+
+/// A connection's handle in this backend: its direct descriptor and what is in flight.
+#[derive(Debug)]
+pub(crate) struct UringIo {
+    slot: u32,
+    /// Operations submitted and not completed; the slab slot is freed only at 0 after close.
+    ops: u32,
+    recv_armed: bool,
+    /// The send slot (msghdr + iovecs) of the send in flight.
+    send: Option<u32>,
+    closing: bool,
+}
+
+/// The memory a `sendmsg` reads until its completion.
+struct SendSlot {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; MAX_IOV],
+}
+
+/// Whether this kernel (and sandbox) can run the backend; the reason if not.
+pub(crate) fn probe() -> Result<(), String> {
+    let ring = build_ring().map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(|e| format!("io_uring probe failed: {e}"))?;
+    for (code, name) in [
+        (opcode::AcceptMulti::CODE, "ACCEPT"),
+        (opcode::RecvMulti::CODE, "RECV"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::Close::CODE, "CLOSE"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        (opcode::Shutdown::CODE, "SHUTDOWN"),
+        (opcode::Read::CODE, "READ"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(format!("the kernel lacks IORING_OP_{name}"));
+        }
+    }
+    if !ring.params().is_feature_ext_arg() {
+        return Err("the kernel lacks IORING_FEAT_EXT_ARG (wait with a timeout)".into());
+    }
+    ring.submitter()
+        .register_files_sparse(16)
+        .map_err(|e| format!("sparse file table: {e}"))?;
+    BufRing::new(&ring, 16, 64, 0).map_err(|e| format!("provided-buffer ring: {e}"))?;
+    Ok(())
+}
+
+fn build_ring() -> io::Result<IoUring> {
+    let mut b = IoUring::builder();
+    b.setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(RING_ENTRIES * 4)
+        .setup_submit_all();
+    match b.build(RING_ENTRIES) {
+        Ok(r) => Ok(r),
+        // Older kernels: without DEFER_TASKRUN (6.1), with cooperative task running (5.19).
+        Err(_) => IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_cqsize(RING_ENTRIES * 4)
+            .build(RING_ENTRIES),
+    }
+}
+
+struct EventFd(OwnedFd);
+
+impl Wake for EventFd {
+    fn wake(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
+        let r = unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        if r == 8 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// Binds the listeners and starts `n` io_uring workers.
+pub(crate) fn start<H: Handler>(
+    cfg: Config,
+    addr: SocketAddr,
+    n: usize,
+    handler: H,
+) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
+    let soft = crate::runtime::raise_nofile_limit();
+    let per_worker = cfg.max_connections.div_ceil(n);
+    let table = per_worker.min(soft as usize).clamp(16, 1 << 20) as u32;
+    if (per_worker as u64) > soft {
+        tracing::info!(
+            "max_connections {} needs {per_worker} direct descriptors per worker, but a ring's \
+             fixed-file table is capped by the soft open-files limit ({soft}): each worker holds \
+             at most {table} connections",
+            cfg.max_connections
+        );
+    }
+    let first = super::mio::bind_reuseport(addr, cfg.backlog)?;
+    let local_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(super::mio::bind_reuseport(local_addr, cfg.backlog)?);
+    }
+    let mut workers = Vec::with_capacity(n);
+    let mut wake_fds = Vec::with_capacity(n);
+    for _ in 0..n {
+        // SAFETY: eventfd returns a new descriptor we own, or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let dup = owned.try_clone()?;
+        workers.push(WorkerShared {
+            inbox: Mutex::new(Vec::new()),
+            wake_pending: AtomicBool::new(false),
+            waker: Box::new(EventFd(owned)),
+            stats: Default::default(),
+        });
+        wake_fds.push(dup);
+    }
+    let shared = Arc::new(Shared {
+        workers,
+        local_addr,
+        shutdown: AtomicBool::new(false),
+    });
+    let cfg = Arc::new(cfg);
+    let cores = if cfg.pin_workers {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut threads = Vec::with_capacity(n);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+    for (i, (listener, wake_fd)) in listeners.into_iter().zip(wake_fds).enumerate() {
+        let core = Core::new(handler.clone(), cfg.clone(), shared.clone(), i as u8);
+        let pin = cores.get(i % cores.len().max(1)).copied();
+        let ready = ready_tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("volley-u{i}"))
+            .spawn(move || {
+                if let Some(id) = pin {
+                    core_affinity::set_for_current(id);
+                }
+                // The ring is created here: with SINGLE_ISSUER only its creating thread may use it.
+                let worker = build_ring().and_then(|ring| {
+                    ring.submitter().register_files_sparse(table)?;
+                    Worker::new(core, ring, listener, wake_fd)
+                });
+                match worker {
+                    Ok(w) => {
+                        let _ = ready.send(Ok(()));
+                        if let Err(e) = w.run() {
+                            tracing::error!(worker = i, "io_uring worker stopped: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    let handle = Handle { shared };
+    for _ in 0..n {
+        let failed = match ready_rx.recv() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(io::Error::other("an io_uring worker exited during start")),
+        };
+        if let Some(e) = failed {
+            handle.shutdown();
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(io::Error::new(
+                e.kind(),
+                format!("io_uring worker setup failed: {e}"),
+            ));
+        }
+    }
+    Ok((handle, threads))
+}
+
+struct Worker<H: Handler> {
+    core: Core<H, UringIo>,
+    /// Declared before `bufs`: the ring (and its buffer registration) goes first.
+    ring: IoUring,
+    bufs: BufRing,
+    listener: Option<std::net::TcpListener>,
+    wake_fd: OwnedFd,
+    wake_buf: Box<[u8; 8]>,
+    sends: slab::Slab<Box<SendSlot>>,
+    /// Send slots kept for reuse: a send allocates nothing once warm. Boxed because the
+    /// kernel reads a slot's msghdr by address until the completion: it must not move.
+    #[allow(clippy::vec_box)]
+    send_pool: Vec<Box<SendSlot>>,
+    accept_armed: bool,
+    /// After a failed accept (table full, out of files): when to try again (ms).
+    accept_retry_at: Option<u64>,
+    cqes: Vec<(u64, i32, u32)>,
+    /// Keys whose multishot receive ended and must be re-armed after this batch.
+    rearm: Vec<usize>,
+}
+
+impl<H: Handler> Worker<H> {
+    fn new(
+        core: Core<H, UringIo>,
+        ring: IoUring,
+        listener: std::net::TcpListener,
+        wake_fd: OwnedFd,
+    ) -> io::Result<Self> {
+        // Accepted sockets inherit TCP_NODELAY from the listener (there is no fd to set it on).
+        socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+        let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE, 0)?;
+        let mut w = Worker {
+            core,
+            ring,
+            bufs,
+            listener: Some(listener),
+            wake_fd,
+            wake_buf: Box::new([0u8; 8]),
+            sends: slab::Slab::new(),
+            send_pool: Vec::new(),
+            accept_armed: false,
+            accept_retry_at: None,
+            cqes: Vec::with_capacity(1024),
+            rearm: Vec::new(),
+        };
+        w.arm_accept();
+        w.arm_wake();
+        Ok(w)
+    }
+
+    fn stats(&self) -> &crate::runtime::WorkerStats {
+        &self.core.shared.workers[self.core.worker as usize].stats
+    }
+
+    /// Queues an SQE, submitting first if the submission queue is full.
+    fn push(&mut self, e: squeue::Entry) {
+        loop {
+            // SAFETY: every buffer an entry points to (msghdr, iovecs, wake buffer) lives in
+            // this worker until the entry's completion is reaped (see SendSlot, wake_buf).
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+            if let Err(err) = self.ring.submit() {
+                tracing::warn!("io_uring submit failed: {err}");
+            }
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        let Some(l) = &self.listener else { return };
+        let e = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+            .allocate_file_index(true)
+            .build()
+            .user_data(ud(OP_ACCEPT, 0));
+        self.push(e);
+        self.accept_armed = true;
+    }
+
+    fn arm_wake(&mut self) {
+        let e = opcode::Read::new(
+            types::Fd(self.wake_fd.as_raw_fd()),
+            self.wake_buf.as_mut_ptr(),
+            8,
+        )
+        .build()
+        .user_data(ud(OP_WAKE, 0));
+        self.push(e);
+    }
+
+    fn arm_recv(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if conn.io.recv_armed || conn.io.closing {
+            return;
+        }
+        conn.io.recv_armed = true;
+        conn.io.ops += 1;
+        self.core.shared.workers[self.core.worker as usize]
+            .stats
+            .uring_ops
+            .fetch_add(1, Ordering::Relaxed);
+        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), self.bufs.bgid)
+            .build()
+            .user_data(ud(OP_RECV, key));
+        self.push(e);
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        loop {
+            let timeout = match self.accept_retry_at {
+                Some(_) => Some(std::time::Duration::from_millis(100)),
+                None => self.core.poll_timeout(),
+            };
+            let res = if self.ring.completion().is_empty() {
+                match timeout {
+                    Some(d) => {
+                        let ts = types::Timespec::new()
+                            .sec(d.as_secs())
+                            .nsec(d.subsec_nanos());
+                        let args = types::SubmitArgs::new().timespec(&ts);
+                        self.ring.submitter().submit_with_args(1, &args)
+                    }
+                    None => self.ring.submit_and_wait(1),
+                }
+            } else {
+                self.ring.submit()
+            };
+            match res {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            self.core.update_now();
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for (u, res, flags) in cqes.drain(..) {
+                self.complete(u, res, flags);
+            }
+            self.cqes = cqes;
+            let mut rearm = std::mem::take(&mut self.rearm);
+            for key in rearm.drain(..) {
+                self.arm_recv(key);
+            }
+            self.rearm = rearm;
+            if self.accept_retry_at.is_some_and(|t| self.core.now_ms >= t) {
+                self.accept_retry_at = None;
+                if !self.accept_armed && self.listener.is_some() && !self.core.shutting_down {
+                    self.arm_accept();
+                }
+            }
+            self.core.run_timers();
+            self.flush();
+            self.reap();
+            if self.core.finished() && self.sends.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn complete(&mut self, u: u64, res: i32, flags: u32) {
+        let key = ud_key(u);
+        match ud_op(u) {
+            OP_ACCEPT => self.on_accept(res, flags),
+            OP_RECV => self.on_recv(key, res, flags),
+            OP_SEND => self.on_send(key, res),
+            OP_WAKE => {
+                if self.core.drain_inbox() {
+                    self.stop_accepting();
+                }
+                if res >= 0 || res == -libc::EAGAIN {
+                    self.arm_wake();
+                }
+            }
+            OP_CLOSE | OP_CANCEL | OP_SHUTDOWN => self.op_done(key),
+            OP_CLOSE_REJECTED | OP_CANCEL_ACCEPT => {}
+            other => tracing::error!("unknown io_uring completion {other}"),
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        if self.accept_armed {
+            let e = opcode::AsyncCancel::new(ud(OP_ACCEPT, 0))
+                .build()
+                .user_data(ud(OP_CANCEL_ACCEPT, 0));
+            self.push(e);
+        }
+        // The listening socket closes once the cancelled accept lets go of it.
+        self.listener = None;
+        self.accept_armed = false;
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if res < 0 {
+            if res != -libc::ECANCELED {
+                // ENFILE: the fixed-file table is full; EMFILE/ENOBUFS/ENOMEM: out of
+                // resources. The pending connections wait in the backlog; retry shortly
+                // rather than spin on a failing accept.
+                tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
+                self.accept_retry_at = Some(self.core.now_ms + 100);
+                self.stats().accept_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if !cqueue::more(flags) {
+                return;
+            }
+        } else if !self.core.can_accept() {
+            self.core.count_rejected();
+            let e = opcode::Close::new(types::Fixed(res as u32))
+                .build()
+                .user_data(ud(OP_CLOSE_REJECTED, 0));
+            self.push(e);
+        } else {
+            self.stats().uring_slots.fetch_add(1, Ordering::Relaxed);
+            let key = self.core.insert(UringIo {
+                slot: res as u32,
+                ops: 0,
+                recv_armed: false,
+                send: None,
+                closing: false,
+            });
+            self.arm_recv(key);
+        }
+        if !self.accept_armed && self.listener.is_some() && !self.core.shutting_down {
+            self.arm_accept();
+        }
+    }
+
+    fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if !more {
+            conn.io.recv_armed = false;
+        }
+        if res > 0 {
+            let Some(bid) = cqueue::buffer_select(flags) else {
+                tracing::error!("receive completion without a buffer");
+                return;
+            };
+            self.stats().uring_bufs_held.fetch_add(1, Ordering::Relaxed);
+            let buf = self.bufs.buf(bid);
+            self.core.on_data(key, &mut buf[..res as usize]);
+            self.bufs.recycle(bid);
+            self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
+            if !more {
+                self.rearm.push(key);
+            }
+        } else if res == -libc::ENOBUFS {
+            self.stats().recv_enobufs.fetch_add(1, Ordering::Relaxed);
+            self.rearm.push(key);
+        } else if res == 0 || res != -libc::ECANCELED {
+            self.core.on_eof(key);
+        }
+        if !more {
+            self.op_done(key);
+        }
+    }
+
+    fn on_send(&mut self, key: usize, res: i32) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(s) = conn.io.send.take() {
+            let slot = self.sends.remove(s as usize);
+            self.send_pool.push(slot);
+        }
+        let written = res.max(0) as usize;
+        conn.out.end_send(written, &mut self.core.env.pool);
+        if res > 0 {
+            self.core.shared.workers[self.core.worker as usize]
+                .stats
+                .bytes_out
+                .fetch_add(res as u64, Ordering::Relaxed);
+        }
+        let failed = res < 0;
+        self.op_done(key);
+        if failed {
+            self.core.on_eof(key);
+        } else {
+            // More may have been queued meanwhile, or a short send left a rest.
+            self.core.want_flush(key);
+            if self.core.conns.get(key).is_some_and(|c| c.out.is_empty()) {
+                self.after_flush(key);
+            }
+        }
+    }
+
+    /// One operation of `key` completed; free the slot once closed and idle.
+    fn op_done(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        conn.io.ops = conn.io.ops.saturating_sub(1);
+        let free = conn.io.closing && conn.io.ops == 0;
+        let st = &self.core.shared.workers[self.core.worker as usize].stats;
+        st.uring_ops.fetch_sub(1, Ordering::Relaxed);
+        if free {
+            st.uring_slots.fetch_sub(1, Ordering::Relaxed);
+            self.core.remove(key);
+        }
+    }
+
+    fn after_flush(&mut self, key: usize) {
+        if self.core.after_flush(key) == AfterFlush::ShutdownWrite {
+            if let Some(conn) = self.core.conns.get_mut(key) {
+                conn.io.ops += 1;
+                self.core.shared.workers[self.core.worker as usize]
+                    .stats
+                    .uring_ops
+                    .fetch_add(1, Ordering::Relaxed);
+                let e = opcode::Shutdown::new(types::Fixed(conn.io.slot), libc::SHUT_WR)
+                    .build()
+                    .user_data(ud(OP_SHUTDOWN, key));
+                self.push(e);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.core.dirty);
+        for key in dirty.drain(..) {
+            self.flush_one(key);
+        }
+        if self.core.dirty.is_empty() {
+            self.core.dirty = dirty;
+        }
+    }
+
+    fn flush_one(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if conn.is_dead() || conn.io.closing {
+            return;
+        }
+        if conn.out.is_sending() {
+            // The completion flushes the rest.
+            let _ = self.core.after_flush(key);
+            return;
+        }
+        if conn.out.is_empty() {
+            return self.after_flush(key);
+        }
+        let n = conn.out.begin_send(MAX_IOV);
+        let fresh = self.send_pool.pop().unwrap_or_else(|| {
+            // SAFETY: msghdr and iovec are plain C structs; all-zero is a valid value.
+            Box::new(unsafe { std::mem::zeroed::<SendSlot>() })
+        });
+        let entry = self.sends.vacant_entry();
+        let slot_id = entry.key();
+        let slot = entry.insert(fresh);
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let filled = conn.out.io_slices(&mut iov[..n]);
+        for (dst, src) in slot.iov.iter_mut().zip(&iov[..filled]) {
+            dst.iov_base = src.as_ptr() as *mut _;
+            dst.iov_len = src.len();
+        }
+        slot.hdr.msg_iov = slot.iov.as_mut_ptr();
+        slot.hdr.msg_iovlen = filled as _;
+        let hdr: *const libc::msghdr = &slot.hdr;
+        conn.io.send = Some(slot_id as u32);
+        conn.io.ops += 1;
+        self.core.shared.workers[self.core.worker as usize]
+            .stats
+            .uring_ops
+            .fetch_add(1, Ordering::Relaxed);
+        let e = opcode::SendMsg::new(types::Fixed(conn.io.slot), hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(ud(OP_SEND, key));
+        let _ = self.core.after_flush(key);
+        self.push(e);
+    }
+
+    /// Dead connections: cancel the receive, close the direct descriptor; the slot is freed
+    /// when the last completion arrives (`op_done`).
+    fn reap(&mut self) {
+        while let Some(key) = self.core.dead.pop() {
+            let Some(conn) = self.core.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.io.closing {
+                continue;
+            }
+            conn.io.closing = true;
+            let slot = conn.io.slot;
+            let recv = conn.io.recv_armed;
+            conn.io.ops += 1 + recv as u32;
+            self.core.shared.workers[self.core.worker as usize]
+                .stats
+                .uring_ops
+                .fetch_add(1 + recv as u64, Ordering::Relaxed);
+            if recv {
+                let e = opcode::AsyncCancel::new(ud(OP_RECV, key))
+                    .build()
+                    .user_data(ud(OP_CANCEL, key));
+                self.push(e);
+            }
+            let e = opcode::Close::new(types::Fixed(slot))
+                .build()
+                .user_data(ud(OP_CLOSE, key));
+            self.push(e);
+        }
+    }
+}
