@@ -315,7 +315,8 @@ pub fn model_decode(role: Role, limits: Limits, wire: &[u8]) -> Decoded {
             (Role::Client, true) => return fail(out, E::MaskedServerFrame),
             _ => {}
         }
-        if len > limits.max_frame as u64 {
+        // The limit is for data frames; control frames are bounded at 125 bytes above.
+        if !control && len > limits.max_frame as u64 {
             return fail(
                 out,
                 E::FrameTooBig {

@@ -27,7 +27,7 @@ use volley_tests::{drive_handshake, Handshake};
 /// Either answer is acceptable: rejecting such a head (400), or accepting it with both
 /// lengths equal.
 #[test]
-#[ignore = "open bug (reported): HeadScanner and httparse disagree on where a bare-LF head ends"]
+/// Fixed: `parse_request` refuses (400) a head whose parsed length differs from the scanned one.
 fn head_with_bare_lf_lines_ends_where_the_parser_says() {
     let bytes = include_bytes!("../testdata/regressions/handshake_parse-bare_lf_head_end.bin");
     match drive_handshake(bytes, &[], DEFAULT_MAX_HEAD) {

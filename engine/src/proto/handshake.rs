@@ -103,6 +103,11 @@ pub fn parse_request<'a>(
 ) -> Result<Request<'a>, HandshakeError> {
     let mut req = httparse::Request::new(headers);
     let head_len = match req.parse(head) {
+        // httparse also ends a head at a bare-LF blank line; the scanner only at CRLF CRLF.
+        // Where they disagree the bytes between would be neither head nor stream: refuse.
+        Ok(httparse::Status::Complete(n)) if n != head.len() => {
+            return Err(HandshakeError::Malformed)
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Err(HandshakeError::Malformed),
         Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::HeadTooLarge),
@@ -200,8 +205,15 @@ impl<'a> Request<'a> {
 
     /// Whether this is a WebSocket upgrade attempt at all (`Upgrade: websocket`).
     pub fn is_upgrade(&self) -> bool {
-        self.header("upgrade")
-            .is_some_and(|v| has_token(v, "websocket"))
+        self.any_has_token("upgrade", "websocket")
+    }
+
+    /// Whether any header called `name` lists `token` (a list may span several header
+    /// lines: `Connection: keep-alive` then `Connection: Upgrade`).
+    fn any_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name) && has_token(h.value, token))
     }
 
     /// Applies the rules of RFC 6455 section 4.2.1 and returns the client's key.
@@ -223,10 +235,7 @@ impl<'a> Request<'a> {
         if !self.is_upgrade() {
             return Err(HandshakeError::NotUpgrade);
         }
-        if !self
-            .header("connection")
-            .is_some_and(|v| has_token(v, "upgrade"))
-        {
+        if !self.any_has_token("connection", "upgrade") {
             return Err(HandshakeError::MissingConnectionUpgrade);
         }
         if !self
@@ -679,6 +688,9 @@ Sec-WebSocket-Protocol: v2\r\nSec-WebSocket-Version: 13\r\n\r\n";
         assert!(!has_token(b"upgraded", "upgrade"));
         assert!(!has_token(b"", "upgrade"));
         let req = with("Upgrade: websocket", "Upgrade: foo, WebSocket");
+        assert!(parse_ok(&req).is_ok());
+        let two_lines = "Connection: keep-alive\r\nConnection: Upgrade";
+        let req = with("Connection: keep-alive, Upgrade", two_lines);
         assert!(parse_ok(&req).is_ok());
     }
 

@@ -449,7 +449,7 @@ impl<H: Handler, Io> Core<H, Io> {
                 };
                 return self.http_response(key, &resp);
             }
-            Err(HandshakeError::NotUpgrade) if req.method == "GET" || req.method == "HEAD" => {
+            Err(HandshakeError::NotUpgrade) if req.method == "GET" => {
                 match self.handler.on_http(&req) {
                     Some(resp) => return self.http_response(key, &resp),
                     None => return self.http_error(key, &HandshakeError::NotUpgrade),
