@@ -3,6 +3,8 @@
 
 mod common;
 
+use volley::Backend;
+
 use common::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,10 +63,10 @@ struct Net {
 }
 
 impl Net {
-    fn start(workers: usize) -> Net {
+    fn start(workers: usize, b: Backend) -> Net {
         let (tx, rx) = mpsc::channel();
         let server = Server::start(
-            Config::new("127.0.0.1:0").workers(workers),
+            Config::new("127.0.0.1:0").workers(workers).backend(b),
             Router {
                 ids: Arc::new(Mutex::new(tx)),
             },
@@ -113,9 +115,8 @@ fn assert_silent(c: &mut RawClient) {
         .unwrap();
 }
 
-#[test]
-fn every_target_reaches_exactly_its_recipients_across_workers() {
-    let net = Net::start(2);
+fn every_target_reaches_exactly_its_recipients_across_workers(b: Backend) {
+    let net = Net::start(2, b);
     // Enough connections that both workers hold some of each group.
     let mut alice: Vec<(RawClient, ConnId)> =
         (0..4).map(|_| net.join("key=alice&topic=news")).collect();
@@ -198,9 +199,8 @@ fn every_target_reaches_exactly_its_recipients_across_workers() {
     assert_eq!(s.deliveries, 4 + 7 + 3 + 1 + 4 + 3 + 12 + 2);
 }
 
-#[test]
-fn a_closed_connection_leaves_every_table() {
-    let net = Net::start(1);
+fn a_closed_connection_leaves_every_table(b: Backend) {
+    let net = Net::start(1, b);
     let (c1, _) = net.join("key=k&topic=t");
     let (mut c2, _) = net.join("key=k&topic=t");
     drop(c1);
@@ -218,9 +218,8 @@ fn a_closed_connection_leaves_every_table() {
     assert_eq!(h.stats().deliveries, 3);
 }
 
-#[test]
-fn events_from_one_thread_arrive_in_publish_order_on_every_worker() {
-    let net = Net::start(2);
+fn events_from_one_thread_arrive_in_publish_order_on_every_worker(b: Backend) {
+    let net = Net::start(2, b);
     let mut clients: Vec<(RawClient, ConnId)> = (0..8)
         .map(|i| net.join(&format!("key=k&topic=t&n={i}")))
         .collect();
@@ -253,8 +252,7 @@ fn hold_connections() {
     hold_connections_main();
 }
 
-#[test]
-fn tracked_publish_counts_connections_reached_on_all_workers() {
+fn tracked_publish_counts_connections_reached_on_all_workers(b: Backend) {
     #[derive(Clone)]
     struct Count(Arc<Mutex<mpsc::Sender<usize>>>);
     impl Handler for Count {
@@ -276,7 +274,7 @@ fn tracked_publish_counts_connections_reached_on_all_workers() {
     }
     let (tx, rx) = mpsc::channel();
     let server = Server::start(
-        Config::new("127.0.0.1:0").workers(2),
+        Config::new("127.0.0.1:0").workers(2).backend(b),
         Count(Arc::new(Mutex::new(tx))),
     )
     .unwrap();
@@ -301,3 +299,10 @@ fn tracked_publish_counts_connections_reached_on_all_workers() {
     assert_eq!(counts, HashMap::from([(9, 3)]));
     server.shutdown();
 }
+
+both_backends!(
+    every_target_reaches_exactly_its_recipients_across_workers,
+    a_closed_connection_leaves_every_table,
+    events_from_one_thread_arrive_in_publish_order_on_every_worker,
+    tracked_publish_counts_connections_reached_on_all_workers,
+);

@@ -3,6 +3,8 @@
 
 mod common;
 
+use volley::Backend;
+
 use common::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,13 +75,17 @@ fn allocs_for_one_publish(handle: &volley::Handle, n: u64) -> usize {
     ALLOCS.load(Ordering::SeqCst) - a0
 }
 
-#[test]
-fn publishing_to_10000_local_connections_allocates_a_constant_number_of_times() {
+/// The allocation counters are process-wide: the two backends run one after the other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn publishing_to_10000_local_connections_allocates_a_constant_number_of_times(b: Backend) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut counts = Vec::new();
     for n in [100usize, 10_000] {
         let server = Server::start(
             Config::new("127.0.0.1:0")
                 .workers(1)
+                .backend(b)
                 .ping(None, Duration::from_secs(20)),
             Quiet,
         )
@@ -108,3 +114,5 @@ fn publishing_to_10000_local_connections_allocates_a_constant_number_of_times() 
         "allocations grow with the recipients: {counts:?}"
     );
 }
+
+both_backends!(publishing_to_10000_local_connections_allocates_a_constant_number_of_times,);

@@ -4,12 +4,15 @@
 //! The clients live in this process too, so they are kept allocation-free: a bare
 //! `TcpStream` each, the handshake written and read through stack buffers.
 
+mod common;
+
+use common::open_lean;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
-use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
+use volley::{Backend, Config, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
 
 struct Counting;
 
@@ -51,33 +54,19 @@ impl Handler for Echo {
 
 const N: usize = 5000;
 
-fn open(addr: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    s.write_all(req).unwrap();
-    let mut buf = [0u8; 512];
-    let mut got = 0;
-    while !buf[..got].ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut buf[got..]).unwrap();
-        assert!(n > 0);
-        got += n;
-    }
-    assert!(buf.starts_with(b"HTTP/1.1 101 "));
-    s
-}
+/// The allocation counters are process-wide: the two backends run one after the other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[test]
-fn idle_connections_hold_under_1_kib_of_heap_each() {
-    let cfg = Config::new("127.0.0.1:0").workers(2);
+fn idle_connections_hold_under_1_kib_of_heap_each(b: Backend) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Config::new("127.0.0.1:0").workers(2).backend(b);
     let server = Server::start(cfg, Echo).unwrap();
     let addr = server.local_addr();
     let handle = server.handle();
     // Warm up: one connection that talks, so one-time allocations (pools, thread-locals,
     // the receive buffers) are made before the baseline.
     {
-        let mut s = open(addr);
+        let mut s = open_lean(addr);
         s.write_all(&[0x81, 0x82, 0, 0, 0, 0, b'h', b'i']).unwrap();
         let mut b = [0u8; 4];
         s.read_exact(&mut b).unwrap();
@@ -86,7 +75,7 @@ fn idle_connections_hold_under_1_kib_of_heap_each() {
     std::thread::sleep(Duration::from_millis(300));
     let before = LIVE.load(Ordering::SeqCst);
     for _ in 0..N {
-        clients.push(open(addr));
+        clients.push(open_lean(addr));
     }
     // Let the server finish its turn for the last handshakes.
     while handle.stats().connections < N as u64 {
@@ -107,3 +96,5 @@ fn idle_connections_hold_under_1_kib_of_heap_each() {
     drop(clients);
     server.shutdown();
 }
+
+both_backends!(idle_connections_hold_under_1_kib_of_heap_each,);

@@ -4,6 +4,8 @@
 
 mod common;
 
+use volley::Backend;
+
 use common::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Read;
@@ -84,10 +86,11 @@ fn read_event(s: &mut TcpStream, buf: &mut [u8]) -> u64 {
 /// The heap counters are process-wide: the two policies run one after the other.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn run(policy: SlowConsumerPolicy) -> volley::Stats {
+fn run(policy: SlowConsumerPolicy, b: Backend) -> volley::Stats {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = Config::new("127.0.0.1:0")
         .workers(2)
+        .backend(b)
         .write_budget(BUDGET)
         .slow_consumer(policy);
     let server = Server::start(cfg, Sub).unwrap();
@@ -161,16 +164,19 @@ fn run(policy: SlowConsumerPolicy) -> volley::Stats {
     stats
 }
 
-#[test]
-fn stalled_connections_are_closed_with_1008_and_readers_get_everything() {
-    let s = run(SlowConsumerPolicy::Close);
+fn stalled_connections_are_closed_with_1008_and_readers_get_everything(b: Backend) {
+    let s = run(SlowConsumerPolicy::Close, b);
     assert_eq!(s.slow_consumer_closes, STALLED as u64, "{s:?}");
     assert_eq!(s.drops, 0);
 }
 
-#[test]
-fn stalled_connections_have_their_events_dropped_under_the_drop_policy() {
-    let s = run(SlowConsumerPolicy::Drop);
+fn stalled_connections_have_their_events_dropped_under_the_drop_policy(b: Backend) {
+    let s = run(SlowConsumerPolicy::Drop, b);
     assert_eq!(s.slow_consumer_closes, 0, "{s:?}");
     assert!(s.drops >= STALLED as u64, "{s:?}");
 }
+
+both_backends!(
+    stalled_connections_are_closed_with_1008_and_readers_get_everything,
+    stalled_connections_have_their_events_dropped_under_the_drop_policy,
+);
