@@ -3,6 +3,16 @@
 
 mod common;
 
+use volley::Backend;
+
+fn backend(b: Backend) -> &'static str {
+    if b == Backend::Uring {
+        "uring"
+    } else {
+        "mio"
+    }
+}
+
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -28,9 +38,15 @@ fn receipt(c: &mut RawClient) -> u32 {
     }
 }
 
-#[test]
-fn notify_delivers_to_keys_only_and_answers_how_many_were_reached() {
-    let srv = ChildServer::spawn(&["--mode", "notify", "--workers", "2"]);
+fn notify_delivers_to_keys_only_and_answers_how_many_were_reached(b: Backend) {
+    let srv = ChildServer::spawn(&[
+        "--backend",
+        backend(b),
+        "--mode",
+        "notify",
+        "--workers",
+        "2",
+    ]);
     let mut alice1 = RawClient::connect(srv.addr, "/?id=alice");
     let mut alice2 = RawClient::connect(srv.addr, "/?id=alice");
     let mut bob = RawClient::connect(srv.addr, "/?id=bob");
@@ -76,9 +92,19 @@ fn notify_delivers_to_keys_only_and_answers_how_many_were_reached() {
     );
 }
 
-#[test]
-fn notify_to_100_keys_among_10000_leaves_the_other_9900_sockets_silent() {
-    let srv = ChildServer::spawn(&["--mode", "notify", "--workers", "2"]);
+/// 10,000 client sockets each: the two backends' runs must not overlap (20,000 files).
+static TEN_THOUSAND: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn notify_to_100_keys_among_10000_leaves_the_other_9900_sockets_silent(b: Backend) {
+    let _one_at_a_time = TEN_THOUSAND.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = ChildServer::spawn(&[
+        "--backend",
+        backend(b),
+        "--mode",
+        "notify",
+        "--workers",
+        "2",
+    ]);
     let mut conns: Vec<TcpStream> = Vec::with_capacity(10_000);
     for i in 0..10_000 {
         let mut s = TcpStream::connect(srv.addr).unwrap();
@@ -125,9 +151,15 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     }
 }
 
-#[test]
-fn pubsub_text_protocol() {
-    let srv = ChildServer::spawn(&["--mode", "pubsub", "--workers", "2"]);
+fn pubsub_text_protocol(b: Backend) {
+    let srv = ChildServer::spawn(&[
+        "--backend",
+        backend(b),
+        "--mode",
+        "pubsub",
+        "--workers",
+        "2",
+    ]);
     let mut s1 = RawClient::connect(srv.addr, "/");
     let mut s2 = RawClient::connect(srv.addr, "/");
     let mut p = RawClient::connect(srv.addr, "/");
@@ -152,9 +184,15 @@ fn pubsub_text_protocol() {
     assert!(matches!(p.recv(), Got::Text(t) if t.starts_with("-ERR")));
 }
 
-#[test]
-fn broadcast_relays_every_message_to_every_connection() {
-    let srv = ChildServer::spawn(&["--mode", "broadcast", "--workers", "2"]);
+fn broadcast_relays_every_message_to_every_connection(b: Backend) {
+    let srv = ChildServer::spawn(&[
+        "--backend",
+        backend(b),
+        "--mode",
+        "broadcast",
+        "--workers",
+        "2",
+    ]);
     let mut cs: Vec<RawClient> = (0..10).map(|_| RawClient::connect(srv.addr, "/")).collect();
     std::thread::sleep(Duration::from_millis(50));
     cs[3].send_text("to all");
@@ -173,9 +211,8 @@ fn broadcast_relays_every_message_to_every_connection() {
     }
 }
 
-#[test]
-fn metrics_endpoint_speaks_prometheus_text() {
-    let srv = ChildServer::spawn(&["--mode", "echo", "--workers", "2"]);
+fn metrics_endpoint_speaks_prometheus_text(b: Backend) {
+    let srv = ChildServer::spawn(&["--backend", backend(b), "--mode", "echo", "--workers", "2"]);
     let mut c = RawClient::connect(srv.addr, "/");
     c.send_text("x");
     assert_eq!(c.recv(), Got::Text("x".into()));
@@ -196,3 +233,11 @@ fn metrics_endpoint_speaks_prometheus_text() {
     assert_eq!(sum("opened"), 1);
     assert!(sum("connections") >= 1);
 }
+
+both_backends!(
+    notify_delivers_to_keys_only_and_answers_how_many_were_reached,
+    notify_to_100_keys_among_10000_leaves_the_other_9900_sockets_silent,
+    pubsub_text_protocol,
+    broadcast_relays_every_message_to_every_connection,
+    metrics_endpoint_speaks_prometheus_text,
+);

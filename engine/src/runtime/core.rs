@@ -251,7 +251,10 @@ impl<H: Handler, Io> Core<H, Io> {
         worker: u8,
     ) -> Self {
         let n = shared.workers.len().max(1);
-        let max_conns = cfg.max_connections.div_ceil(n).min(1 << 24);
+        let max_conns = match cfg.max_connections {
+            0 => 1 << 24,
+            m => m.div_ceil(n).min(1 << 24),
+        };
         let budget = cfg.write_budget;
         Core {
             handler,

@@ -33,7 +33,10 @@ pub struct Config {
     pub pin_workers: bool,
     /// Listen backlog (at least 1,024 avoids SYN retransmits under connection bursts).
     pub backlog: i32,
-    /// Most connections the server holds; past it new ones get `503`.
+    /// Most connections the server holds; past it new ones get `503`. 0 (the default): no
+    /// limit but the backend's (open files for mio; fixed-file tables for io_uring). With
+    /// io_uring and `workers == 0`, a limit beyond what one ring per core can hold starts
+    /// enough workers (one ring each) to hold it.
     pub max_connections: usize,
     /// Frame and message size limits (1009 beyond them).
     pub limits: Limits,
@@ -104,7 +107,7 @@ impl Config {
             workers: 0,
             pin_workers: false,
             backlog: 1024,
-            max_connections: 1_000_000,
+            max_connections: 0,
             limits: Limits::default(),
             max_head: crate::proto::handshake::DEFAULT_MAX_HEAD,
             handshake_timeout: Duration::from_secs(10),
@@ -630,7 +633,7 @@ impl Server {
         let addr = config.addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;
-        let n = config.worker_count();
+        let mut n = config.worker_count();
         let backend = match config.backend {
             Backend::Mio => Backend::Mio,
             Backend::Uring => match driver::uring_probe() {
@@ -650,6 +653,30 @@ impl Server {
                 }
             },
         };
+        if backend == Backend::Uring {
+            // A ring's fixed-file table holds at most the soft open-files limit (raised to
+            // the hard limit first); more connections than one ring per core can hold take
+            // more workers, one ring each.
+            let table = raise_nofile_limit().max(16) as usize;
+            let need = config.max_connections.div_ceil(table);
+            if need > n {
+                if config.workers == 0 {
+                    tracing::info!(
+                        "io_uring: {} connections need {need} rings of {table} direct descriptors \
+                         (the soft open-files limit): starting {need} workers",
+                        config.max_connections
+                    );
+                    n = need.min(255);
+                } else {
+                    tracing::warn!(
+                        "io_uring: {n} workers hold at most {} connections ({table} direct \
+                         descriptors per ring, the soft open-files limit), not {}",
+                        n * table,
+                        config.max_connections
+                    );
+                }
+            }
+        }
         let (handle, threads) = match backend {
             #[cfg(target_os = "linux")]
             Backend::Uring => driver::uring::start(config, addr, n, handler)?,
@@ -665,6 +692,11 @@ impl Server {
     /// The backend the workers run on (`Uring` or `Mio`, never `Auto`).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// How many workers (threads, one ring or poller each) run.
+    pub fn workers(&self) -> usize {
+        self.handle.shared.workers.len()
     }
 
     /// A handle for other threads.

@@ -44,6 +44,10 @@ struct ServeArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_message: usize,
+    /// Most connections held (0: no limit but the backend's). With io_uring and no
+    /// --workers, more than one ring per core can hold starts more workers.
+    #[arg(long, default_value_t = 0)]
+    max_connections: usize,
     /// Unsent bytes a connection may hold before it is closed as a slow consumer.
     #[arg(long, default_value_t = 4 << 20)]
     write_budget: usize,
@@ -106,6 +110,7 @@ fn main() {
         .pin_workers(args.pin)
         .limits(args.max_message, args.max_message)
         .write_budget(args.write_budget)
+        .max_connections(args.max_connections)
         .handshake_timeout(Duration::from_secs(args.handshake_timeout.max(1)))
         .idle_timeout(secs(args.idle_timeout))
         .ping(secs(args.ping_interval), Duration::from_secs(20))
@@ -133,11 +138,7 @@ fn main() {
     }) {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
     }
-    let workers = if args.workers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        args.workers
-    };
+    let workers = server.workers();
     let backend = if server.backend() == Backend::Uring {
         "io_uring"
     } else {

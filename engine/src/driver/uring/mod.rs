@@ -148,16 +148,13 @@ pub(crate) fn start<H: Handler>(
     handler: H,
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
     let soft = crate::runtime::raise_nofile_limit();
-    let per_worker = cfg.max_connections.div_ceil(n);
-    let table = per_worker.min(soft as usize).clamp(16, 1 << 20) as u32;
-    if (per_worker as u64) > soft {
-        tracing::info!(
-            "max_connections {} needs {per_worker} direct descriptors per worker, but a ring's \
-             fixed-file table is capped by the soft open-files limit ({soft}): each worker holds \
-             at most {table} connections",
-            cfg.max_connections
-        );
+    // Each ring's table takes the soft limit (the kernel's cap for one ring), or this
+    // worker's share of max_connections when that is smaller.
+    let table = match cfg.max_connections {
+        0 => soft as usize,
+        m => m.div_ceil(n).min(soft as usize),
     }
+    .clamp(16, 1 << 20) as u32;
     let first = super::mio::bind_reuseport(addr, cfg.backlog)?;
     let local_addr = first.local_addr()?;
     let mut listeners = vec![first];
