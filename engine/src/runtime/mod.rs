@@ -56,8 +56,12 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Unsent bytes a connection may hold; past it the connection is closed with 1008.
     pub write_budget: usize,
-    /// Size of each worker's receive buffer.
+    /// Size of each worker's receive buffer (mio).
     pub recv_buffer: usize,
+    /// io_uring: provided receive buffers per worker (a power of two) and their size. The
+    /// kernel fills one per receive completion; they go back to the ring as soon as the
+    /// worker has consumed them. Running out (`ENOBUFS`) only delays receives.
+    pub uring_buffers: (u16, usize),
     /// What happens to a connection whose unsent output is over the write budget when more
     /// comes for it.
     pub slow_consumer: SlowConsumerPolicy,
@@ -118,6 +122,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(5),
             write_budget: 4 << 20,
             recv_buffer: 256 * 1024,
+            uring_buffers: (1024, 4096),
             slow_consumer: SlowConsumerPolicy::Close,
             metrics_path: Some("/metrics".to_owned()),
             backend: Backend::Auto,
@@ -173,6 +178,12 @@ impl Config {
     /// Sets the per-connection write budget in bytes.
     pub fn write_budget(mut self, bytes: usize) -> Self {
         self.write_budget = bytes;
+        self
+    }
+
+    /// Sets the io_uring provided buffers: `count` (a power of two) of `size` bytes.
+    pub fn uring_buffers(mut self, count: u16, size: usize) -> Self {
+        self.uring_buffers = (count.max(1).next_power_of_two(), size.max(64));
         self
     }
 

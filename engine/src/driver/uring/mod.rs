@@ -44,8 +44,6 @@ const OP_CLOSE_REJECTED: u64 = 8;
 const OP_CANCEL_ACCEPT: u64 = 9;
 
 const RING_ENTRIES: u32 = 4096;
-const BUF_COUNT: u16 = 1024;
-const BUF_SIZE: usize = 4096;
 /// Iovecs per sendmsg.
 const MAX_IOV: usize = 64;
 
@@ -274,7 +272,8 @@ impl<H: Handler> Worker<H> {
     ) -> io::Result<Self> {
         // Accepted sockets inherit TCP_NODELAY from the listener (there is no fd to set it on).
         socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
-        let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE, 0)?;
+        let (count, size) = core.cfg.uring_buffers;
+        let bufs = BufRing::new(&ring, count, size, 0)?;
         let mut w = Worker {
             core,
             ring,
