@@ -6,48 +6,7 @@ mod common;
 use volley::Backend;
 
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The venv's python with `websockets`, creating the venv if it is missing.
-fn python() -> PathBuf {
-    let root = workspace_root();
-    let py = root.join(".venv/bin/python");
-    let has_ws = |py: &PathBuf| {
-        Command::new(py)
-            .args(["-c", "import websockets"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if py.exists() && has_ws(&py) {
-        return py;
-    }
-    let venv = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(root.join(".venv"))
-        .status();
-    assert!(
-        venv.is_ok_and(|s| s.success()),
-        "python3 -m venv failed: install python3-venv"
-    );
-    let pip = Command::new(root.join(".venv/bin/pip"))
-        .args(["install", "--quiet", "-r"])
-        .arg(root.join("tests/python/requirements.txt"))
-        .status();
-    assert!(
-        pip.is_ok_and(|s| s.success()),
-        "pip install of tests/python/requirements.txt failed"
-    );
-    assert!(has_ws(&py));
-    py
-}
 
 fn python_websockets_client_suite(b: Backend) {
     let srv = TestServer::start(TestServer::config(b));

@@ -1,0 +1,55 @@
+//! A real browser: headless Chromium (Debian's `chromium`, installed by `.ci/run`) loads the
+//! binary's page, whose script connects back with the browser's WebSocket API, types two
+//! messages and must show their echoes (`tests/browser/page_echo.py`, over the DevTools
+//! protocol). Where Chromium is missing the test fails, unless `VOLLEY_SKIP_BROWSER=1`.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+use volley::Backend;
+
+fn browser_page_echo(b: Backend) {
+    let have_chromium = ["chromium", "chromium-browser"].iter().any(|c| {
+        Command::new("which")
+            .arg(c)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !have_chromium {
+        if std::env::var("VOLLEY_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+            eprintln!("SKIPPED (no chromium)");
+            return;
+        }
+        panic!(
+            "chromium is not installed (apt-get install chromium), or set VOLLEY_SKIP_BROWSER=1"
+        );
+    }
+    let backend = if b == Backend::Uring { "uring" } else { "mio" };
+    let srv = ChildServer::spawn(&["--backend", backend]);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let shot = std::env::temp_dir().join(format!("volley-page-{backend}.png"));
+    let out = Command::new(python())
+        .arg(root.join("tests/browser/page_echo.py"))
+        .arg(format!("http://{}/", srv.addr))
+        .arg(&shot)
+        .output()
+        .expect("run the browser driver");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("got its echoes"));
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "no screenshot"
+    );
+}
+
+both_backends!(browser_page_echo);
