@@ -14,7 +14,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -54,23 +54,13 @@ pub(crate) fn start<H: Handler>(
     handler: H,
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
     crate::runtime::raise_nofile_limit();
-    let first = bind_reuseport(addr, cfg.backlog)?;
-    let local_addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..n {
-        listeners.push(bind_reuseport(local_addr, cfg.backlog)?);
-    }
+    let (listeners, local_addr) = super::bind_listeners(addr, n, cfg.backlog)?;
     let mut polls = Vec::with_capacity(n);
     let mut workers = Vec::with_capacity(n);
     for _ in 0..n {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
-        workers.push(WorkerShared {
-            inbox: Mutex::new(Vec::new()),
-            wake_pending: AtomicBool::new(false),
-            waker: Box::new(MioWaker(waker)),
-            stats: Default::default(),
-        });
+        workers.push(WorkerShared::new(Box::new(MioWaker(waker))));
         polls.push(poll);
     }
     let shared = Arc::new(Shared {
@@ -79,23 +69,15 @@ pub(crate) fn start<H: Handler>(
         shutdown: AtomicBool::new(false),
     });
     let cfg = Arc::new(cfg);
-    let cores = if cfg.pin_workers {
-        core_affinity::get_core_ids().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let cores = Arc::new(super::pin_cores(&cfg));
     let mut threads = Vec::with_capacity(n);
     for (i, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
         let core = Core::new(handler.clone(), cfg.clone(), shared.clone(), i as u8);
-        let pin = cores.get(i % cores.len().max(1)).copied();
+        let cores = cores.clone();
         let t = std::thread::Builder::new()
             .name(format!("volley-w{i}"))
             .spawn(move || {
-                if let Some(id) = pin {
-                    if !core_affinity::set_for_current(id) {
-                        tracing::warn!(worker = i, "could not pin worker to core {}", id.id);
-                    }
-                }
+                super::pin_worker(i, &cores);
                 let listener = TcpListener::from_std(listener);
                 if let Err(e) = Worker::new(core, poll, listener).and_then(|w| w.run()) {
                     tracing::error!(worker = i, "worker stopped: {e}");

@@ -42,3 +42,37 @@ pub(crate) fn uring_probe() -> Result<(), String> {
         Err("io_uring exists only on Linux".into())
     }
 }
+
+/// Binds `n` listeners on one address with `SO_REUSEPORT` (the kernel spreads connections
+/// over them); returns them and the bound address (with the real port for port 0).
+pub(crate) fn bind_listeners(
+    addr: std::net::SocketAddr,
+    n: usize,
+    backlog: i32,
+) -> std::io::Result<(Vec<std::net::TcpListener>, std::net::SocketAddr)> {
+    let first = mio::bind_reuseport(addr, backlog)?;
+    let local = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(mio::bind_reuseport(local, backlog)?);
+    }
+    Ok((all, local))
+}
+
+/// The cores workers are pinned to (empty: no pinning).
+pub(crate) fn pin_cores(cfg: &crate::runtime::Config) -> Vec<core_affinity::CoreId> {
+    if cfg.pin_workers {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
+/// Pins the calling worker thread `i` to its core, if pinning is on.
+pub(crate) fn pin_worker(i: usize, cores: &[core_affinity::CoreId]) {
+    if let Some(id) = cores.get(i % cores.len().max(1)) {
+        if !core_affinity::set_for_current(*id) {
+            tracing::warn!(worker = i, "could not pin worker to core {}", id.id);
+        }
+    }
+}

@@ -575,7 +575,12 @@ impl<H: Handler, Io> Core<H, Io> {
             let open = matches!(conn.phase, Phase::Open);
             let stats = &shared.workers[*worker as usize].stats;
             match msg {
-                proto::Message::Text(t) if open => {
+                proto::Message::Text(_) | proto::Message::Binary(_) if open => {
+                    let data = match msg {
+                        proto::Message::Text(t) => Message::Text(t),
+                        proto::Message::Binary(b) => Message::Binary(b),
+                        _ => unreachable!("matched data above"),
+                    };
                     stats.messages_in.fetch_add(1, Ordering::Relaxed);
                     let Conn {
                         state, out, subs, ..
@@ -584,22 +589,7 @@ impl<H: Handler, Io> Core<H, Io> {
                         out: Outbox::new(id, Some(Own { out, subs }), env),
                         handle,
                     };
-                    handler.on_message(&mut ctx, state.as_mut().expect("open"), Message::Text(t));
-                    stats
-                        .messages_out
-                        .fetch_add(ctx.out.sent, Ordering::Relaxed);
-                    over = ctx.out.over;
-                }
-                proto::Message::Binary(b) if open => {
-                    stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                    let Conn {
-                        state, out, subs, ..
-                    } = conn;
-                    let mut ctx = Ctx {
-                        out: Outbox::new(id, Some(Own { out, subs }), env),
-                        handle,
-                    };
-                    handler.on_message(&mut ctx, state.as_mut().expect("open"), Message::Binary(b));
+                    handler.on_message(&mut ctx, state.as_mut().expect("open"), data);
                     stats
                         .messages_out
                         .fetch_add(ctx.out.sent, Ordering::Relaxed);

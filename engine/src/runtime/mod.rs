@@ -416,6 +416,15 @@ impl fmt::Debug for WorkerShared {
 }
 
 impl WorkerShared {
+    pub(crate) fn new(waker: Box<dyn Wake>) -> WorkerShared {
+        WorkerShared {
+            inbox: Mutex::new(Vec::new()),
+            wake_pending: AtomicBool::new(false),
+            waker,
+            stats: WorkerStats::default(),
+        }
+    }
+
     pub(crate) fn push(&self, cmd: Command) {
         self.inbox
             .lock()

@@ -29,7 +29,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 const OP_ACCEPT: u64 = 1;
@@ -153,12 +153,7 @@ pub(crate) fn start<H: Handler>(
         m => m.div_ceil(n).min(soft as usize),
     }
     .clamp(16, 1 << 20) as u32;
-    let first = super::mio::bind_reuseport(addr, cfg.backlog)?;
-    let local_addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..n {
-        listeners.push(super::mio::bind_reuseport(local_addr, cfg.backlog)?);
-    }
+    let (listeners, local_addr) = super::bind_listeners(addr, n, cfg.backlog)?;
     let mut workers = Vec::with_capacity(n);
     let mut wake_fds = Vec::with_capacity(n);
     for _ in 0..n {
@@ -170,12 +165,7 @@ pub(crate) fn start<H: Handler>(
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let dup = owned.try_clone()?;
-        workers.push(WorkerShared {
-            inbox: Mutex::new(Vec::new()),
-            wake_pending: AtomicBool::new(false),
-            waker: Box::new(EventFd(owned)),
-            stats: Default::default(),
-        });
+        workers.push(WorkerShared::new(Box::new(EventFd(owned))));
         wake_fds.push(dup);
     }
     let shared = Arc::new(Shared {
@@ -184,23 +174,17 @@ pub(crate) fn start<H: Handler>(
         shutdown: AtomicBool::new(false),
     });
     let cfg = Arc::new(cfg);
-    let cores = if cfg.pin_workers {
-        core_affinity::get_core_ids().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let cores = Arc::new(super::pin_cores(&cfg));
     let mut threads = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
     for (i, (listener, wake_fd)) in listeners.into_iter().zip(wake_fds).enumerate() {
         let core = Core::new(handler.clone(), cfg.clone(), shared.clone(), i as u8);
-        let pin = cores.get(i % cores.len().max(1)).copied();
+        let cores = cores.clone();
         let ready = ready_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("volley-u{i}"))
             .spawn(move || {
-                if let Some(id) = pin {
-                    core_affinity::set_for_current(id);
-                }
+                super::pin_worker(i, &cores);
                 // The ring is created here: with SINGLE_ISSUER only its creating thread may use it.
                 let worker = build_ring().and_then(|ring| {
                     ring.submitter().register_files_sparse(table)?;
