@@ -507,6 +507,33 @@ fn running_out_of_receive_buffers_loses_nothing(b: Backend) {
     }
 }
 
+#[test]
+fn uring_zero_copy_sends_deliver_the_same_bytes() {
+    let Some(b) = uring_or_skip() else { return };
+    let srv = TestServer::start(TestServer::config(b).uring_send_zc(Some(0)));
+    let mut ws = tclient(&srv);
+    for size in [0usize, 1, 125, 65536, 4 << 20] {
+        let bin: Vec<u8> = (0..size).map(|i| (i * 11) as u8).collect();
+        ws.send(TMsg::binary(bin.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), TMsg::binary(bin), "binary {size}");
+    }
+    let mut c = RawClient::connect(srv.addr, "/");
+    let mut burst = Vec::new();
+    for i in 0..500 {
+        volley::proto::encode::encode_client_frame(
+            OpCode::Text,
+            true,
+            i.to_string().as_bytes(),
+            [1, 2, 3, 4],
+            &mut burst,
+        );
+    }
+    c.send_raw(&burst);
+    for i in 0..500 {
+        assert_eq!(c.recv(), Got::Text(i.to_string()));
+    }
+}
+
 both_backends!(
     many_small_frames_in_one_write_are_all_answered_in_order,
     running_out_of_receive_buffers_loses_nothing,

@@ -62,6 +62,9 @@ pub struct Config {
     /// kernel fills one per receive completion; they go back to the ring as soon as the
     /// worker has consumed them. Running out (`ENOBUFS`) only delays receives.
     pub uring_buffers: (u16, usize),
+    /// io_uring: send with `SENDMSG_ZC` (zero-copy) when a connection's batch is at least
+    /// this many bytes (`None`: never, the default; see docs/benchmarks.md for why).
+    pub uring_send_zc_min: Option<usize>,
     /// What happens to a connection whose unsent output is over the write budget when more
     /// comes for it.
     pub slow_consumer: SlowConsumerPolicy,
@@ -123,6 +126,7 @@ impl Config {
             write_budget: 4 << 20,
             recv_buffer: 256 * 1024,
             uring_buffers: (1024, 4096),
+            uring_send_zc_min: None,
             slow_consumer: SlowConsumerPolicy::Close,
             metrics_path: Some("/metrics".to_owned()),
             backend: Backend::Auto,
@@ -184,6 +188,12 @@ impl Config {
     /// Sets the io_uring provided buffers: `count` (a power of two) of `size` bytes.
     pub fn uring_buffers(mut self, count: u16, size: usize) -> Self {
         self.uring_buffers = (count.max(1).next_power_of_two(), size.max(64));
+        self
+    }
+
+    /// io_uring: use zero-copy sends for batches of at least `min` bytes (`None`: never).
+    pub fn uring_send_zc(mut self, min: Option<usize>) -> Self {
+        self.uring_send_zc_min = min;
         self
     }
 

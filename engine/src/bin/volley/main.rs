@@ -44,6 +44,9 @@ struct ServeArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_message: usize,
+    /// io_uring: zero-copy sends for batches of at least this many bytes (0: never).
+    #[arg(long, default_value_t = 0)]
+    send_zc_min: usize,
     /// Most connections held (0: no limit but the backend's). With io_uring and no
     /// --workers, more than one ring per core can hold starts more workers.
     #[arg(long, default_value_t = 0)]
@@ -111,6 +114,7 @@ fn main() {
         .limits(args.max_message, args.max_message)
         .write_budget(args.write_budget)
         .max_connections(args.max_connections)
+        .uring_send_zc((args.send_zc_min > 0).then_some(args.send_zc_min))
         .handshake_timeout(Duration::from_secs(args.handshake_timeout.max(1)))
         .idle_timeout(secs(args.idle_timeout))
         .ping(secs(args.ping_interval), Duration::from_secs(20))

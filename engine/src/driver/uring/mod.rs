@@ -42,6 +42,9 @@ const OP_WAKE: u64 = 7;
 /// Closing a direct descriptor that never became a connection (server full).
 const OP_CLOSE_REJECTED: u64 = 8;
 const OP_CANCEL_ACCEPT: u64 = 9;
+/// A zero-copy send: a result completion (flagged MORE), then a notification (NOTIF) once the
+/// kernel no longer reads the buffers.
+const OP_SEND_ZC: u64 = 10;
 
 const RING_ENTRIES: u32 = 4096;
 /// Iovecs per sendmsg.
@@ -68,6 +71,8 @@ pub(crate) struct UringIo {
     recv_armed: bool,
     /// The send slot (msghdr + iovecs) of the send in flight.
     send: Option<u32>,
+    /// A zero-copy send's result, held until its notification unpins the buffers.
+    zc_written: Option<i32>,
     closing: bool,
 }
 
@@ -401,6 +406,7 @@ impl<H: Handler> Worker<H> {
             OP_ACCEPT => self.on_accept(res, flags),
             OP_RECV => self.on_recv(key, res, flags),
             OP_SEND => self.on_send(key, res),
+            OP_SEND_ZC => self.on_send_zc(key, res, flags),
             OP_WAKE => {
                 if self.core.drain_inbox() {
                     self.stop_accepting();
@@ -456,6 +462,7 @@ impl<H: Handler> Worker<H> {
                 ops: 0,
                 recv_armed: false,
                 send: None,
+                zc_written: None,
                 closing: false,
             });
             self.arm_recv(key);
@@ -494,6 +501,23 @@ impl<H: Handler> Worker<H> {
         }
         if !more {
             self.op_done(key);
+        }
+    }
+
+    /// A zero-copy send completes twice: its result (flagged MORE), then a notification once
+    /// the kernel let go of the buffers; the chunks stay pinned until then.
+    fn on_send_zc(&mut self, key: usize, res: i32, flags: u32) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if cqueue::notif(flags) {
+            let written = conn.io.zc_written.take().unwrap_or(0);
+            return self.on_send(key, written);
+        }
+        if cqueue::more(flags) {
+            conn.io.zc_written = Some(res);
+        } else {
+            self.on_send(key, res);
         }
     }
 
@@ -605,10 +629,17 @@ impl<H: Handler> Worker<H> {
             .stats
             .uring_ops
             .fetch_add(1, Ordering::Relaxed);
-        let e = opcode::SendMsg::new(types::Fixed(conn.io.slot), hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(ud(OP_SEND, key));
+        let bytes = conn.out.len();
+        let e = match self.core.cfg.uring_send_zc_min {
+            Some(min) if bytes >= min => opcode::SendMsgZc::new(types::Fixed(conn.io.slot), hdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(ud(OP_SEND_ZC, key)),
+            _ => opcode::SendMsg::new(types::Fixed(conn.io.slot), hdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(ud(OP_SEND, key)),
+        };
         let _ = self.core.after_flush(key);
         self.push(e);
     }
