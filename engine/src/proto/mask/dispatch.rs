@@ -2,11 +2,16 @@
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-type MaskFn = fn(&mut [u8], [u8; 4], usize) -> usize;
+/// Below this many bytes `apply_mask` does not dispatch.
+const SMALL: usize = 128;
+
+/// What the cache holds: an `unsafe fn` because the AVX2 path is stored unchecked (its
+/// feature test is done once, in `choose`, not on every call).
+type RawMaskFn = unsafe fn(&mut [u8], [u8; 4], usize) -> usize;
 
 /// The cached choice. Starts at `detect`, which replaces itself on first use (memchr's
-/// `unsafe_ifunc!` without the unsafe: a `fn` pointer stored as a `*mut ()`).
-static CHOSEN: AtomicPtr<()> = AtomicPtr::new(detect as MaskFn as *mut ());
+/// `unsafe_ifunc!`): a function pointer stored as a `*mut ()`.
+static CHOSEN: AtomicPtr<()> = AtomicPtr::new(detect as RawMaskFn as *mut ());
 
 /// XORs `buf` with `key`, starting at key byte `phase` (0..=3); returns the phase for the
 /// byte after `buf`. Unmasks a client payload in place; masks a client frame likewise.
@@ -22,14 +27,20 @@ static CHOSEN: AtomicPtr<()> = AtomicPtr::new(detect as MaskFn as *mut ());
 /// assert_eq!(data, [0x7f, 0x9f, 0x4d, 0x51, 0x58]);
 /// ```
 #[inline]
+#[allow(unsafe_code)]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
+    // Short payloads (most messages) take the word loop inline: for them an indirect call
+    // and the vector set-up cost more than the vector loop saves (docs/benchmarks.md).
+    if buf.len() < SMALL {
+        return super::word::apply_mask_word(buf, key, phase);
+    }
     let f = CHOSEN.load(Ordering::Relaxed);
-    // Every value ever stored in CHOSEN is a `MaskFn` cast to a pointer, so casting back is
-    // sound; `fn` pointers and data pointers have the same size on every target Rust supports.
-    #[allow(unsafe_code)]
-    // SAFETY: CHOSEN only ever holds pointers made from `MaskFn` values (see `detect`).
-    let f: MaskFn = unsafe { std::mem::transmute::<*mut (), MaskFn>(f) };
-    f(buf, key, phase)
+    // SAFETY: CHOSEN only ever holds `RawMaskFn` values cast to pointers (`detect` and the
+    // initialiser); fn and data pointers have the same size on every target Rust supports.
+    let f: RawMaskFn = unsafe { std::mem::transmute::<*mut (), RawMaskFn>(f) };
+    // SAFETY: the only unsafe function ever stored is the AVX2 one, and only after `choose`
+    // found AVX2 on this CPU.
+    unsafe { f(buf, key, phase) }
 }
 
 /// The name of the path `apply_mask` uses on this CPU ("avx2", "sse2", "neon" or "word").
@@ -37,11 +48,12 @@ pub fn selected() -> &'static str {
     choose().0
 }
 
-fn choose() -> (&'static str, MaskFn) {
+#[allow(unsafe_code)]
+fn choose() -> (&'static str, RawMaskFn) {
     #[cfg(all(target_arch = "x86_64", not(volley_disable_simd), not(miri)))]
     {
         if super::x86_64::avx2::is_available() {
-            return ("avx2", super::x86_64::avx2::apply_mask_avx2);
+            return ("avx2", super::x86_64::avx2::apply_mask_avx2_unchecked);
         }
         return ("sse2", super::x86_64::sse2::apply_mask_sse2);
     }
@@ -53,8 +65,11 @@ fn choose() -> (&'static str, MaskFn) {
     ("word", super::word::apply_mask_word)
 }
 
-fn detect(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
-    let (_name, f) = choose();
+#[allow(unsafe_code)]
+unsafe fn detect(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
+    let (name, f) = choose();
+    tracing::debug!("unmask: using the {name} path");
     CHOSEN.store(f as *mut (), Ordering::Relaxed);
-    f(buf, key, phase)
+    // SAFETY: `choose` returns the AVX2 function only where the CPU has AVX2.
+    unsafe { f(buf, key, phase) }
 }
