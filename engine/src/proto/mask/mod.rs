@@ -29,8 +29,8 @@ pub use dispatch::{apply_mask, selected};
 /// The key as it applies to a buffer whose first byte meets key byte `phase`.
 #[inline]
 pub(crate) fn rotate(key: [u8; 4], phase: usize) -> [u8; 4] {
-    let p = phase & 3;
-    [key[p], key[(p + 1) & 3], key[(p + 2) & 3], key[(p + 3) & 3]]
+    // Little-endian view: byte `p` moves to byte 0 with one rotate instruction.
+    u32::from_le_bytes(key).rotate_right(8 * (phase as u32 & 3)).to_le_bytes()
 }
 
 #[cfg(test)]
