@@ -1,0 +1,506 @@
+//! Scenarios and what they share: the run clock, the controller/worker handshake, and
+//! [`Pool`], one worker thread's connections on one mio poller.
+//!
+//! Thread-per-core shape: `--threads T` workers, each with its own poller and its own share
+//! of the connections, optionally pinned (`--pin`); they share nothing but a few atomics in
+//! [`Control`]. The main thread only coordinates: it waits for the connections, opens the
+//! measured window, reads the server's `/proc` at its edges and collects the results.
+
+pub mod connect;
+pub mod echo;
+
+use crate::client::{connect as tcp_connect, Conn, Event, Failure, Rng, State};
+use crate::error::Error;
+use crate::procfs::{Delta, Proc, Sample};
+use crate::stats::Failures;
+use crate::target::Target;
+use mio::{Events, Interest, Poll, Token};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Options every scenario takes.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// The server.
+    pub target: Target,
+    /// Worker threads.
+    pub threads: usize,
+    /// CPUs to pin worker `i` to (`pin[i % len]`); empty: no pinning.
+    pub pin: Vec<usize>,
+    /// Source addresses to spread connections over (empty: the kernel picks).
+    pub sources: Vec<IpAddr>,
+    /// Connect plus handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// The server process to watch.
+    pub server: Option<Arc<Proc>>,
+    /// Where to write the JSON report.
+    pub json: Option<String>,
+}
+
+/// Nanoseconds since the start of the run, on the monotonic clock; shared by all threads.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Clock {
+        Clock {
+            base: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since the clock started.
+    pub fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// The instant `ns` after the start.
+    pub fn instant(&self, ns: u64) -> Instant {
+        self.base + Duration::from_nanos(ns)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// Not set yet / no end.
+pub const UNSET: u64 = u64::MAX;
+
+/// What the main thread and the workers share.
+#[derive(Debug)]
+pub struct Control {
+    /// The run clock.
+    pub clock: Clock,
+    /// Connections that opened.
+    pub opened: AtomicUsize,
+    /// Connections that failed before opening.
+    pub failed: AtomicUsize,
+    /// When load starts (ns); [`UNSET`] until the main thread says go.
+    pub go_ns: AtomicU64,
+    /// The measured window (ns); set before `go_ns`.
+    pub window_start_ns: AtomicU64,
+    /// End of the measured window; [`UNSET`] for "until the counts are done".
+    pub window_end_ns: AtomicU64,
+    /// Workers that finished their load (all answers in, or given up).
+    pub drained: AtomicUsize,
+    /// Stop now: close the connections and return.
+    pub stop: AtomicBool,
+    /// The first failure seen, for the error message.
+    pub first_failure: Mutex<Option<Failure>>,
+}
+
+impl Control {
+    /// A fresh control block.
+    pub fn new() -> Arc<Control> {
+        Arc::new(Control {
+            clock: Clock::new(),
+            opened: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            go_ns: AtomicU64::new(UNSET),
+            window_start_ns: AtomicU64::new(UNSET),
+            window_end_ns: AtomicU64::new(UNSET),
+            drained: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            first_failure: Mutex::new(None),
+        })
+    }
+
+    /// Records a connection that failed before opening.
+    pub fn count_failure(&self, f: &Failure) {
+        self.failed.fetch_add(1, Ordering::AcqRel);
+        let mut first = self.first_failure.lock().unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert_with(|| f.clone());
+    }
+
+    /// Connections resolved (opened or failed).
+    pub fn resolved(&self) -> usize {
+        self.opened.load(Ordering::Acquire) + self.failed.load(Ordering::Acquire)
+    }
+
+    /// Opens the load: the window, then go.
+    pub fn go(&self, go_ns: u64, window_start_ns: u64, window_end_ns: u64) {
+        self.window_start_ns
+            .store(window_start_ns, Ordering::Release);
+        self.window_end_ns.store(window_end_ns, Ordering::Release);
+        self.go_ns.store(go_ns, Ordering::Release);
+    }
+
+    /// Whether the main thread asked to stop.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Waits (polling) until `cond` holds or `deadline` passes; true if it held.
+    pub fn wait_until(&self, deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
+        loop {
+            if cond() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(2)));
+        }
+    }
+}
+
+/// What a scenario hands back: a table for people, a JSON report, and the problems it saw
+/// (verify failures, failed connections) that make the run exit non-zero.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Heading of the table.
+    pub title: String,
+    /// The human-readable result.
+    pub table: crate::stats::Table,
+    /// Every figure, for `--json`.
+    pub json: crate::json::Json,
+    /// Problems found; empty for a clean run.
+    pub problems: Vec<String>,
+}
+
+/// Sleeps until `t`.
+pub fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+/// The error a run reports when connections could not be opened.
+pub fn connect_error(common: &Common, ctl: &Control, failures: &Failures) -> Error {
+    let url = common.target.url.clone();
+    let first = ctl
+        .first_failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let only = failures.0.len() == 1;
+    match first {
+        Some(Failure::Refused) if only => Error::Refused {
+            url,
+            addr: common.target.addr.to_string(),
+        },
+        Some(Failure::Http(status, status_line)) if only => Error::NotWebSocket {
+            url,
+            status,
+            status_line,
+        },
+        _ => Error::NoConnection {
+            url,
+            reasons: failures.summary(),
+        },
+    }
+}
+
+/// Reads the server at a window edge (a failed read is reported as missing, not fatal).
+pub fn sample(server: &Option<Arc<Proc>>) -> Option<Sample> {
+    server.as_ref().and_then(|p| p.sample().ok())
+}
+
+/// The server's cost between two readings.
+pub fn delta(server: &Option<Arc<Proc>>, a: Option<Sample>, b: Option<Sample>) -> Option<Delta> {
+    match (server, a, b) {
+        (Some(p), Some(a), Some(b)) => Some(p.delta(&a, &b)),
+        _ => None,
+    }
+}
+
+/// Splits `n` into `parts` nearly equal shares.
+pub fn share(n: usize, parts: usize, i: usize) -> usize {
+    n / parts + usize::from(i < n % parts)
+}
+
+/// Starts worker `i`, pinned if asked.
+///
+/// # Errors
+/// The thread cannot be spawned.
+pub fn spawn_worker<T: Send + 'static>(
+    common: &Common,
+    i: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>, Error> {
+    let cpu = (!common.pin.is_empty()).then(|| common.pin[i % common.pin.len()]);
+    std::thread::Builder::new()
+        .name(format!("loadgen-{i}"))
+        .spawn(move || {
+            if let Some(c) = cpu {
+                if !crate::sys::pin_current_thread(c) {
+                    eprintln!("loadgen: warning: could not pin thread {i} to CPU {c}");
+                }
+            }
+            f()
+        })
+        .map_err(|e| Error::Sys(format!("cannot start a worker thread: {e}")))
+}
+
+/// What a [`Pool`] tells its scenario about a connection.
+#[derive(Debug)]
+pub enum Note<'a, 'b> {
+    /// An event, with the time its bytes were read (ns); the scenario may queue frames.
+    Event(&'a mut Conn, Event<'b>, u64),
+    /// The connection ended (once per connection); see its `failure` and `opened_ns`.
+    Done(&'a Conn),
+}
+
+/// The scenario's handler of [`Note`]s, by slot.
+pub type OnNote<'a> = &'a mut dyn FnMut(usize, Note<'_, '_>);
+
+/// One worker's connections on one poller.
+#[derive(Debug)]
+pub struct Pool {
+    poll: Poll,
+    events: Events,
+    /// Connections by slot (the mio token); `None` once ended and closed.
+    pub conns: Vec<Option<Conn>>,
+    dirty: Vec<usize>,
+    again: Vec<usize>,
+    rbuf: Vec<u8>,
+    target: Target,
+    sources: Vec<IpAddr>,
+    next_source: usize,
+    rng: Rng,
+    /// The run clock.
+    pub clock: Clock,
+    timeout_ns: u64,
+    /// Pre-encoded frames that [`Conn::queue_frame`] indices refer to.
+    frames: Arc<Vec<Vec<u8>>>,
+    /// Connections connecting or handshaking.
+    pub pending: usize,
+    /// Connections open or closing.
+    pub live: usize,
+    last_timeout_scan: u64,
+}
+
+impl Pool {
+    /// A pool for connections to `common.target`.
+    ///
+    /// # Errors
+    /// The poller cannot be created.
+    pub fn new(common: &Common, clock: Clock, frames: Arc<Vec<Vec<u8>>>) -> Result<Pool, Error> {
+        Ok(Pool {
+            poll: Poll::new().map_err(|e| Error::Sys(format!("cannot create a poller: {e}")))?,
+            events: Events::with_capacity(1024),
+            conns: Vec::new(),
+            dirty: Vec::new(),
+            again: Vec::new(),
+            rbuf: vec![0u8; 256 * 1024],
+            target: common.target.clone(),
+            sources: common.sources.clone(),
+            next_source: 0,
+            rng: Rng::new(),
+            clock,
+            timeout_ns: common.handshake_timeout.as_nanos() as u64,
+            frames,
+            pending: 0,
+            live: 0,
+            last_timeout_scan: 0,
+        })
+    }
+
+    /// Starts a connection; its slot, or why it failed at once.
+    pub fn start(&mut self) -> Result<usize, Failure> {
+        let source = if self.sources.is_empty() {
+            None
+        } else {
+            self.next_source = (self.next_source + 1) % self.sources.len();
+            Some(self.sources[self.next_source])
+        };
+        let mut stream = tcp_connect(self.target.addr, source).map_err(|e| Failure::from_io(&e))?;
+        let slot = self.conns.len();
+        self.poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| Failure::Io(format!("register: {e}")))?;
+        let now = self.clock.now_ns();
+        let conn = Conn::new(
+            stream,
+            &self.target.host_header,
+            &self.target.path,
+            &mut self.rng,
+            now,
+        );
+        self.conns.push(Some(conn));
+        self.pending += 1;
+        Ok(slot)
+    }
+
+    /// Queues pre-encoded frame `frame` on `slot` for this turn's flush.
+    pub fn send(&mut self, slot: usize, frame: usize) {
+        if let Some(c) = self.conns[slot].as_mut() {
+            if matches!(c.state, State::Open) {
+                c.queue_frame(frame);
+                if !c.dirty {
+                    c.dirty = true;
+                    self.dirty.push(slot);
+                }
+            }
+        }
+    }
+
+    /// Starts the close handshake of every open connection (flush with [`Pool::flush`]).
+    pub fn close_all(&mut self, code: volley::CloseCode) {
+        for (slot, c) in self.conns.iter_mut().enumerate() {
+            if let Some(c) = c {
+                c.start_close(code);
+                if c.has_output() && !c.dirty {
+                    c.dirty = true;
+                    self.dirty.push(slot);
+                }
+            }
+        }
+    }
+
+    /// Drops every connection still there (after the close deadline).
+    pub fn abandon_all(&mut self, on: OnNote<'_>) {
+        for slot in 0..self.conns.len() {
+            if let Some(mut c) = self.conns[slot].take() {
+                if c.state == State::Closing {
+                    c.state = State::Done;
+                } else {
+                    c.fail(Failure::Timeout);
+                }
+                self.finish(slot, c, on);
+            }
+        }
+    }
+
+    /// Connections not ended yet.
+    pub fn remaining(&self) -> usize {
+        self.pending + self.live
+    }
+
+    /// One loop turn: wait up to `timeout` for readiness, read and decode, flush what was
+    /// queued, time out slow handshakes.
+    pub fn turn(&mut self, timeout: Option<Duration>, on: OnNote<'_>) {
+        let timeout = if self.again.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                eprintln!("loadgen: poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let mut again = std::mem::take(&mut self.again);
+        for slot in again.drain(..) {
+            self.readable(slot, false, on);
+        }
+        self.again = again;
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for ev in events.iter() {
+            let slot = ev.token().0;
+            let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            if c.state == State::Connecting {
+                if !c.check_connected() {
+                    continue;
+                }
+                if c.state == State::Handshaking {
+                    self.mark(slot);
+                }
+            }
+            let hup = ev.is_read_closed() || ev.is_error();
+            if ev.is_readable() || hup {
+                self.readable(slot, hup, on);
+            }
+            if ev.is_writable() {
+                self.mark(slot);
+            }
+            self.check_done(slot, on);
+        }
+        self.events = events;
+        self.flush(on);
+        let now = self.clock.now_ns();
+        if self.pending > 0 && now.saturating_sub(self.last_timeout_scan) > 50_000_000 {
+            self.last_timeout_scan = now;
+            for slot in 0..self.conns.len() {
+                if let Some(c) = self.conns[slot].as_mut() {
+                    if matches!(c.state, State::Connecting | State::Handshaking)
+                        && now.saturating_sub(c.started_ns) > self.timeout_ns
+                    {
+                        c.fail(Failure::Timeout);
+                        self.check_done(slot, on);
+                    }
+                }
+            }
+        }
+    }
+
+    fn readable(&mut self, slot: usize, until_eof: bool, on: OnNote<'_>) {
+        let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let was_pending = c.opened_ns.is_none();
+        let more = c.on_readable(&mut self.rbuf, &self.clock, until_eof, &mut |c, ev, t| {
+            on(slot, Note::Event(c, ev, t))
+        });
+        if was_pending && c.opened_ns.is_some() {
+            self.pending -= 1;
+            self.live += 1;
+        }
+        if more {
+            self.again.push(slot);
+        }
+        if c.has_output() {
+            self.mark(slot);
+        }
+        self.check_done(slot, on);
+    }
+
+    fn mark(&mut self, slot: usize) {
+        if let Some(c) = self.conns[slot].as_mut() {
+            if !c.dirty && !c.is_done() {
+                c.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Writes out every connection with queued output.
+    pub fn flush(&mut self, on: OnNote<'_>) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for slot in dirty.drain(..) {
+            if let Some(c) = self.conns[slot].as_mut() {
+                c.dirty = false;
+                c.flush(&self.frames);
+            }
+            self.check_done(slot, on);
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn check_done(&mut self, slot: usize, on: OnNote<'_>) {
+        if !self.conns[slot].as_ref().is_some_and(Conn::is_done) {
+            return;
+        }
+        let c = self.conns[slot].take().expect("checked above");
+        self.finish(slot, c, on);
+    }
+
+    fn finish(&mut self, slot: usize, mut c: Conn, on: OnNote<'_>) {
+        if c.opened_ns.is_some() {
+            self.live = self.live.saturating_sub(1);
+        } else {
+            self.pending = self.pending.saturating_sub(1);
+        }
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        on(slot, Note::Done(&c));
+    }
+}

@@ -1,0 +1,296 @@
+//! The `loadgen` binary against real servers: an in-process volley echo server, a port with
+//! nothing listening, and a plain HTTP server. Each test takes well under a few seconds.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Output};
+use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
+
+#[derive(Clone)]
+struct Echo;
+
+impl Handler for Echo {
+    type State = ();
+
+    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
+        ctx.send(msg);
+    }
+}
+
+fn echo_server() -> Server {
+    Server::start(Config::new("127.0.0.1:0").workers(1), Echo).expect("start volley")
+}
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()
+        .expect("run loadgen")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A port on which nothing listens (bound, then released).
+fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A plain HTTP server answering every request with 404, for `n` connections.
+fn http_404_server(n: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
+            );
+        }
+    });
+    addr
+}
+
+fn json_field(json: &str, key: &str) -> String {
+    let pat = format!("\n  \"{key}\": ");
+    let start = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("{key} missing in {json}"))
+        + pat.len();
+    json[start..]
+        .split([',', '\n'])
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn run_echo(server: &Server, extra: &[&str]) -> (Output, String) {
+    let url = format!("ws://{}/", server.local_addr());
+    let dir = std::env::temp_dir().join(format!(
+        "loadgen-test-{}-{}",
+        std::process::id(),
+        extra.join("_").replace(['-', ' '], "")
+    ));
+    let json = dir.with_extension("json");
+    let pid = std::process::id().to_string();
+    let mut args = vec![
+        "echo",
+        "--url",
+        &url,
+        "--server-pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+        "--duration",
+        "20",
+    ];
+    args.extend_from_slice(extra);
+    let out = loadgen(&args);
+    let report = std::fs::read_to_string(&json).unwrap_or_default();
+    let _ = std::fs::remove_file(&json);
+    (out, report)
+}
+
+#[test]
+fn echo_closed_loop_counts_exactly() {
+    let server = echo_server();
+    let (out, json) = run_echo(
+        &server,
+        &[
+            "--conns",
+            "4",
+            "--inflight",
+            "3",
+            "--messages",
+            "50",
+            "--text",
+            "--size",
+            "100",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("verify failures"), "{stdout}");
+    assert_eq!(json_field(&json, "sent"), "200");
+    assert_eq!(json_field(&json, "received"), "200");
+    assert_eq!(json_field(&json, "echoes_in_window"), "200");
+    assert_eq!(json_field(&json, "verify_failures"), "0");
+    assert_eq!(json_field(&json, "unanswered"), "0");
+    assert_eq!(json_field(&json, "closed_clean"), "4");
+    // The server is this process: its CPU time was read from /proc.
+    assert_ne!(json_field(&json, "server_cpu_us_per_msg"), "null", "{json}");
+    server.shutdown();
+}
+
+#[test]
+fn echo_large_binary_messages_are_verified() {
+    // 100 KiB frames span several reads on both sides.
+    let server = echo_server();
+    let (out, json) = run_echo(
+        &server,
+        &[
+            "--conns",
+            "2",
+            "--inflight",
+            "2",
+            "--messages",
+            "20",
+            "--binary",
+            "--size",
+            "102400",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(json_field(&json, "received"), "40");
+    assert_eq!(json_field(&json, "verify_failures"), "0");
+    server.shutdown();
+}
+
+#[test]
+fn echo_open_loop_counts_exactly() {
+    let server = echo_server();
+    let (out, json) = run_echo(
+        &server,
+        &[
+            "--conns",
+            "5",
+            "--rate",
+            "2000",
+            "--messages",
+            "20",
+            "--threads",
+            "2",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(json_field(&json, "sent"), "100");
+    assert_eq!(json_field(&json, "received"), "100");
+    assert_eq!(json_field(&json, "verify_failures"), "0");
+    assert_eq!(json_field(&json, "latency_kind"), "\"co_corrected\"");
+    server.shutdown();
+}
+
+#[test]
+fn connect_opens_holds_and_closes() {
+    let server = echo_server();
+    let url = format!("ws://{}/", server.local_addr());
+    let json =
+        std::env::temp_dir().join(format!("loadgen-test-{}-connect.json", std::process::id()));
+    let pid = std::process::id().to_string();
+    let out = loadgen(&[
+        "connect",
+        "--url",
+        &url,
+        "--conns",
+        "200",
+        "--rate",
+        "5000",
+        "--hold",
+        "0.2",
+        "--threads",
+        "2",
+        "--server-pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report = std::fs::read_to_string(&json).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        text(&out.stdout).contains("200 of 200"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(json_field(&report, "opened"), "200");
+    assert_eq!(json_field(&report, "held"), "200");
+    assert_eq!(json_field(&report, "connect_failures"), "{}");
+    assert_eq!(json_field(&report, "closed_clean"), "200");
+    assert_ne!(json_field(&report, "server_bytes_per_conn"), "null");
+    server.shutdown();
+}
+
+#[test]
+fn refused_connection_is_a_clear_error() {
+    let url = format!("ws://127.0.0.1:{}/", dead_port());
+    for scenario in ["echo", "connect"] {
+        let out = loadgen(&[scenario, "--url", &url, "--conns", "3"]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{scenario}: {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        assert!(err.contains("connection refused"), "{scenario}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn non_websocket_server_shows_the_http_status() {
+    let addr = http_404_server(8);
+    let url = format!("ws://{addr}/");
+    let out = loadgen(&["echo", "--url", &url, "--conns", "2", "--messages", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("not a WebSocket endpoint"), "{err}");
+    assert!(err.contains("HTTP 404"), "{err}");
+    assert!(err.contains("404 Not Found"), "{err}");
+}
+
+#[test]
+fn wrong_urls_are_clear_errors() {
+    for url in [
+        "http://127.0.0.1:9001/",
+        "127.0.0.1:9001",
+        "ws://127.0.0.1:99999/",
+        "wss://127.0.0.1/",
+    ] {
+        let out = loadgen(&["echo", "--url", url, "--messages", "1"]);
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        let err = text(&out.stderr);
+        assert!(err.contains("wrong URL"), "{url}: {err}");
+    }
+}
+
+#[test]
+fn too_many_connections_for_the_files_limit_prints_the_numbers() {
+    let out = loadgen(&["connect", "--conns", "100000000"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("100000000 connections need about 100000064 open files"),
+        "{err}"
+    );
+    assert!(err.contains("open-files limit is"), "{err}");
+}
