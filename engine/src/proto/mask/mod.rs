@@ -30,7 +30,9 @@ pub use dispatch::{apply_mask, selected};
 #[inline]
 pub(crate) fn rotate(key: [u8; 4], phase: usize) -> [u8; 4] {
     // Little-endian view: byte `p` moves to byte 0 with one rotate instruction.
-    u32::from_le_bytes(key).rotate_right(8 * (phase as u32 & 3)).to_le_bytes()
+    u32::from_le_bytes(key)
+        .rotate_right(8 * (phase as u32 & 3))
+        .to_le_bytes()
 }
 
 #[cfg(test)]
