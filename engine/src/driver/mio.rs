@@ -272,7 +272,13 @@ impl<H: Handler> Worker<H> {
             while !conn.out.is_empty() && !conn.is_dead() {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
                 let n = conn.out.io_slices(&mut iov);
-                match conn.io.write_vectored(&iov[..n]) {
+                // One chunk (the usual case: a turn's frames coalesce) is a plain write.
+                let res = if n == 1 {
+                    conn.io.write(&iov[0])
+                } else {
+                    conn.io.write_vectored(&iov[..n])
+                };
+                match res {
                     Ok(0) => {
                         failed = true;
                         break;
