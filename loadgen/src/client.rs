@@ -335,6 +335,11 @@ impl Conn {
         self.out.push_back(Seg::Frame(index as u32));
     }
 
+    /// Queues bytes of this connection only (a frame encoded for one send).
+    pub fn queue_owned(&mut self, bytes: Vec<u8>) {
+        self.out.push_back(Seg::Owned(bytes));
+    }
+
     /// Queues a close frame with `code` and moves to [`State::Closing`].
     pub fn start_close(&mut self, code: CloseCode) {
         match self.state {

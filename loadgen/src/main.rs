@@ -4,13 +4,14 @@
 //! loadgen connect --url ws://127.0.0.1:9001/ --conns 10000 --rate 2000 --hold 10 --server-pid PID
 //! loadgen echo    --url ws://127.0.0.1:9001/ --conns 100 --inflight 16 --size 64 --duration 10 --server-pid PID
 //! loadgen echo    --conns 100 --rate 50000 --size 64 --text      # open loop, CO-corrected latency
+//! loadgen fanout  --url ws://127.0.0.1:9001/ --subscribers 1000 --publishers 1 --rate 50 --size 64 --duration 10 --server-pid PID
 //! ```
 //!
 //! | module | what |
 //! |---|---|
 //! | [`target`] | the `ws://` URL |
 //! | [`client`] | one connection: connect, handshake, frames, pongs (the protocol core's client role) |
-//! | [`scenario`] | the worker pool and the controller; `connect` and `echo` |
+//! | [`scenario`] | the worker pool and the controller; `connect`, `echo` and `fanout` |
 //! | [`stats`] | histograms (hdrhistogram), failure tallies, the table |
 //! | [`procfs`] | the server's CPU time and RSS from `/proc` |
 //! | [`sys`] | open-files limit, port range, CPU pinning |
@@ -35,6 +36,7 @@ use clap::{Args, Parser, Subcommand};
 use error::Error;
 use scenario::connect::ConnectOpts;
 use scenario::echo::EchoOpts;
+use scenario::fanout::FanoutOpts;
 use scenario::{Common, Outcome};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -105,6 +107,35 @@ enum Scenario {
         /// pace; latency counted from the intended send time (coordinated omission corrected).
         #[arg(long)]
         rate: Option<f64>,
+    },
+    /// Subscribers that only read and publishers that send timestamped, numbered events to a
+    /// broadcast server; delivery latency, completeness per subscriber (lost, out of order)
+    /// and (with --server-pid) server CPU per delivery.
+    Fanout {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Subscriber connections (they only read).
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Publisher connections (what they receive is not counted as deliveries).
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Events per second, all publishers together.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Events sent at the same instant (consecutive publishers, round-robin), every
+        /// BURST/RATE seconds.
+        #[arg(long, default_value_t = 1)]
+        burst: usize,
+        /// Payload size in bytes (at least 24: publisher, sequence number, publish time).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Seconds of the measured window; publishing stops at its end.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds of publishing before the measured window.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
     },
 }
 
@@ -222,6 +253,32 @@ fn run(cli: Cli) -> Result<(Common, Outcome), Error> {
                 rate,
             };
             let out = scenario::echo::run(&common, &opts)?;
+            Ok((common, out))
+        }
+        Scenario::Fanout {
+            common: c,
+            subscribers,
+            publishers,
+            rate,
+            burst,
+            size,
+            duration,
+            warmup,
+        } => {
+            let common = common(c)?;
+            if size > 16 << 20 {
+                return Err(Error::Usage("--size is at most 16 MiB".into()));
+            }
+            let opts = FanoutOpts {
+                subscribers,
+                publishers,
+                rate,
+                burst,
+                size,
+                duration: secs("duration", duration)?,
+                warmup: secs("warmup", warmup)?,
+            };
+            let out = scenario::fanout::run(&common, &opts)?;
             Ok((common, out))
         }
     }

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output};
-use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
+use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Target, Upgrade};
 
 #[derive(Clone)]
 struct Echo;
@@ -23,6 +23,22 @@ impl Handler for Echo {
 
 fn echo_server() -> Server {
     Server::start(Config::new("127.0.0.1:0").workers(1), Echo).expect("start volley")
+}
+
+/// volley's `broadcast` mode: every message is relayed to every connection, sender included.
+#[derive(Clone)]
+struct Broadcast;
+
+impl Handler for Broadcast {
+    type State = ();
+
+    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
+        ctx.publish(Target::All, msg);
+    }
 }
 
 fn loadgen(args: &[&str]) -> Output {
@@ -293,4 +309,93 @@ fn too_many_connections_for_the_files_limit_prints_the_numbers() {
         "{err}"
     );
     assert!(err.contains("open-files limit is"), "{err}");
+}
+
+#[test]
+fn fanout_every_subscriber_receives_every_event() {
+    let server = Server::start(Config::new("127.0.0.1:0").workers(1), Broadcast).expect("start");
+    let url = format!("ws://{}/", server.local_addr());
+    let json =
+        std::env::temp_dir().join(format!("loadgen-test-fanout-{}.json", std::process::id()));
+    let pid = std::process::id().to_string();
+    // 2 publishers, 20 events/s in bursts of 2 (one event each every 100 ms) for 0.5 s of
+    // warm-up and a 1 s window: exactly 30 events, each to 50 subscribers.
+    let out = loadgen(&[
+        "fanout",
+        "--url",
+        &url,
+        "--subscribers",
+        "50",
+        "--publishers",
+        "2",
+        "--rate",
+        "20",
+        "--burst",
+        "2",
+        "--size",
+        "64",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "1",
+        "--threads",
+        "2",
+        "--server-pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report = std::fs::read_to_string(&json).unwrap_or_default();
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(json_field(&report, "events_published"), "30");
+    assert_eq!(json_field(&report, "subscribers_open"), "50");
+    assert_eq!(json_field(&report, "expected"), "1500");
+    assert_eq!(json_field(&report, "received"), "1500");
+    assert_eq!(json_field(&report, "lost"), "0");
+    assert_eq!(json_field(&report, "incomplete_subscribers"), "0");
+    assert_eq!(json_field(&report, "out_of_order"), "0");
+    assert_eq!(json_field(&report, "malformed"), "0");
+    // Each publisher got every event back, counted apart from the deliveries.
+    assert_eq!(json_field(&report, "publisher_echoes"), "60");
+    // Deliveries in the window: the 20 events published in it (by receipt time, give or
+    // take the ones in flight at its edges).
+    let in_window: u64 = json_field(&report, "deliveries_in_window").parse().unwrap();
+    assert!((900..=1100).contains(&in_window), "{in_window}");
+    assert_ne!(json_field(&report, "server_cpu_us_per_delivery"), "null");
+    assert_eq!(json_field(&report, "closed_clean"), "52");
+    server.shutdown();
+}
+
+#[test]
+fn fanout_bad_options_are_clear_errors() {
+    let out = loadgen(&["fanout", "--size", "8", "--rate", "10"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--size must be at least 24"),
+        "{}",
+        text(&out.stderr)
+    );
+    let port = dead_port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let out = loadgen(&[
+        "fanout",
+        "--url",
+        &url,
+        "--subscribers",
+        "3",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("refused"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod echo;
+pub mod fanout;
 
 use crate::client::{connect as tcp_connect, Conn, Event, Failure, Rng, State};
 use crate::error::Error;
@@ -341,6 +342,20 @@ impl Pool {
         if let Some(c) = self.conns[slot].as_mut() {
             if matches!(c.state, State::Open) {
                 c.queue_frame(frame);
+                if !c.dirty {
+                    c.dirty = true;
+                    self.dirty.push(slot);
+                }
+            }
+        }
+    }
+
+    /// Queues `bytes` (a complete frame for this connection only) on `slot` for this turn's
+    /// flush.
+    pub fn send_owned(&mut self, slot: usize, bytes: Vec<u8>) {
+        if let Some(c) = self.conns[slot].as_mut() {
+            if matches!(c.state, State::Open) {
+                c.queue_owned(bytes);
                 if !c.dirty {
                     c.dirty = true;
                     self.dirty.push(slot);

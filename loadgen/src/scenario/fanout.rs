@@ -1,0 +1,766 @@
+//! `fanout`: N subscribers that only read, P publishers that send events at a fixed aggregate
+//! rate, against a server that relays every event to its subscribers (volley's `broadcast`
+//! mode, or any server that does the same).
+//!
+//! Each event is a binary message whose payload starts with a 24-byte header: the publisher's
+//! index (u32 LE), 4 reserved bytes, the event's sequence number for that publisher (u64 LE)
+//! and the publish time in nanoseconds on the run clock (u64 LE; every thread shares the
+//! clock, so receipt time - publish time is the delivery latency), then filler up to
+//! `--size`. Every event is masked with its own key and encoded once per send.
+//!
+//! Every subscriber checks each publisher's stream: the next sequence number expected, events
+//! received, out of order (a sequence number below the next expected: late or duplicated).
+//! At the end, expected = the events the publisher sent (every subscriber is connected before
+//! the first event leaves), lost = expected - received in order. Messages arriving on the
+//! publishers' own connections (a broadcast server relays to the sender too) are counted
+//! apart, never as deliveries.
+//!
+//! Rate: `--rate R` events per second in total, round-robin over the publishers. With
+//! `--burst B` the events leave B at a time every B/R seconds (B consecutive publishers send
+//! one event each at the same instant), so the server finds several events per loop turn.
+//!
+//! Timeline: connect everything, then go; a warm-up; the measured window (`--duration`), at
+//! whose edges the server's `/proc` is read; publishing stops at the window's end, then the
+//! subscribers are given up to `DRAIN` to receive what is still in flight; then every
+//! connection is closed with 1000. Deliveries (and their latency) count in the window by
+//! receipt time; server CPU per delivery = server CPU in the window / deliveries in it.
+
+use super::{
+    connect_error, delta, sample, share, sleep_until, spawn_worker, Common, Control, Note, Pool,
+    UNSET,
+};
+use crate::client::{Event, Rng, State};
+use crate::error::Error;
+use crate::json::Json;
+use crate::procfs::{Delta, Proc};
+use crate::stats::{group, Failures, Latency, Table};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use volley::proto::encode::encode_client_frame;
+use volley::proto::{Message, OpCode};
+use volley::CloseCode;
+
+/// How long subscribers wait for events still in flight after the last publish.
+const DRAIN: Duration = Duration::from_secs(3);
+/// How long close handshakes are awaited.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+/// Handshakes in progress per worker at once.
+const MAX_PENDING: usize = 256;
+/// Bytes of the event header (publisher, reserved, sequence, publish time).
+pub const HEADER: usize = 24;
+
+/// The fan-out scenario's options.
+#[derive(Debug, Clone)]
+pub struct FanoutOpts {
+    /// Subscriber connections (read only).
+    pub subscribers: usize,
+    /// Publisher connections.
+    pub publishers: usize,
+    /// Events per second, all publishers together.
+    pub rate: f64,
+    /// Events sent at the same instant.
+    pub burst: usize,
+    /// Payload bytes (at least [`HEADER`]).
+    pub size: usize,
+    /// Measured window.
+    pub duration: Duration,
+    /// Before the window.
+    pub warmup: Duration,
+}
+
+/// What the workers share beyond [`Control`].
+#[derive(Debug)]
+struct Shared {
+    /// Events sent, per publisher (written by the worker that owns the publishers).
+    sent: Vec<AtomicU64>,
+    /// All events that will ever be sent are counted in `sent`.
+    sending_done: AtomicBool,
+}
+
+/// One subscriber's view of the publishers' streams.
+#[derive(Debug, Default, Clone)]
+struct Sub {
+    /// Next sequence number expected, per publisher (= events received in order).
+    next: Vec<u64>,
+    /// Events that arrived with a sequence number below the next expected.
+    out_of_order: u64,
+    /// Opened (counted as a subscriber).
+    opened: bool,
+}
+
+#[derive(Debug, Default)]
+struct WorkerResult {
+    latency: Latency,
+    /// Subscriber receipts in total and in the window.
+    received: u64,
+    in_window: u64,
+    out_of_order: u64,
+    /// Received in order, per subscriber per publisher (for the completeness check).
+    subs: Vec<Vec<u64>>,
+    /// Messages on publisher connections (the server's relay to the sender).
+    publisher_echoes: u64,
+    /// Messages that are not events of this run (too short, unknown publisher, text).
+    malformed: u64,
+    /// Publish times later than the receipt (clock error; should never happen).
+    negative: u64,
+    opened: usize,
+    connect_failures: Failures,
+    run_failures: Failures,
+    closed_clean: usize,
+    /// Publisher side: sends that left more than 1 ms after their due time.
+    late_sends: u64,
+}
+
+struct Worker {
+    ctl: Arc<Control>,
+    opts: FanoutOpts,
+    /// Slot -> publisher index, for the slots that are publishers.
+    publisher_of: Vec<Option<usize>>,
+    subs: Vec<Sub>,
+    res: WorkerResult,
+    win_start: u64,
+    win_end: u64,
+}
+
+impl Worker {
+    fn note(&mut self, slot: usize, note: Note<'_, '_>) {
+        if self.subs.len() <= slot {
+            self.subs.resize_with(slot + 1, Sub::default);
+            self.publisher_of.resize(slot + 1, None);
+        }
+        match note {
+            Note::Event(_, Event::Opened, _) => {
+                self.res.opened += 1;
+                self.ctl.opened.fetch_add(1, Ordering::AcqRel);
+                if self.publisher_of[slot].is_none() {
+                    let s = &mut self.subs[slot];
+                    s.opened = true;
+                    s.next = vec![0; self.opts.publishers];
+                }
+            }
+            Note::Event(_, Event::Message(m), t) => self.message(slot, &m, t),
+            Note::Done(conn) => match (&conn.failure, conn.opened_ns) {
+                (Some(f), None) => {
+                    self.res.connect_failures.add(f.label());
+                    self.ctl.count_failure(f);
+                }
+                (Some(f), Some(_)) => self.res.run_failures.add(f.label()),
+                (None, _) => self.res.closed_clean += 1,
+            },
+        }
+    }
+
+    fn message(&mut self, slot: usize, m: &Message<'_>, t: u64) {
+        if self.publisher_of[slot].is_some() {
+            self.res.publisher_echoes += 1;
+            return;
+        }
+        let Message::Binary(b) = *m else {
+            self.res.malformed += 1;
+            return;
+        };
+        if b.len() < HEADER {
+            self.res.malformed += 1;
+            return;
+        }
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let publisher = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
+        let (seq, ts) = (word(8), word(16));
+        let s = &mut self.subs[slot];
+        if publisher >= s.next.len() {
+            self.res.malformed += 1;
+            return;
+        }
+        self.res.received += 1;
+        let next = &mut s.next[publisher];
+        if seq >= *next {
+            // A gap (seq > next) stays visible as loss at the end: expected - in order.
+            *next = seq + 1;
+        } else {
+            s.out_of_order += 1;
+            self.res.out_of_order += 1;
+        }
+        if t >= self.win_start && t < self.win_end {
+            self.res.in_window += 1;
+            if ts > t {
+                self.res.negative += 1;
+            }
+            self.res.latency.record(t.saturating_sub(ts));
+        }
+    }
+
+    /// Events received in order by this worker's open subscribers, all publishers.
+    fn received_in_order(&self) -> u64 {
+        self.subs
+            .iter()
+            .filter(|s| s.opened)
+            .map(|s| s.next.iter().sum::<u64>())
+            .sum()
+    }
+}
+
+/// One event's frame: header, filler, masked with a fresh key.
+fn event_frame(publisher: usize, seq: u64, ts: u64, size: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut p = vec![0u8; size];
+    p[0..4].copy_from_slice(&(publisher as u32).to_le_bytes());
+    p[8..16].copy_from_slice(&seq.to_le_bytes());
+    p[16..24].copy_from_slice(&ts.to_le_bytes());
+    for (i, b) in p[HEADER..].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(seq as u8);
+    }
+    let mut key = [0u8; 4];
+    rng.fill(&mut key);
+    let mut f = Vec::with_capacity(size + 14);
+    encode_client_frame(OpCode::Binary, true, &p, key, &mut f);
+    f
+}
+
+fn run_worker(
+    common: Common,
+    ctl: Arc<Control>,
+    shared: Arc<Shared>,
+    opts: FanoutOpts,
+    n_subs: usize,
+    publishers: bool,
+) -> Result<WorkerResult, Error> {
+    let mut pool = Pool::new(&common, ctl.clock, Arc::new(Vec::new()))?;
+    let n_pubs = if publishers { opts.publishers } else { 0 };
+    let mut w = Worker {
+        ctl: ctl.clone(),
+        opts,
+        publisher_of: Vec::new(),
+        subs: Vec::new(),
+        res: WorkerResult::default(),
+        win_start: UNSET,
+        win_end: UNSET,
+    };
+    let tick = Some(Duration::from_millis(5));
+    let mut rng = Rng::new();
+
+    // Connect: subscribers first, then the publishers.
+    let total = n_subs + n_pubs;
+    let mut started = 0;
+    let mut pub_slots: Vec<Option<usize>> = vec![None; n_pubs];
+    while !ctl.stopped() {
+        while started < total && pool.pending < MAX_PENDING {
+            let p = started.checked_sub(n_subs);
+            started += 1;
+            match pool.start() {
+                Ok(slot) => {
+                    if w.publisher_of.len() <= slot {
+                        w.publisher_of.resize(slot + 1, None);
+                        w.subs.resize_with(slot + 1, Sub::default);
+                    }
+                    w.publisher_of[slot] = p;
+                    if let Some(p) = p {
+                        pub_slots[p] = Some(slot);
+                    }
+                }
+                Err(f) => {
+                    w.res.connect_failures.add(f.label());
+                    ctl.count_failure(&f);
+                }
+            }
+        }
+        if started == total && pool.pending == 0 {
+            break;
+        }
+        pool.turn(tick, &mut |s, note| w.note(s, note));
+    }
+
+    // Wait for go.
+    let go = loop {
+        let go = ctl.go_ns.load(Ordering::Acquire);
+        if ctl.stopped() {
+            break UNSET;
+        }
+        if go != UNSET && pool.clock.now_ns() >= go {
+            break go;
+        }
+        pool.turn(Some(Duration::from_millis(1)), &mut |s, note| {
+            w.note(s, note)
+        });
+    };
+    if go != UNSET {
+        w.win_start = ctl.window_start_ns.load(Ordering::Acquire);
+        w.win_end = ctl.window_end_ns.load(Ordering::Acquire);
+        let send_until = w.win_end;
+        let burst = w.opts.burst.max(1);
+        let period = 1e9 * burst as f64 / w.opts.rate;
+        let mut bursts: u64 = 0;
+        let mut rr = 0usize;
+        let mut seqs = vec![0u64; n_pubs];
+        let drain_ns = DRAIN.as_nanos() as u64;
+        let mut done_at = UNSET;
+        loop {
+            let now = pool.clock.now_ns();
+            let stop = ctl.stopped();
+            let mut next_due = UNSET;
+            if n_pubs > 0 && done_at == UNSET {
+                loop {
+                    let due = go + (bursts as f64 * period) as u64;
+                    if due >= send_until || stop {
+                        // Everything that will be sent is counted.
+                        shared.sending_done.store(true, Ordering::Release);
+                        done_at = now;
+                        break;
+                    }
+                    if due > now {
+                        next_due = due;
+                        break;
+                    }
+                    if now > due + 1_000_000 {
+                        w.res.late_sends += 1;
+                    }
+                    for _ in 0..burst {
+                        let p = rr % n_pubs;
+                        rr += 1;
+                        let Some(slot) = pub_slots[p] else { continue };
+                        let open = pool.conns[slot]
+                            .as_ref()
+                            .is_some_and(|c| c.state == State::Open);
+                        if !open {
+                            continue;
+                        }
+                        let ts = pool.clock.now_ns();
+                        let f = event_frame(p, seqs[p], ts, w.opts.size, &mut rng);
+                        pool.send_owned(slot, f);
+                        seqs[p] += 1;
+                        shared.sent[p].store(seqs[p], Ordering::Release);
+                    }
+                    bursts += 1;
+                }
+            }
+            pool.flush(&mut |s, note| w.note(s, note));
+            let sending_done = shared.sending_done.load(Ordering::Acquire);
+            if stop {
+                break;
+            }
+            if sending_done {
+                if done_at == UNSET {
+                    done_at = now;
+                }
+                let sent: u64 = shared.sent.iter().map(|s| s.load(Ordering::Acquire)).sum();
+                let want = sent * w.subs.iter().filter(|s| s.opened).count() as u64;
+                if w.received_in_order() >= want || now >= done_at.saturating_add(drain_ns) {
+                    break;
+                }
+            }
+            let timeout = if next_due != UNSET {
+                let wait = next_due.saturating_sub(pool.clock.now_ns());
+                Duration::from_nanos(wait.saturating_sub(1_000_000))
+            } else {
+                Duration::from_millis(5)
+            };
+            pool.turn(Some(timeout), &mut |s, note| w.note(s, note));
+        }
+    }
+
+    // Close.
+    ctl.drained.fetch_add(1, Ordering::AcqRel);
+    pool.close_all(CloseCode::NORMAL);
+    pool.flush(&mut |s, note| w.note(s, note));
+    let deadline = pool.clock.now_ns() + CLOSE_WAIT.as_nanos() as u64;
+    while pool.remaining() > 0 && pool.clock.now_ns() < deadline {
+        pool.turn(tick, &mut |s, note| w.note(s, note));
+    }
+    pool.abandon_all(&mut |s, note| w.note(s, note));
+    w.res.subs = w
+        .subs
+        .iter()
+        .filter(|s| s.opened)
+        .map(|s| s.next.clone())
+        .collect();
+    Ok(w.res)
+}
+
+/// The fan-out scenario: connect, go, measure, report.
+///
+/// # Errors
+/// Bad options, connections that could not be opened, or a worker that could not start.
+pub fn run(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> {
+    if opts.subscribers == 0 || opts.publishers == 0 {
+        return Err(Error::Usage(
+            "--subscribers and --publishers must be at least 1".into(),
+        ));
+    }
+    if !(opts.rate > 0.0 && opts.rate.is_finite()) {
+        return Err(Error::Usage(
+            "--rate must be a positive number of events per second".into(),
+        ));
+    }
+    if opts.size < HEADER {
+        return Err(Error::Usage(format!(
+            "--size must be at least {HEADER} bytes (the event header: publisher, sequence number, publish time)"
+        )));
+    }
+    if opts.burst == 0 {
+        return Err(Error::Usage("--burst must be at least 1".into()));
+    }
+    if opts.duration.is_zero() {
+        return Err(Error::Usage("--duration must be more than 0".into()));
+    }
+    let conns = opts.subscribers + opts.publishers;
+    let threads = common.threads.clamp(1, opts.subscribers);
+    crate::sys::check_files(conns)?;
+    crate::sys::check_ports(conns.div_ceil(common.sources.len().max(1)))?;
+    let ctl = Control::new();
+    let shared = Arc::new(Shared {
+        sent: (0..opts.publishers).map(|_| AtomicU64::new(0)).collect(),
+        sending_done: AtomicBool::new(false),
+    });
+    let me = Proc::open(std::process::id()).ok();
+    let mut handles = Vec::new();
+    for i in 0..threads {
+        let n = share(opts.subscribers, threads, i);
+        let (c, k, s, o) = (common.clone(), ctl.clone(), shared.clone(), opts.clone());
+        handles.push(spawn_worker(common, i, move || {
+            run_worker(c, k, s, o, n, i == 0)
+        })?);
+    }
+    let connect_deadline = Instant::now()
+        + common.handshake_timeout * (1 + conns.div_ceil(MAX_PENDING * threads)) as u32
+        + Duration::from_secs(1);
+    let t_connect = Instant::now();
+    ctl.wait_until(connect_deadline, || ctl.resolved() >= conns);
+    let connect_s = t_connect.elapsed().as_secs_f64();
+    if ctl.failed.load(Ordering::Acquire) > 0 || ctl.resolved() < conns {
+        ctl.stop.store(true, Ordering::Release);
+        let results = join(handles)?;
+        let mut f = Failures::default();
+        for r in &results {
+            f.merge(&r.connect_failures);
+        }
+        if f.total() == 0 {
+            f.add("timeout".into());
+        }
+        return Err(connect_error(common, &ctl, &f));
+    }
+
+    // Go.
+    let go = ctl.clock.now_ns() + 1_000_000;
+    let win_start = go + opts.warmup.as_nanos() as u64;
+    let win_end = win_start + opts.duration.as_nanos() as u64;
+    ctl.go(go, win_start, win_end);
+    sleep_until(ctl.clock.instant(win_start));
+    let s0 = sample(&common.server);
+    let c0 = me.as_ref().and_then(|p| p.sample().ok());
+    let m0 = crate::procfs::machine_ticks();
+    let t0 = Instant::now();
+    sleep_until(ctl.clock.instant(win_end));
+    let s1 = sample(&common.server);
+    let c1 = me.as_ref().and_then(|p| p.sample().ok());
+    let m1 = crate::procfs::machine_ticks();
+    let window_wall = t0.elapsed().as_secs_f64();
+    let results = join(handles)?;
+    let server = delta(&common.server, s0, s1);
+    let client = match (&me, c0, c1) {
+        (Some(p), Some(a), Some(b)) => Some(p.delta(&a, &b)),
+        _ => None,
+    };
+    let other = match (m0, m1) {
+        (Some(a), Some(b)) => {
+            let all = crate::procfs::machine_busy_cores(a, b, window_wall);
+            let ours = server.map_or(0.0, |d| d.cpu_us / 1e6 / window_wall)
+                + client.map_or(0.0, |d| d.cpu_us / 1e6 / window_wall);
+            Some((all - ours).max(0.0))
+        }
+        _ => None,
+    };
+    let sent: Vec<u64> = shared
+        .sent
+        .iter()
+        .map(|s| s.load(Ordering::Acquire))
+        .collect();
+    let mut out = report(
+        common, opts, threads, connect_s, &sent, &results, server, client,
+    );
+    if let Some(o) = other {
+        out.table.row(
+            "other CPU load",
+            format!(
+                "{:.0}% of a core (processes other than server and loadgen)",
+                o * 100.0
+            ),
+        );
+        out.json.set("other_cpu_cores", o);
+    }
+    Ok(out)
+}
+
+fn join(
+    handles: Vec<std::thread::JoinHandle<Result<WorkerResult, Error>>>,
+) -> Result<Vec<WorkerResult>, Error> {
+    let mut out = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(r) => out.push(r?),
+            Err(_) => return Err(Error::Sys("a worker thread panicked".into())),
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    common: &Common,
+    opts: &FanoutOpts,
+    threads: usize,
+    connect_s: f64,
+    sent: &[u64],
+    results: &[WorkerResult],
+    server: Option<Delta>,
+    client: Option<Delta>,
+) -> super::Outcome {
+    let mut lat = Latency::new();
+    let mut run_failures = Failures::default();
+    let (mut received, mut in_window, mut ooo, mut echoes, mut malformed, mut negative) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut opened, mut clean, mut late) = (0usize, 0usize, 0u64);
+    let (mut subscribers, mut incomplete, mut lost) = (0u64, 0u64, 0u64);
+    let events: u64 = sent.iter().sum();
+    for r in results {
+        lat.merge(&r.latency);
+        run_failures.merge(&r.run_failures);
+        received += r.received;
+        in_window += r.in_window;
+        ooo += r.out_of_order;
+        echoes += r.publisher_echoes;
+        malformed += r.malformed;
+        negative += r.negative;
+        opened += r.opened;
+        clean += r.closed_clean;
+        late += r.late_sends;
+        for s in &r.subs {
+            subscribers += 1;
+            let mut missing = 0;
+            for (p, &got) in s.iter().enumerate() {
+                missing += sent[p].saturating_sub(got);
+            }
+            if missing > 0 {
+                incomplete += 1;
+            }
+            lost += missing;
+        }
+    }
+    let expected = events * subscribers;
+    let window_s = opts.duration.as_secs_f64();
+    let rate = in_window as f64 / window_s;
+    let per_delivery = |x: Option<f64>| {
+        x.map(|c| {
+            if in_window > 0 {
+                c / in_window as f64
+            } else {
+                f64::NAN
+            }
+        })
+    };
+    let cpu_per = per_delivery(server.map(|d| d.cpu_us));
+    let cpu_per_clock = per_delivery(server.and_then(|d| d.cpu_us_clock));
+    let client_per = per_delivery(client.map(|d| d.cpu_us));
+
+    let mut t = Table::default();
+    t.row("target", common.target.url.clone());
+    let burst = if opts.burst > 1 {
+        format!(" in bursts of {}", opts.burst)
+    } else {
+        String::new()
+    };
+    t.row(
+        "load",
+        format!(
+            "{} subscribers, {} publisher(s), {} events/s{burst}, {} B binary, {threads} thread(s)",
+            group(opts.subscribers as u64),
+            opts.publishers,
+            opts.rate,
+            group(opts.size as u64)
+        ),
+    );
+    t.row(
+        "connected",
+        format!("{} in {:.2} s", group(opened as u64), connect_s),
+    );
+    t.row(
+        "window",
+        format!(
+            "{:.1} s after {:.1} s warm-up",
+            window_s,
+            opts.warmup.as_secs_f64()
+        ),
+    );
+    t.row("events published", group(events));
+    t.row(
+        "deliveries in window",
+        format!(
+            "{} ({} deliveries/s)",
+            group(in_window),
+            group(rate.round() as u64)
+        ),
+    );
+    t.row(
+        "expected / received",
+        format!("{} / {}", group(expected), group(received)),
+    );
+    t.row(
+        "lost",
+        format!(
+            "{} ({} of {} subscribers incomplete)",
+            group(lost),
+            group(incomplete),
+            group(subscribers)
+        ),
+    );
+    t.row("out of order", group(ooo));
+    if malformed > 0 {
+        t.row("not events of this run", group(malformed));
+    }
+    t.row("publisher echoes (not counted)", group(echoes));
+    t.row("sends late by > 1 ms", group(late));
+    t.row("connection failures", run_failures.summary());
+    t.row(
+        "closed cleanly",
+        format!("{} of {}", group(clean as u64), group(opened as u64)),
+    );
+    t.row("delivery latency (us)", lat.summary_us());
+    match server {
+        Some(d) => {
+            t.row(
+                "server CPU",
+                format!(
+                    "{:.3} s in {:.2} s ({:.0}% of a core, {:.0}% of it in the kernel)",
+                    d.cpu_us / 1e6,
+                    d.wall_s,
+                    d.cpu_share() * 100.0,
+                    if d.cpu_us > 0.0 {
+                        d.sys_us / d.cpu_us * 100.0
+                    } else {
+                        0.0
+                    }
+                ),
+            );
+            t.row(
+                "server CPU per delivery",
+                format!(
+                    "{:.3} us (CPU clock: {})",
+                    cpu_per.unwrap_or(f64::NAN),
+                    cpu_per_clock.map_or("-".into(), |c| format!("{c:.3} us"))
+                ),
+            );
+            t.row(
+                "server RSS",
+                format!(
+                    "{} KiB -> {} KiB ({:+} KiB)",
+                    group(d.rss_start_kib),
+                    group(d.rss_end_kib),
+                    d.rss_delta_bytes() / 1024
+                ),
+            );
+        }
+        None => t.row("server CPU", "- (give --server-pid PID)"),
+    }
+    if let Some(c) = client {
+        t.row(
+            "loadgen CPU per delivery",
+            format!(
+                "{:.3} us ({:.0}% of a core)",
+                client_per.unwrap_or(f64::NAN),
+                c.cpu_share() * 100.0
+            ),
+        );
+    }
+
+    let mut problems = Vec::new();
+    if lost > 0 {
+        problems.push(format!(
+            "{lost} deliveries lost ({incomplete} of {subscribers} subscribers incomplete)"
+        ));
+    }
+    if ooo > 0 {
+        problems.push(format!("{ooo} events arrived out of order"));
+    }
+    if malformed > 0 {
+        problems.push(format!(
+            "{malformed} messages to subscribers were not events of this run"
+        ));
+    }
+    if negative > 0 {
+        problems.push(format!(
+            "{negative} events arrived before their publish time (clock error)"
+        ));
+    }
+    if run_failures.total() > 0 {
+        problems.push(format!(
+            "connections failed during the run: {}",
+            run_failures.summary()
+        ));
+    }
+    if events == 0 {
+        problems.push("no event was published".into());
+    }
+
+    let delta_json = |d: Option<Delta>| -> Json {
+        match d {
+            None => Json::Null,
+            Some(d) => Json::obj()
+                .with("wall_s", d.wall_s)
+                .with("cpu_us", d.cpu_us)
+                .with("sys_us", d.sys_us)
+                .with("cpu_us_clock", d.cpu_us_clock)
+                .with("cpu_share", d.cpu_share())
+                .with("rss_start_kib", d.rss_start_kib)
+                .with("rss_end_kib", d.rss_end_kib)
+                .with("rss_delta_bytes", d.rss_delta_bytes()),
+        }
+    };
+    let json = Json::obj()
+        .with("scenario", "fanout")
+        .with("url", common.target.url.clone())
+        .with(
+            "options",
+            Json::obj()
+                .with("subscribers", opts.subscribers)
+                .with("publishers", opts.publishers)
+                .with("rate", opts.rate)
+                .with("burst", opts.burst)
+                .with("size", opts.size)
+                .with("duration_s", opts.duration.as_secs_f64())
+                .with("warmup_s", opts.warmup.as_secs_f64())
+                .with("threads", threads)
+                .with(
+                    "pin",
+                    common.pin.iter().map(|&c| c as u64).collect::<Vec<u64>>(),
+                )
+                .with("server_pid", common.server.as_ref().map(|p| p.pid())),
+        )
+        .with("connected", opened)
+        .with("connect_s", connect_s)
+        .with("window_s", window_s)
+        .with("events_published", events)
+        .with("subscribers_open", subscribers)
+        .with("expected", expected)
+        .with("received", received)
+        .with("lost", lost)
+        .with("incomplete_subscribers", incomplete)
+        .with("out_of_order", ooo)
+        .with("malformed", malformed)
+        .with("publisher_echoes", echoes)
+        .with("late_sends", late)
+        .with("deliveries_in_window", in_window)
+        .with("deliveries_per_s", rate)
+        .with("closed_clean", clean)
+        .with("connection_failures", run_failures.to_json())
+        .with("latency", lat.to_json())
+        .with("server", delta_json(server))
+        .with("server_cpu_us_per_delivery", cpu_per)
+        .with("server_cpu_us_per_delivery_clock", cpu_per_clock)
+        .with("loadgen", delta_json(client))
+        .with("loadgen_cpu_us_per_delivery", client_per)
+        .with("problems", problems.clone());
+    super::Outcome {
+        title: "loadgen fanout".into(),
+        table: t,
+        json,
+        problems,
+    }
+}
