@@ -640,52 +640,15 @@ fn report(
         t.row("service time (us)", service.summary_us());
         t.row("sends late by > 1 ms", group(late));
     }
-    match server {
-        Some(d) => {
-            t.row(
-                "server CPU",
-                format!(
-                    "{:.3} s in {:.2} s ({:.0}% of a core, {:.0}% of it in the kernel)",
-                    d.cpu_us / 1e6,
-                    d.wall_s,
-                    d.cpu_share() * 100.0,
-                    if d.cpu_us > 0.0 {
-                        d.sys_us / d.cpu_us * 100.0
-                    } else {
-                        0.0
-                    }
-                ),
-            );
-            t.row(
-                "server CPU per message",
-                format!(
-                    "{:.3} us (CPU clock: {})",
-                    cpu_per_msg.unwrap_or(f64::NAN),
-                    cpu_per_msg_clock.map_or("-".into(), |c| format!("{c:.3} us"))
-                ),
-            );
-            t.row(
-                "server RSS",
-                format!(
-                    "{} KiB -> {} KiB ({:+} KiB)",
-                    group(d.rss_start_kib),
-                    group(d.rss_end_kib),
-                    d.rss_delta_bytes() / 1024
-                ),
-            );
-        }
-        None => t.row("server CPU", "- (give --server-pid PID)"),
-    }
-    if let Some(c) = client {
-        t.row(
-            "loadgen CPU per message",
-            format!(
-                "{:.3} us ({:.0}% of a core)",
-                client_per_msg.unwrap_or(f64::NAN),
-                c.cpu_share() * 100.0
-            ),
-        );
-    }
+    super::cpu_rows(
+        &mut t,
+        "message",
+        server,
+        cpu_per_msg,
+        cpu_per_msg_clock,
+        client,
+        client_per_msg,
+    );
     let mut problems = Vec::new();
     if verify > 0 {
         problems.push(format!("{verify} echoes did not match what was sent"));

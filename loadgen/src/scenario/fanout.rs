@@ -623,52 +623,15 @@ fn report(
         format!("{} of {}", group(clean as u64), group(opened as u64)),
     );
     t.row("delivery latency (us)", lat.summary_us());
-    match server {
-        Some(d) => {
-            t.row(
-                "server CPU",
-                format!(
-                    "{:.3} s in {:.2} s ({:.0}% of a core, {:.0}% of it in the kernel)",
-                    d.cpu_us / 1e6,
-                    d.wall_s,
-                    d.cpu_share() * 100.0,
-                    if d.cpu_us > 0.0 {
-                        d.sys_us / d.cpu_us * 100.0
-                    } else {
-                        0.0
-                    }
-                ),
-            );
-            t.row(
-                "server CPU per delivery",
-                format!(
-                    "{:.3} us (CPU clock: {})",
-                    cpu_per.unwrap_or(f64::NAN),
-                    cpu_per_clock.map_or("-".into(), |c| format!("{c:.3} us"))
-                ),
-            );
-            t.row(
-                "server RSS",
-                format!(
-                    "{} KiB -> {} KiB ({:+} KiB)",
-                    group(d.rss_start_kib),
-                    group(d.rss_end_kib),
-                    d.rss_delta_bytes() / 1024
-                ),
-            );
-        }
-        None => t.row("server CPU", "- (give --server-pid PID)"),
-    }
-    if let Some(c) = client {
-        t.row(
-            "loadgen CPU per delivery",
-            format!(
-                "{:.3} us ({:.0}% of a core)",
-                client_per.unwrap_or(f64::NAN),
-                c.cpu_share() * 100.0
-            ),
-        );
-    }
+    super::cpu_rows(
+        &mut t,
+        "delivery",
+        server,
+        cpu_per,
+        cpu_per_clock,
+        client,
+        client_per,
+    );
 
     let mut problems = Vec::new();
     if lost > 0 {

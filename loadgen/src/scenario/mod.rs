@@ -519,3 +519,64 @@ impl Pool {
         on(slot, Note::Done(&c));
     }
 }
+
+/// Appends the rows every scenario reports about the server's and loadgen's own CPU and the
+/// server's memory: `unit` names what the CPU is divided by ("message", "delivery").
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_rows(
+    t: &mut crate::stats::Table,
+    unit: &str,
+    server: Option<Delta>,
+    cpu_per: Option<f64>,
+    cpu_per_clock: Option<f64>,
+    client: Option<Delta>,
+    client_per: Option<f64>,
+) {
+    use crate::stats::group;
+    match server {
+        Some(d) => {
+            let kernel = if d.cpu_us > 0.0 {
+                d.sys_us / d.cpu_us * 100.0
+            } else {
+                0.0
+            };
+            t.row(
+                "server CPU",
+                format!(
+                    "{:.3} s in {:.2} s ({:.0}% of a core, {kernel:.0}% of it in the kernel)",
+                    d.cpu_us / 1e6,
+                    d.wall_s,
+                    d.cpu_share() * 100.0,
+                ),
+            );
+            t.row(
+                &format!("server CPU per {unit}"),
+                format!(
+                    "{:.3} us (CPU clock: {})",
+                    cpu_per.unwrap_or(f64::NAN),
+                    cpu_per_clock.map_or("-".into(), |c| format!("{c:.3} us"))
+                ),
+            );
+            t.row(
+                "server RSS",
+                format!(
+                    "{} KiB -> {} KiB ({:+} KiB)",
+                    group(d.rss_start_kib),
+                    group(d.rss_end_kib),
+                    d.rss_delta_bytes() / 1024
+                ),
+            );
+        }
+        None => t.row("server CPU", "- (give --server-pid PID)"),
+    }
+    if let Some(c) = client {
+        t.row(
+            &format!("loadgen CPU per {unit}"),
+            format!(
+                "{:.3} us ({:.0}% of a core)",
+                client_per.unwrap_or(f64::NAN),
+                c.cpu_share() * 100.0
+            ),
+        );
+    }
+}
