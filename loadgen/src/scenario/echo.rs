@@ -13,10 +13,7 @@
 //! With `--messages M` each connection sends exactly M messages and the window lasts until
 //! the last echo (still bounded by warm-up + duration).
 
-use super::{
-    connect_error, delta, sample, share, sleep_until, spawn_worker, Common, Control, Note, Pool,
-    UNSET,
-};
+use super::{connect_error, share, sleep_until, spawn_worker, Common, Control, Note, Pool, UNSET};
 use crate::client::{Event, Payloads, Rng, State};
 use crate::error::Error;
 use crate::json::Json;
@@ -412,7 +409,7 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
     let failed = ctl.failed.load(Ordering::Acquire);
     if failed > 0 || ctl.resolved() < opts.conns {
         ctl.stop.store(true, Ordering::Release);
-        let results = join(handles)?;
+        let results = super::join(handles)?;
         let mut f = Failures::default();
         for r in &results {
             f.merge(&r.connect_failures);
@@ -433,10 +430,7 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
     };
     ctl.go(go, win_start, win_end);
     sleep_until(ctl.clock.instant(win_start));
-    let s0 = sample(&common.server);
-    let c0 = me.as_ref().and_then(|p| p.sample().ok());
-    let m0 = crate::procfs::machine_ticks();
-    let t0 = Instant::now();
+    let window = super::Window::open(common, &me);
     if win_end == UNSET {
         let bound =
             ctl.clock.instant(go) + opts.warmup + opts.duration + DRAIN + Duration::from_secs(1);
@@ -444,27 +438,9 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
     } else {
         sleep_until(ctl.clock.instant(win_end));
     }
-    let s1 = sample(&common.server);
-    let c1 = me.as_ref().and_then(|p| p.sample().ok());
-    let m1 = crate::procfs::machine_ticks();
-    let window_wall = t0.elapsed().as_secs_f64();
-    let results = join(handles)?;
-    let server = delta(&common.server, s0, s1);
-    let client = match (&me, c0, c1) {
-        (Some(p), Some(a), Some(b)) => Some(p.delta(&a, &b)),
-        _ => None,
-    };
-    // CPU used by everything else on the machine over the window: a check that the
-    // measurement had the machine to itself.
-    let other = match (m0, m1) {
-        (Some(a), Some(b)) => {
-            let all = crate::procfs::machine_busy_cores(a, b, window_wall);
-            let ours = server.map_or(0.0, |d| d.cpu_us / 1e6 / window_wall)
-                + client.map_or(0.0, |d| d.cpu_us / 1e6 / window_wall);
-            Some((all - ours).max(0.0))
-        }
-        _ => None,
-    };
+    let measured = window.close(common, &me);
+    let (server, client, window_wall) = (measured.server, measured.client, measured.wall_s);
+    let results = super::join(handles)?;
     let mut out = report(
         common,
         opts,
@@ -476,29 +452,7 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
         server,
         client,
     );
-    if let Some(o) = other {
-        out.table.row(
-            "other CPU load",
-            format!(
-                "{:.0}% of a core (processes other than server and loadgen)",
-                o * 100.0
-            ),
-        );
-        out.json.set("other_cpu_cores", o);
-    }
-    Ok(out)
-}
-
-fn join(
-    handles: Vec<std::thread::JoinHandle<Result<WorkerResult, Error>>>,
-) -> Result<Vec<WorkerResult>, Error> {
-    let mut out = Vec::new();
-    for h in handles {
-        match h.join() {
-            Ok(r) => out.push(r?),
-            Err(_) => return Err(Error::Sys("a worker thread panicked".into())),
-        }
-    }
+    out.note_other_load(measured.other);
     Ok(out)
 }
 

@@ -580,3 +580,95 @@ pub fn cpu_rows(
         );
     }
 }
+
+/// The edges of a measured window: the server's and loadgen's `/proc` samples and the
+/// machine's CPU ticks at its start.
+#[derive(Debug)]
+pub struct Window {
+    server: Option<Sample>,
+    client: Option<Sample>,
+    machine: Option<(u64, u64)>,
+    start: Instant,
+}
+
+/// What a window measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// The server's CPU and memory over the window (with `--server-pid`).
+    pub server: Option<Delta>,
+    /// loadgen's own.
+    pub client: Option<Delta>,
+    /// Cores used by every other process over the window: a check that the measurement had
+    /// the machine to itself.
+    pub other: Option<f64>,
+    /// The window's wall time in seconds.
+    pub wall_s: f64,
+}
+
+impl Window {
+    /// Samples the start of the window.
+    pub fn open(common: &Common, me: &Option<Proc>) -> Window {
+        Window {
+            server: sample(&common.server),
+            client: me.as_ref().and_then(|p| p.sample().ok()),
+            machine: crate::procfs::machine_ticks(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Samples the end of the window and computes what it measured.
+    pub fn close(self, common: &Common, me: &Option<Proc>) -> Measured {
+        let s1 = sample(&common.server);
+        let c1 = me.as_ref().and_then(|p| p.sample().ok());
+        let m1 = crate::procfs::machine_ticks();
+        let wall_s = self.start.elapsed().as_secs_f64();
+        let server = delta(&common.server, self.server, s1);
+        let client = match (me, self.client, c1) {
+            (Some(p), Some(a), Some(b)) => Some(p.delta(&a, &b)),
+            _ => None,
+        };
+        let other = match (self.machine, m1) {
+            (Some(a), Some(b)) => {
+                let all = crate::procfs::machine_busy_cores(a, b, wall_s);
+                let ours = server.map_or(0.0, |d| d.cpu_us / 1e6 / wall_s)
+                    + client.map_or(0.0, |d| d.cpu_us / 1e6 / wall_s);
+                Some((all - ours).max(0.0))
+            }
+            _ => None,
+        };
+        Measured {
+            server,
+            client,
+            other,
+            wall_s,
+        }
+    }
+}
+
+impl Outcome {
+    /// Adds the "other CPU load" row and JSON field.
+    pub fn note_other_load(&mut self, other: Option<f64>) {
+        if let Some(o) = other {
+            self.table.row(
+                "other CPU load",
+                format!(
+                    "{:.0}% of a core (processes other than server and loadgen)",
+                    o * 100.0
+                ),
+            );
+            self.json.set("other_cpu_cores", o);
+        }
+    }
+}
+
+/// Joins the worker threads, returning their results or the first error.
+pub fn join<T>(handles: Vec<std::thread::JoinHandle<Result<T, Error>>>) -> Result<Vec<T>, Error> {
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.join() {
+            Ok(r) => out.push(r?),
+            Err(_) => return Err(Error::Sys("a worker thread panicked".into())),
+        }
+    }
+    Ok(out)
+}
