@@ -12,6 +12,9 @@
 //!
 //! `tt_broadcast --addr 127.0.0.1:9102 --workers 1 [--capacity 1024]`
 
+#[path = "../baseline_rt.rs"]
+mod baseline_rt;
+
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,23 +102,7 @@ async fn run(args: &Args) -> std::io::Result<()> {
 
 fn main() {
     let args = Args::parse();
-    let rt = if args.workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.workers)
-            .enable_all()
-            .build()
-    };
-    let rt = match rt {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tt_broadcast: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rt = baseline_rt::runtime("tt_broadcast", args.workers);
     if let Err(e) = rt.block_on(run(&args)) {
         eprintln!("tt_broadcast: cannot listen on {}: {e}", args.addr);
         std::process::exit(1);

@@ -13,6 +13,9 @@
 //!
 //! `tt_echo --addr 127.0.0.1:9101 --workers 1 [--forward]`
 
+#[path = "../baseline_rt.rs"]
+mod baseline_rt;
+
 use clap::Parser;
 use futures_util::{future, SinkExt, StreamExt, TryStreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -79,23 +82,7 @@ async fn run(addr: String, forward: bool) -> std::io::Result<()> {
 
 fn main() {
     let args = Args::parse();
-    let rt = if args.workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.workers)
-            .enable_all()
-            .build()
-    };
-    let rt = match rt {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tt_echo: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rt = baseline_rt::runtime("tt_echo", args.workers);
     if let Err(e) = rt.block_on(run(args.addr.clone(), args.forward)) {
         eprintln!("tt_echo: cannot listen on {}: {e}", args.addr);
         std::process::exit(1);
