@@ -68,24 +68,15 @@ pub(crate) fn start<H: Handler>(
         local_addr,
         shutdown: AtomicBool::new(false),
     });
-    let cfg = Arc::new(cfg);
-    let cores = Arc::new(super::pin_cores(&cfg));
-    let mut threads = Vec::with_capacity(n);
-    for (i, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
-        let core = Core::new(handler.clone(), cfg.clone(), shared.clone(), i as u8);
-        let cores = cores.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("volley-w{i}"))
-            .spawn(move || {
-                super::pin_worker(i, &cores);
-                let listener = TcpListener::from_std(listener);
-                if let Err(e) = Worker::new(core, poll, listener).and_then(|w| w.run()) {
-                    tracing::error!(worker = i, "worker stopped: {e}");
-                }
-            })?;
-        threads.push(t);
-    }
-    Ok((Handle { shared }, threads))
+    let parts: Vec<_> = polls.into_iter().zip(listeners).collect();
+    super::spawn_workers(
+        "w",
+        cfg,
+        shared,
+        handler,
+        parts,
+        |core, (poll, listener)| Worker::new(core, poll, TcpListener::from_std(listener)),
+    )
 }
 
 struct Worker<H: Handler> {
@@ -97,6 +88,12 @@ struct Worker<H: Handler> {
     /// whether to read to the end).
     pending_reads: Vec<(usize, bool)>,
     accept_pending: bool,
+}
+
+impl<H: Handler> super::RunWorker for Worker<H> {
+    fn run(self) -> io::Result<()> {
+        Worker::run_loop(self)
+    }
 }
 
 impl<H: Handler> Worker<H> {
@@ -114,7 +111,7 @@ impl<H: Handler> Worker<H> {
         })
     }
 
-    fn run(mut self) -> io::Result<()> {
+    fn run_loop(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut again = Vec::new();
         loop {

@@ -76,3 +76,78 @@ pub(crate) fn pin_worker(i: usize, cores: &[core_affinity::CoreId]) {
         }
     }
 }
+
+/// A backend's worker, set up on its own thread and ready to run its loop.
+pub(crate) trait RunWorker {
+    /// Runs the loop until the worker has shut down.
+    fn run(self) -> std::io::Result<()>;
+}
+
+/// Starts one thread per element of `parts` (a worker's share: its listener and poller or
+/// eventfd): each pins itself, builds its `Core` and its backend worker with `setup` (on
+/// that thread, as io_uring's SINGLE_ISSUER requires), reports whether that worked, then runs.
+/// Returns once every worker has started; if one fails, the others are shut down and the
+/// error is returned.
+pub(crate) fn spawn_workers<H, Io, T, W, F>(
+    label: &'static str,
+    cfg: crate::runtime::Config,
+    shared: std::sync::Arc<crate::runtime::Shared>,
+    handler: H,
+    parts: Vec<T>,
+    setup: F,
+) -> std::io::Result<(crate::runtime::Handle, Vec<std::thread::JoinHandle<()>>)>
+where
+    H: crate::handler::Handler,
+    T: Send + 'static,
+    W: RunWorker,
+    F: Fn(crate::runtime::core::Core<H, Io>, T) -> std::io::Result<W> + Copy + Send + 'static,
+{
+    let n = parts.len();
+    let cfg = std::sync::Arc::new(cfg);
+    let cores = std::sync::Arc::new(pin_cores(&cfg));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let mut threads = Vec::with_capacity(n);
+    for (i, part) in parts.into_iter().enumerate() {
+        let (handler, cfg, shared, cores) =
+            (handler.clone(), cfg.clone(), shared.clone(), cores.clone());
+        let ready = ready_tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("volley-{label}{i}"))
+            .spawn(move || {
+                pin_worker(i, &cores);
+                let core = crate::runtime::core::Core::new(handler, cfg, shared, i as u8);
+                match setup(core, part) {
+                    Ok(w) => {
+                        let _ = ready.send(Ok(()));
+                        if let Err(e) = w.run() {
+                            tracing::error!(worker = i, "worker stopped: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    let handle = crate::runtime::Handle { shared };
+    for _ in 0..n {
+        let failed = match ready_rx.recv() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(std::io::Error::other("a worker exited during start")),
+        };
+        if let Some(e) = failed {
+            handle.shutdown();
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("worker setup failed: {e}"),
+            ));
+        }
+    }
+    Ok((handle, threads))
+}

@@ -178,57 +178,21 @@ pub(crate) fn start<H: Handler>(
         local_addr,
         shutdown: AtomicBool::new(false),
     });
-    let cfg = Arc::new(cfg);
-    let cores = Arc::new(super::pin_cores(&cfg));
-    let mut threads = Vec::with_capacity(n);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
-    for (i, (listener, wake_fd)) in listeners.into_iter().zip(wake_fds).enumerate() {
-        let core = Core::new(handler.clone(), cfg.clone(), shared.clone(), i as u8);
-        let cores = cores.clone();
-        let ready = ready_tx.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("volley-u{i}"))
-            .spawn(move || {
-                super::pin_worker(i, &cores);
-                // The ring is created here: with SINGLE_ISSUER only its creating thread may use it.
-                let worker = build_ring().and_then(|ring| {
-                    ring.submitter().register_files_sparse(table)?;
-                    Worker::new(core, ring, listener, wake_fd)
-                });
-                match worker {
-                    Ok(w) => {
-                        let _ = ready.send(Ok(()));
-                        if let Err(e) = w.run() {
-                            tracing::error!(worker = i, "io_uring worker stopped: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                    }
-                }
-            })?;
-        threads.push(t);
-    }
-    drop(ready_tx);
-    let handle = Handle { shared };
-    for _ in 0..n {
-        let failed = match ready_rx.recv() {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(_) => Some(io::Error::other("an io_uring worker exited during start")),
-        };
-        if let Some(e) = failed {
-            handle.shutdown();
-            for t in threads {
-                let _ = t.join();
-            }
-            return Err(io::Error::new(
-                e.kind(),
-                format!("io_uring worker setup failed: {e}"),
-            ));
-        }
-    }
-    Ok((handle, threads))
+    let parts: Vec<_> = listeners.into_iter().zip(wake_fds).collect();
+    super::spawn_workers(
+        "u",
+        cfg,
+        shared,
+        handler,
+        parts,
+        move |core, (listener, wake_fd)| {
+            // The ring is created on the worker's thread: with SINGLE_ISSUER only its creating
+            // thread may use it.
+            let ring = build_ring()?;
+            ring.submitter().register_files_sparse(table)?;
+            Worker::new(core, ring, listener, wake_fd)
+        },
+    )
 }
 
 struct Worker<H: Handler> {
@@ -250,6 +214,12 @@ struct Worker<H: Handler> {
     cqes: Vec<(u64, i32, u32)>,
     /// Keys whose multishot receive ended and must be re-armed after this batch.
     rearm: Vec<usize>,
+}
+
+impl<H: Handler> super::RunWorker for Worker<H> {
+    fn run(self) -> io::Result<()> {
+        Worker::run_loop(self)
+    }
 }
 
 impl<H: Handler> Worker<H> {
@@ -340,7 +310,7 @@ impl<H: Handler> Worker<H> {
         self.push(e);
     }
 
-    fn run(mut self) -> io::Result<()> {
+    fn run_loop(mut self) -> io::Result<()> {
         loop {
             let timeout = match self.accept_retry_at {
                 Some(_) => Some(std::time::Duration::from_millis(100)),
