@@ -74,7 +74,8 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{conns} connections need about {need} open files, but the open-files limit is {soft} (hard limit {hard}); \
-                 raise it (for example `ulimit -n {need}`, which needs root beyond the hard limit) or spread the connections over several loadgen processes"
+                 raise it (for example `ulimit -n {need}`, which needs root beyond the hard limit) or spread the connections over several loadgen processes with --procs {} (connect, fanout)",
+                (*conns as u64).div_ceil(soft.saturating_sub(crate::sys::SPARE_FILES).max(1))
             ),
             Error::TooFewPorts {
                 per_source,

@@ -27,6 +27,7 @@ mod client;
 mod error;
 mod json;
 mod procfs;
+mod procs;
 mod scenario;
 mod stats;
 mod sys;
@@ -136,6 +137,10 @@ enum Scenario {
         /// Seconds of publishing before the measured window.
         #[arg(long, default_value_t = 2.0)]
         warmup: f64,
+        /// Seconds to hold the connections idle between the last one opening and the first
+        /// event (server pings keep them; memory per connection is read at its end).
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
     },
 }
 
@@ -163,6 +168,13 @@ struct CommonArgs {
     /// Write every figure (and the latency histogram) to this JSON file.
     #[arg(long)]
     json: Option<String>,
+    /// Spread the connections over this many loadgen processes (for more connections than
+    /// one process's open-files limit holds; connect and fanout). The report is merged.
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Internal: this process is shard I of N of a --procs run.
+    #[arg(long, hide = true)]
+    shard: Option<String>,
 }
 
 fn secs(name: &str, s: f64) -> Result<Duration, Error> {
@@ -185,6 +197,9 @@ fn common(a: CommonArgs) -> Result<Common, Error> {
         Some(pid) => Some(Arc::new(procfs::Proc::open(pid)?)),
         None => None,
     };
+    if a.procs == 0 {
+        return Err(Error::Usage("--procs must be at least 1".into()));
+    }
     if a.threads == 0 {
         return Err(Error::Usage("--threads must be at least 1".into()));
     }
@@ -200,6 +215,8 @@ fn common(a: CommonArgs) -> Result<Common, Error> {
         handshake_timeout: timeout,
         server,
         json: a.json,
+        procs: a.procs,
+        shard: a.shard.as_deref().map(procs::Shard::parse).transpose()?,
     })
 }
 
@@ -235,6 +252,13 @@ fn run(cli: Cli) -> Result<(Common, Outcome), Error> {
             rate,
         } => {
             let common = common(c)?;
+            if common.procs > 1 {
+                return Err(Error::Usage(
+                    "--procs spreads connect and fanout runs; for echo past one process's \
+                     open files, start several loadgen echo runs at once"
+                        .into(),
+                ));
+            }
             if messages == Some(0) {
                 return Err(Error::Usage("--messages must be at least 1".into()));
             }
@@ -264,6 +288,7 @@ fn run(cli: Cli) -> Result<(Common, Outcome), Error> {
             size,
             duration,
             warmup,
+            hold,
         } => {
             let common = common(c)?;
             if size > 16 << 20 {
@@ -277,6 +302,7 @@ fn run(cli: Cli) -> Result<(Common, Outcome), Error> {
                 size,
                 duration: secs("duration", duration)?,
                 warmup: secs("warmup", warmup)?,
+                hold: secs("hold", hold)?,
             };
             let out = scenario::fanout::run(&common, &opts)?;
             Ok((common, out))
@@ -293,8 +319,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("{}", out.title);
-    print!("{}", out.table.render());
+    if common.shard.is_none() {
+        println!("{}", out.title);
+        print!("{}", out.table.render());
+    }
     if let Some(path) = &common.json {
         if let Err(e) = std::fs::write(path, format!("{}\n", out.json)) {
             let e = Error::Report {
@@ -305,7 +333,7 @@ fn main() {
             std::process::exit(1);
         }
     }
-    if !out.problems.is_empty() {
+    if !out.problems.is_empty() && common.shard.is_none() {
         for p in &out.problems {
             eprintln!("loadgen: problem: {p}");
         }

@@ -161,6 +161,51 @@ pub fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// The kernel's memory that grows with sockets: slab caches (socket, inode, dentry, file
+/// and TCP objects) and the TCP socket buffers, machine-wide. On loopback both ends of every
+/// connection are on this machine, so a delta over N connections is N client ends plus N
+/// server ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelMem {
+    /// `Slab:` from `/proc/meminfo`, KiB.
+    pub slab_kib: u64,
+    /// `TCP: ... mem N` from `/proc/net/sockstat`, in pages.
+    pub tcp_mem_pages: u64,
+}
+
+impl KernelMem {
+    /// Reads the machine now.
+    pub fn sample() -> Option<KernelMem> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+        Some(KernelMem {
+            slab_kib: parse_status_kib(&meminfo, "Slab:")?,
+            tcp_mem_pages: parse_sockstat_tcp_mem(&sockstat)?,
+        })
+    }
+
+    /// Bytes grown from `start` to `self` (slab plus socket buffers; negative if it shrank).
+    pub fn delta_bytes(&self, start: &KernelMem) -> i64 {
+        // SAFETY: sysconf only reads a configuration value.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as i64;
+        (self.slab_kib as i64 - start.slab_kib as i64) * 1024
+            + (self.tcp_mem_pages as i64 - start.tcp_mem_pages as i64) * page
+    }
+}
+
+/// The `mem` field of the `TCP:` line of `/proc/net/sockstat` (pages of socket buffers).
+pub fn parse_sockstat_tcp_mem(sockstat: &str) -> Option<u64> {
+    let line = sockstat.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let mut it = line.split_ascii_whitespace();
+    while let Some(k) = it.next() {
+        let v = it.next()?;
+        if k == "mem" {
+            return v.parse().ok();
+        }
+    }
+    None
+}
+
 /// CPU time used by every process on the machine between two [`machine_ticks`] readings,
 /// in cores (1.0: one core busy the whole time).
 pub fn machine_busy_cores(a: (u64, u64), b: (u64, u64), wall_s: f64) -> f64 {
@@ -224,6 +269,18 @@ fn read_clock_ns(id: libc::clockid_t) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockstat_tcp_mem() {
+        let s =
+            "sockets: used 310\nTCP: inuse 12 orphan 0 tw 3 alloc 14 mem 7\nUDP: inuse 1 mem 2\n";
+        assert_eq!(parse_sockstat_tcp_mem(s), Some(7));
+        assert_eq!(parse_sockstat_tcp_mem("UDP: inuse 1 mem 2\n"), None);
+        assert!(
+            KernelMem::sample().is_some(),
+            "/proc/meminfo and /proc/net/sockstat readable"
+        );
+    }
 
     #[test]
     fn stat_with_odd_command_name() {

@@ -30,6 +30,22 @@ impl Latency {
         self.0.saturating_record(ns.max(1));
     }
 
+    /// A histogram back from what [`Latency::to_json`] wrote (its `histogram` buckets,
+    /// `[value_ns, count]`); empty when there are none.
+    pub fn from_json(v: &serde_json::Value) -> Latency {
+        let mut h = Latency::new();
+        let buckets = v.get("histogram").and_then(serde_json::Value::as_array);
+        for b in buckets.into_iter().flatten() {
+            if let (Some(value), Some(n)) = (
+                b.get(0).and_then(serde_json::Value::as_u64),
+                b.get(1).and_then(serde_json::Value::as_u64),
+            ) {
+                let _ = h.0.record_n(value.clamp(1, h.0.high()), n);
+            }
+        }
+        h
+    }
+
     /// Adds another histogram's counts.
     pub fn merge(&mut self, other: &Latency) {
         // Same bounds on both sides: this cannot fail.
@@ -135,6 +151,17 @@ impl Failures {
         }
     }
 
+    /// A tally back from what [`Failures::to_json`] wrote.
+    pub fn from_json(v: Option<&serde_json::Value>) -> Failures {
+        let mut f = Failures::default();
+        if let Some(o) = v.and_then(serde_json::Value::as_object) {
+            for (k, n) in o {
+                *f.0.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+        f
+    }
+
     /// All failures.
     pub fn total(&self) -> u64 {
         self.0.values().sum()
@@ -196,6 +223,27 @@ mod tests {
         assert_eq!(group(999), "999");
         assert_eq!(group(1000), "1,000");
         assert_eq!(group(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn latency_and_failures_survive_json() {
+        let mut l = Latency::new();
+        for ns in [1_000u64, 2_000, 2_000, 50_000, 3_000_000] {
+            l.record(ns);
+        }
+        let v: serde_json::Value = serde_json::from_str(&l.to_json().to_string()).unwrap();
+        let back = Latency::from_json(&v);
+        assert_eq!(back.count(), 5);
+        for p in PERCENTILES {
+            assert_eq!(back.percentile(p), l.percentile(p), "p{p}");
+        }
+        let mut f = Failures::default();
+        f.add("refused".into());
+        f.add("refused".into());
+        f.add("timeout".into());
+        let v: serde_json::Value = serde_json::from_str(&f.to_json().to_string()).unwrap();
+        let back = Failures::from_json(Some(&v));
+        assert_eq!(back.0, f.0);
     }
 
     #[test]

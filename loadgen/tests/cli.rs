@@ -309,6 +309,7 @@ fn too_many_connections_for_the_files_limit_prints_the_numbers() {
         "{err}"
     );
     assert!(err.contains("open-files limit is"), "{err}");
+    assert!(err.contains("--procs"), "{err}");
 }
 
 #[test]
@@ -369,6 +370,111 @@ fn fanout_every_subscriber_receives_every_event() {
     assert!((900..=1100).contains(&in_window), "{in_window}");
     assert_ne!(json_field(&report, "server_cpu_us_per_delivery"), "null");
     assert_eq!(json_field(&report, "closed_clean"), "52");
+    server.shutdown();
+}
+
+/// `--procs 3`: three shard processes with their share of the subscribers (the first also
+/// has the publisher) and of the source addresses, on one clock; the parent's merged report
+/// counts every delivery exactly, as one process would.
+#[test]
+fn fanout_spread_over_processes_counts_exactly() {
+    let server = Server::start(Config::new("127.0.0.1:0").workers(1), Broadcast).expect("start");
+    let url = format!("ws://{}/", server.local_addr());
+    let json = std::env::temp_dir().join(format!(
+        "loadgen-test-fanout-procs-{}.json",
+        std::process::id()
+    ));
+    let pid = std::process::id().to_string();
+    // 10 events/s for 0.5 s of warm-up and a 1 s window: exactly 15 events to 90 subscribers.
+    let out = loadgen(&[
+        "fanout",
+        "--url",
+        &url,
+        "--subscribers",
+        "90",
+        "--rate",
+        "10",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "1",
+        "--hold",
+        "0.2",
+        "--procs",
+        "3",
+        "--source",
+        "127.0.0.2",
+        "--source",
+        "127.0.0.3",
+        "--server-pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report = std::fs::read_to_string(&json).unwrap_or_default();
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("3 processes"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(json_field(&report, "connected"), "91");
+    assert_eq!(json_field(&report, "events_published"), "15");
+    assert_eq!(json_field(&report, "subscribers_open"), "90");
+    assert_eq!(json_field(&report, "expected"), "1350");
+    assert_eq!(json_field(&report, "received"), "1350");
+    assert_eq!(json_field(&report, "lost"), "0");
+    assert_eq!(json_field(&report, "out_of_order"), "0");
+    assert_eq!(json_field(&report, "publisher_echoes"), "15");
+    assert_eq!(json_field(&report, "closed_clean"), "91");
+    // Latency is measured across processes on the shared monotonic clock.
+    let in_window: u64 = json_field(&report, "deliveries_in_window").parse().unwrap();
+    assert!((800..=1000).contains(&in_window), "{in_window}");
+    assert_ne!(json_field(&report, "server_bytes_per_conn"), "null");
+    assert_ne!(json_field(&report, "kernel_bytes_per_conn"), "null");
+    server.shutdown();
+}
+
+#[test]
+fn connect_spread_over_processes_counts_exactly() {
+    let server = echo_server();
+    let url = format!("ws://{}/", server.local_addr());
+    let json = std::env::temp_dir().join(format!(
+        "loadgen-test-connect-procs-{}.json",
+        std::process::id()
+    ));
+    let out = loadgen(&[
+        "connect",
+        "--url",
+        &url,
+        "--conns",
+        "301",
+        "--hold",
+        "0.2",
+        "--procs",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report = std::fs::read_to_string(&json).unwrap_or_default();
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(json_field(&report, "opened"), "301");
+    assert_eq!(json_field(&report, "held"), "301");
+    assert_eq!(json_field(&report, "connect_failures"), "{}");
+    assert_eq!(json_field(&report, "closed_clean"), "301");
+    assert_eq!(json_field(&report, "procs"), "2");
     server.shutdown();
 }
 

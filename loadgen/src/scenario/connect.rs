@@ -7,8 +7,8 @@
 //! Connections answer the server's pings while held, so a server that pings keeps them.
 
 use super::{
-    connect_error, delta, sample, share, sleep_until, spawn_worker, Common, Control, Note, Outcome,
-    Pool,
+    connect_error, delta, sample, share, sleep_until, spawn_worker, Common, Control, MemProbe,
+    Note, Outcome, Pool,
 };
 use crate::client::{Event, Failure};
 use crate::error::Error;
@@ -130,7 +130,63 @@ fn run_worker(
     Ok(acc.res)
 }
 
-/// The connect scenario: ramp, hold, report.
+/// Starts the workers for `conns` connections at `rate` (total), `max_pending` at once.
+fn start(
+    common: &Common,
+    conns: usize,
+    rate: Option<f64>,
+    max_pending: usize,
+) -> Result<(Arc<Control>, Vec<Handle>), Error> {
+    let threads = common.threads.clamp(1, conns.max(1));
+    crate::sys::check_files(conns)?;
+    crate::sys::check_ports(conns.div_ceil(common.sources.len().max(1)))?;
+    let ctl = Control::new();
+    let mut handles = Vec::new();
+    for i in 0..threads {
+        let n = share(conns, threads, i);
+        let rate = rate.map_or(0.0, |r| r * n as f64 / conns.max(1) as f64);
+        let mp = share(max_pending, threads, i).max(1);
+        let (c, k) = (common.clone(), ctl.clone());
+        handles.push(spawn_worker(common, i, move || {
+            run_worker(c, k, n, rate, mp)
+        })?);
+    }
+    Ok((ctl, handles))
+}
+
+type Handle = std::thread::JoinHandle<Result<WorkerResult, Error>>;
+
+/// How long opening `conns` may take.
+fn ramp_deadline(common: &Common, opts: &ConnectOpts, conns: usize, max_pending: usize) -> Instant {
+    let ramp = opts.rate.map_or(Duration::ZERO, |r| {
+        Duration::from_secs_f64(opts.conns as f64 / r)
+    });
+    Instant::now()
+        + ramp
+        + common.handshake_timeout * (1 + conns.div_ceil(max_pending.max(1))) as u32
+        + Duration::from_secs(2)
+}
+
+/// Sums workers' (or shards') results; connections never resolved count as timeouts.
+fn merge(results: Vec<WorkerResult>, conns: usize) -> WorkerResult {
+    let mut m = WorkerResult::default();
+    for r in results {
+        m.handshake.merge(&r.handshake);
+        m.connect_failures.merge(&r.connect_failures);
+        m.run_failures.merge(&r.run_failures);
+        m.opened += r.opened;
+        m.closed_clean += r.closed_clean;
+        m.last_open_ns = m.last_open_ns.max(r.last_open_ns);
+    }
+    let unresolved = conns.saturating_sub(m.opened + m.connect_failures.total() as usize);
+    if unresolved > 0 {
+        *m.connect_failures.0.entry("timeout".into()).or_default() += unresolved as u64;
+    }
+    m
+}
+
+/// The connect scenario: ramp, hold, report. With `--procs N` the connections are spread
+/// over N shard processes ([`crate::procs`]); in a shard, this process's part.
 ///
 /// # Errors
 /// No connection could be opened (refused, not a WebSocket server, ...), the limits cannot
@@ -144,32 +200,22 @@ pub fn run(common: &Common, opts: &ConnectOpts) -> Result<Outcome, Error> {
             "--rate must be a positive number of connections per second".into(),
         ));
     }
-    let threads = common.threads.clamp(1, opts.conns);
-    crate::sys::check_files(opts.conns)?;
-    crate::sys::check_ports(opts.conns.div_ceil(common.sources.len().max(1)))?;
-    let ctl = Control::new();
+    if let Some(shard) = common.shard {
+        return run_shard(common, opts, shard);
+    }
+    if common.procs > 1 {
+        return run_procs(common, opts);
+    }
+    let max_pending = opts.max_pending.max(common.threads);
+    let mem0 = MemProbe::take(common);
     let base = sample(&common.server);
     let fds_base = common.server.as_ref().and_then(|p| p.fd_count().ok());
-    let max_pending = opts.max_pending.max(threads);
-    let mut handles = Vec::new();
-    for i in 0..threads {
-        let n = share(opts.conns, threads, i);
-        let rate = opts.rate.map_or(0.0, |r| r * n as f64 / opts.conns as f64);
-        let mp = share(max_pending, threads, i).max(1);
-        let (c, k) = (common.clone(), ctl.clone());
-        handles.push(spawn_worker(common, i, move || {
-            run_worker(c, k, n, rate, mp)
-        })?);
-    }
     let t0 = Instant::now();
-    let ramp = opts.rate.map_or(Duration::ZERO, |r| {
-        Duration::from_secs_f64(opts.conns as f64 / r)
+    let (ctl, handles) = start(common, opts.conns, opts.rate, max_pending)?;
+    let threads = handles.len();
+    ctl.wait_until(ramp_deadline(common, opts, opts.conns, max_pending), || {
+        ctl.resolved() >= opts.conns
     });
-    let deadline = t0
-        + ramp
-        + common.handshake_timeout * (1 + opts.conns.div_ceil(max_pending)) as u32
-        + Duration::from_secs(2);
-    ctl.wait_until(deadline, || ctl.resolved() >= opts.conns);
     let ramp_s = t0.elapsed().as_secs_f64();
     let after_ramp = sample(&common.server);
     let opened_now = ctl.opened.load(Ordering::Acquire);
@@ -177,39 +223,32 @@ pub fn run(common: &Common, opts: &ConnectOpts) -> Result<Outcome, Error> {
         sleep_until(Instant::now() + opts.hold);
     }
     let after_hold = sample(&common.server);
+    let mem1 = MemProbe::take(common);
     let fds_held = common.server.as_ref().and_then(|p| p.fd_count().ok());
     let held = ctl.opened.load(Ordering::Acquire);
     ctl.stop.store(true, Ordering::Release);
-    let mut results = Vec::new();
-    for h in handles {
-        match h.join() {
-            Ok(r) => results.push(r?),
-            Err(_) => return Err(Error::Sys("a worker thread panicked".into())),
-        }
-    }
-    let mut hs = Latency::new();
-    let mut cf = Failures::default();
-    let mut rf = Failures::default();
-    let (mut opened, mut clean) = (0usize, 0usize);
-    for r in &results {
-        hs.merge(&r.handshake);
-        cf.merge(&r.connect_failures);
-        rf.merge(&r.run_failures);
-        opened += r.opened;
-        clean += r.closed_clean;
-    }
-    let unresolved = opts.conns.saturating_sub(opened + cf.total() as usize);
-    if unresolved > 0 {
-        *cf.0.entry("timeout".into()).or_default() += unresolved as u64;
-    }
-    if opened == 0 {
-        return Err(connect_error(common, &ctl, &cf));
+    let r = merge(super::join(handles)?, opts.conns);
+    if r.opened == 0 {
+        return Err(connect_error(common, &ctl, &r.connect_failures));
     }
     let ramp_cost = delta(&common.server, base, after_ramp);
     let hold_cost = delta(&common.server, base, after_hold);
     let mut out = report(
-        common, opts, threads, ramp_s, held, opened, clean, &hs, &cf, &rf, ramp_cost, hold_cost,
+        common,
+        opts,
+        &format!("{threads} thread(s)"),
+        ramp_s,
+        held,
+        &r,
+        ramp_cost,
+        hold_cost,
     );
+    fds_rows(&mut out, fds_base, fds_held);
+    mem0.report(&mem1, held, false, &mut out);
+    Ok(out)
+}
+
+fn fds_rows(out: &mut Outcome, fds_base: Option<usize>, fds_held: Option<usize>) {
     if let (Some(a), Some(b)) = (fds_base, fds_held) {
         out.table.row(
             "server open files",
@@ -218,6 +257,101 @@ pub fn run(common: &Common, opts: &ConnectOpts) -> Result<Outcome, Error> {
         out.json.set("server_fds_before", a);
         out.json.set("server_fds_held", b);
     }
+}
+
+/// One shard of a `--procs` run: open its share, report, wait for the parent, close.
+fn run_shard(
+    common: &Common,
+    opts: &ConnectOpts,
+    shard: crate::procs::Shard,
+) -> Result<Outcome, Error> {
+    let conns = shard.share(opts.conns);
+    let rate = opts.rate.map(|r| r * conns as f64 / opts.conns as f64);
+    let max_pending = shard.share(opts.max_pending).max(common.threads);
+    let (ctl, handles) = start(common, conns, rate, max_pending)?;
+    ctl.wait_until(ramp_deadline(common, opts, conns, max_pending), || {
+        ctl.resolved() >= conns
+    });
+    let opened = ctl.opened.load(Ordering::Acquire);
+    crate::procs::report_connected(opened, conns - opened);
+    let _ = crate::procs::wait_order();
+    ctl.stop.store(true, Ordering::Release);
+    let r = merge(super::join(handles)?, conns);
+    let json = Json::obj()
+        .with("handshake", r.handshake.to_json())
+        .with("opened", r.opened)
+        .with("connect_failures", r.connect_failures.to_json())
+        .with("run_failures", r.run_failures.to_json())
+        .with("closed_clean", r.closed_clean);
+    Ok(Outcome {
+        title: "loadgen connect shard".into(),
+        table: Table::default(),
+        json,
+        problems: Vec::new(),
+    })
+}
+
+/// The parent of a `--procs` run: starts the shards, reads the server, merges.
+fn run_procs(common: &Common, opts: &ConnectOpts) -> Result<Outcome, Error> {
+    use crate::procs::{u, Order, Shards};
+    let procs = common.procs;
+    let per_proc = opts.conns.div_ceil(procs);
+    crate::sys::check_files(per_proc)?;
+    crate::sys::check_ports(opts.conns.div_ceil(common.sources.len().max(1)))?;
+    let mem0 = MemProbe::take(common);
+    let base = sample(&common.server);
+    let fds_base = common.server.as_ref().and_then(|p| p.fd_count().ok());
+    let t0 = Instant::now();
+    let mut shards = Shards::spawn(procs, &common.sources)?;
+    let max_pending = opts.max_pending.div_ceil(procs).max(common.threads);
+    let deadline = ramp_deadline(common, opts, per_proc, max_pending) + Duration::from_secs(5);
+    let (held, _failed) = shards.wait_connected(deadline)?;
+    let ramp_s = t0.elapsed().as_secs_f64();
+    let after_ramp = sample(&common.server);
+    if held > 0 {
+        sleep_until(Instant::now() + opts.hold);
+    }
+    let after_hold = sample(&common.server);
+    let mem1 = MemProbe::take(common);
+    let fds_held = common.server.as_ref().and_then(|p| p.fd_count().ok());
+    shards.send(Order::Stop);
+    let reports = shards.finish(Instant::now() + CLOSE_WAIT + Duration::from_secs(30))?;
+    let results = reports
+        .iter()
+        .map(|v| WorkerResult {
+            handshake: v
+                .get("handshake")
+                .map(Latency::from_json)
+                .unwrap_or_default(),
+            opened: u(v, "opened") as usize,
+            connect_failures: Failures::from_json(v.get("connect_failures")),
+            run_failures: Failures::from_json(v.get("run_failures")),
+            closed_clean: u(v, "closed_clean") as usize,
+            last_open_ns: 0,
+        })
+        .collect();
+    let r = merge(results, opts.conns);
+    if r.opened == 0 {
+        return Err(Error::NoConnection {
+            url: common.target.url.clone(),
+            reasons: r.connect_failures.summary(),
+        });
+    }
+    let ramp_cost = delta(&common.server, base, after_ramp);
+    let hold_cost = delta(&common.server, base, after_hold);
+    let mut out = report(
+        common,
+        opts,
+        &format!("{procs} processes x {} thread(s)", common.threads),
+        ramp_s,
+        held,
+        &r,
+        ramp_cost,
+        hold_cost,
+    );
+    fds_rows(&mut out, fds_base, fds_held);
+    mem0.report(&mem1, held, false, &mut out);
+    out.json.set("procs", procs);
     Ok(out)
 }
 
@@ -225,17 +359,15 @@ pub fn run(common: &Common, opts: &ConnectOpts) -> Result<Outcome, Error> {
 fn report(
     common: &Common,
     opts: &ConnectOpts,
-    threads: usize,
+    placement: &str,
     ramp_s: f64,
     held: usize,
-    opened: usize,
-    clean: usize,
-    hs: &Latency,
-    cf: &Failures,
-    rf: &Failures,
+    r: &WorkerResult,
     ramp_cost: Option<Delta>,
     hold_cost: Option<Delta>,
 ) -> Outcome {
+    let (opened, clean) = (r.opened, r.closed_clean);
+    let (hs, cf, rf) = (&r.handshake, &r.connect_failures, &r.run_failures);
     let per_conn = hold_cost.map(|d| d.rss_delta_bytes() as f64 / held.max(1) as f64);
     let cpu_per_conn = ramp_cost.map(|d| d.cpu_us / opened.max(1) as f64);
     let mut t = Table::default();
@@ -243,7 +375,7 @@ fn report(
     t.row(
         "load",
         format!(
-            "{} connections, {}, held {:.1} s, {threads} thread(s)",
+            "{} connections, {}, held {:.1} s, {placement}",
             group(opts.conns as u64),
             opts.rate.map_or("as fast as possible".into(), |r| format!(
                 "{} per second",
@@ -309,17 +441,6 @@ fn report(
     if rf.total() > 0 {
         problems.push(format!("connections failed while held: {}", rf.summary()));
     }
-    let d_json = |d: Option<Delta>| match d {
-        None => Json::Null,
-        Some(d) => Json::obj()
-            .with("wall_s", d.wall_s)
-            .with("cpu_us", d.cpu_us)
-            .with("sys_us", d.sys_us)
-            .with("cpu_us_clock", d.cpu_us_clock)
-            .with("rss_start_kib", d.rss_start_kib)
-            .with("rss_end_kib", d.rss_end_kib)
-            .with("rss_delta_bytes", d.rss_delta_bytes()),
-    };
     let json = Json::obj()
         .with("scenario", "connect")
         .with("url", common.target.url.clone())
@@ -330,7 +451,8 @@ fn report(
                 .with("rate", opts.rate)
                 .with("hold_s", opts.hold.as_secs_f64())
                 .with("max_pending", opts.max_pending)
-                .with("threads", threads)
+                .with("threads", common.threads)
+                .with("procs", common.procs)
                 .with("server_pid", common.server.as_ref().map(|p| p.pid())),
         )
         .with("opened", opened)
@@ -340,8 +462,8 @@ fn report(
         .with("failures_while_held", rf.to_json())
         .with("closed_clean", clean)
         .with("handshake", hs.to_json())
-        .with("server_ramp", d_json(ramp_cost))
-        .with("server_hold", d_json(hold_cost))
+        .with("server_ramp", super::delta_json(ramp_cost))
+        .with("server_hold", super::delta_json(hold_cost))
         .with("server_bytes_per_conn", per_conn)
         .with("server_cpu_us_per_conn", cpu_per_conn)
         .with("problems", problems.clone());

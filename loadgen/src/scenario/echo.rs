@@ -622,20 +622,6 @@ fn report(
         problems.push(format!("{unanswered} messages were never answered"));
     }
 
-    let delta_json = |d: Option<Delta>| -> Json {
-        match d {
-            None => Json::Null,
-            Some(d) => Json::obj()
-                .with("wall_s", d.wall_s)
-                .with("cpu_us", d.cpu_us)
-                .with("sys_us", d.sys_us)
-                .with("cpu_us_clock", d.cpu_us_clock)
-                .with("cpu_share", d.cpu_share())
-                .with("rss_start_kib", d.rss_start_kib)
-                .with("rss_end_kib", d.rss_end_kib)
-                .with("rss_delta_bytes", d.rss_delta_bytes()),
-        }
-    };
     let json = Json::obj()
         .with("scenario", "echo")
         .with("url", common.target.url.clone())
@@ -687,10 +673,10 @@ fn report(
                 Json::Null
             },
         )
-        .with("server", delta_json(server))
+        .with("server", super::delta_json(server))
         .with("server_cpu_us_per_msg", cpu_per_msg)
         .with("server_cpu_us_per_msg_clock", cpu_per_msg_clock)
-        .with("loadgen", delta_json(client))
+        .with("loadgen", super::delta_json(client))
         .with("loadgen_cpu_us_per_msg", client_per_msg)
         .with("problems", problems.clone());
     super::Outcome {

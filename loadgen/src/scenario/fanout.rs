@@ -25,7 +25,9 @@
 //! connection is closed with 1000. Deliveries (and their latency) count in the window by
 //! receipt time; server CPU per delivery = server CPU in the window / deliveries in it.
 
-use super::{connect_error, share, sleep_until, spawn_worker, Common, Control, Note, Pool, UNSET};
+use super::{
+    connect_error, share, sleep_until, spawn_worker, Common, Control, MemProbe, Note, Pool, UNSET,
+};
 use crate::client::{Event, Rng, State};
 use crate::error::Error;
 use crate::json::Json;
@@ -64,6 +66,9 @@ pub struct FanoutOpts {
     pub duration: Duration,
     /// Before the window.
     pub warmup: Duration,
+    /// Idle time between the last connection opening and the first event (server pings
+    /// keep the connections; memory per connection is read at its end).
+    pub hold: Duration,
 }
 
 /// What the workers share beyond [`Control`].
@@ -73,6 +78,9 @@ struct Shared {
     sent: Vec<AtomicU64>,
     /// All events that will ever be sent are counted in `sent`.
     sending_done: AtomicBool,
+    /// No publisher in this process (a `--procs` shard): `sent` is the schedule's count,
+    /// and sending is done when the window ends.
+    no_publishers: bool,
 }
 
 /// One subscriber's view of the publishers' streams.
@@ -93,8 +101,9 @@ struct WorkerResult {
     received: u64,
     in_window: u64,
     out_of_order: u64,
-    /// Received in order, per subscriber per publisher (for the completeness check).
-    subs: Vec<Vec<u64>>,
+    /// Subscribers by what they received in order per publisher (for the completeness
+    /// check): one entry per distinct count vector, so a clean run of any size is one entry.
+    subs: std::collections::BTreeMap<Vec<u64>, u64>,
     /// Messages on publisher connections (the server's relay to the sender).
     publisher_echoes: u64,
     /// Messages that are not events of this run (too short, unknown publisher, text).
@@ -330,6 +339,9 @@ fn run_worker(
                 }
             }
             pool.flush(&mut |s, note| w.note(s, note));
+            if shared.no_publishers && now >= send_until {
+                shared.sending_done.store(true, Ordering::Release);
+            }
             let sending_done = shared.sending_done.load(Ordering::Acquire);
             if stop {
                 break;
@@ -363,20 +375,13 @@ fn run_worker(
         pool.turn(tick, &mut |s, note| w.note(s, note));
     }
     pool.abandon_all(&mut |s, note| w.note(s, note));
-    w.res.subs = w
-        .subs
-        .iter()
-        .filter(|s| s.opened)
-        .map(|s| s.next.clone())
-        .collect();
+    for s in w.subs.iter().filter(|s| s.opened) {
+        *w.res.subs.entry(s.next.clone()).or_default() += 1;
+    }
     Ok(w.res)
 }
 
-/// The fan-out scenario: connect, go, measure, report.
-///
-/// # Errors
-/// Bad options, connections that could not be opened, or a worker that could not start.
-pub fn run(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> {
+fn validate(opts: &FanoutOpts) -> Result<(), Error> {
     if opts.subscribers == 0 || opts.publishers == 0 {
         return Err(Error::Usage(
             "--subscribers and --publishers must be at least 1".into(),
@@ -398,63 +403,392 @@ pub fn run(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> 
     if opts.duration.is_zero() {
         return Err(Error::Usage("--duration must be more than 0".into()));
     }
-    let conns = opts.subscribers + opts.publishers;
-    let threads = common.threads.clamp(1, opts.subscribers);
-    crate::sys::check_files(conns)?;
-    crate::sys::check_ports(conns.div_ceil(common.sources.len().max(1)))?;
-    let ctl = Control::new();
-    let shared = Arc::new(Shared {
-        sent: (0..opts.publishers).map(|_| AtomicU64::new(0)).collect(),
-        sending_done: AtomicBool::new(false),
-    });
-    let me = Proc::open(std::process::id()).ok();
-    let mut handles = Vec::new();
-    for i in 0..threads {
-        let n = share(opts.subscribers, threads, i);
-        let (c, k, s, o) = (common.clone(), ctl.clone(), shared.clone(), opts.clone());
-        handles.push(spawn_worker(common, i, move || {
-            run_worker(c, k, s, o, n, i == 0)
-        })?);
+    Ok(())
+}
+
+/// The events each publisher sends between `go` and `send_until` (the publishing loop's
+/// schedule, replayed): what a shard without publishers expects.
+fn expected_sent(opts: &FanoutOpts, go: u64, send_until: u64) -> Vec<u64> {
+    let burst = opts.burst.max(1);
+    let period = 1e9 * burst as f64 / opts.rate;
+    let mut sent = vec![0u64; opts.publishers];
+    let mut rr = 0usize;
+    let mut k: u64 = 0;
+    while go + ((k as f64 * period) as u64) < send_until {
+        for _ in 0..burst {
+            sent[rr % opts.publishers] += 1;
+            rr += 1;
+        }
+        k += 1;
     }
-    let connect_deadline = Instant::now()
-        + common.handshake_timeout * (1 + conns.div_ceil(MAX_PENDING * threads)) as u32
-        + Duration::from_secs(1);
-    let t_connect = Instant::now();
-    ctl.wait_until(connect_deadline, || ctl.resolved() >= conns);
-    let connect_s = t_connect.elapsed().as_secs_f64();
-    if ctl.failed.load(Ordering::Acquire) > 0 || ctl.resolved() < conns {
-        ctl.stop.store(true, Ordering::Release);
-        let results = super::join(handles)?;
+    sent
+}
+
+/// This process's connections: its workers and what they share.
+struct Local {
+    ctl: Arc<Control>,
+    shared: Arc<Shared>,
+    handles: Vec<std::thread::JoinHandle<Result<WorkerResult, Error>>>,
+    conns: usize,
+    threads: usize,
+}
+
+impl Local {
+    /// Starts workers for `n_subs` subscribers (and the publishers, if `with_publishers`).
+    fn start(
+        common: &Common,
+        opts: &FanoutOpts,
+        n_subs: usize,
+        with_publishers: bool,
+    ) -> Result<Local, Error> {
+        let conns = n_subs + if with_publishers { opts.publishers } else { 0 };
+        let threads = common.threads.clamp(1, n_subs.max(1));
+        crate::sys::check_files(conns)?;
+        crate::sys::check_ports(conns.div_ceil(common.sources.len().max(1)))?;
+        let ctl = Control::new();
+        let shared = Arc::new(Shared {
+            sent: (0..opts.publishers).map(|_| AtomicU64::new(0)).collect(),
+            sending_done: AtomicBool::new(false),
+            no_publishers: !with_publishers,
+        });
+        let mut handles = Vec::new();
+        for i in 0..threads {
+            let n = share(n_subs, threads, i);
+            let (c, k, s, o) = (common.clone(), ctl.clone(), shared.clone(), opts.clone());
+            let pubs = with_publishers && i == 0;
+            handles.push(spawn_worker(common, i, move || {
+                run_worker(c, k, s, o, n, pubs)
+            })?);
+        }
+        Ok(Local {
+            ctl,
+            shared,
+            handles,
+            conns,
+            threads,
+        })
+    }
+
+    /// Waits until every connection opened or failed (or the deadline); the seconds it took
+    /// and whether all opened.
+    fn wait_connected(&self, common: &Common) -> (f64, bool) {
+        let t = Instant::now();
+        let deadline = t
+            + common.handshake_timeout
+                * (1 + self.conns.div_ceil(MAX_PENDING * self.threads)) as u32
+            + Duration::from_secs(1);
+        let ctl = &self.ctl;
+        ctl.wait_until(deadline, || ctl.resolved() >= self.conns);
+        let ok = ctl.failed.load(Ordering::Acquire) == 0 && ctl.resolved() >= self.conns;
+        (t.elapsed().as_secs_f64(), ok)
+    }
+
+    /// Stops the workers and returns why the connections could not all be opened.
+    fn abort(self, common: &Common) -> Error {
+        self.ctl.stop.store(true, Ordering::Release);
+        let ctl = self.ctl.clone();
+        let f = match super::join(self.handles) {
+            Ok(results) => merge(results).connect_failures,
+            Err(e) => return e,
+        };
+        let mut f = f;
+        if f.total() == 0 {
+            f.add("timeout".into());
+        }
+        connect_error(common, &ctl, &f)
+    }
+
+    /// Starts the load; a process without publishers learns what will be sent from the
+    /// schedule.
+    fn go(&self, opts: &FanoutOpts, go: u64, win_start: u64, win_end: u64) {
+        if self.shared.no_publishers {
+            for (a, n) in self
+                .shared
+                .sent
+                .iter()
+                .zip(expected_sent(opts, go, win_end))
+            {
+                a.store(n, Ordering::Release);
+            }
+        }
+        self.ctl.go(go, win_start, win_end);
+    }
+
+    /// Joins the workers: their results merged, and the events sent per publisher.
+    fn join(self) -> Result<(WorkerResult, Vec<u64>), Error> {
+        let results = super::join(self.handles)?;
+        let sent = self
+            .shared
+            .sent
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .collect();
+        Ok((merge(results), sent))
+    }
+}
+
+/// Sums workers' (or shards') results.
+fn merge(results: Vec<WorkerResult>) -> WorkerResult {
+    let mut m = WorkerResult::default();
+    for r in results {
+        m.latency.merge(&r.latency);
+        m.received += r.received;
+        m.in_window += r.in_window;
+        m.out_of_order += r.out_of_order;
+        for (k, n) in r.subs {
+            *m.subs.entry(k).or_default() += n;
+        }
+        m.publisher_echoes += r.publisher_echoes;
+        m.malformed += r.malformed;
+        m.negative += r.negative;
+        m.opened += r.opened;
+        m.connect_failures.merge(&r.connect_failures);
+        m.run_failures.merge(&r.run_failures);
+        m.closed_clean += r.closed_clean;
+        m.late_sends += r.late_sends;
+    }
+    m
+}
+
+/// A shard's report to its parent: its raw results.
+fn shard_json(r: &WorkerResult, sent: &[u64], publishers: bool, client: Option<Delta>) -> Json {
+    let subs: Vec<Json> = r
+        .subs
+        .iter()
+        .map(|(k, n)| {
+            Json::A(vec![
+                Json::A(k.iter().map(|&x| x.into()).collect()),
+                (*n).into(),
+            ])
+        })
+        .collect();
+    Json::obj()
+        .with("latency", r.latency.to_json())
+        .with("received", r.received)
+        .with("in_window", r.in_window)
+        .with("out_of_order", r.out_of_order)
+        .with("subs", Json::A(subs))
+        .with("publisher_echoes", r.publisher_echoes)
+        .with("malformed", r.malformed)
+        .with("negative", r.negative)
+        .with("opened", r.opened)
+        .with("connect_failures", r.connect_failures.to_json())
+        .with("run_failures", r.run_failures.to_json())
+        .with("closed_clean", r.closed_clean)
+        .with("late_sends", r.late_sends)
+        .with("publishers_here", publishers)
+        .with("sent", sent.to_vec())
+        .with("loadgen", super::delta_json(client))
+}
+
+/// [`shard_json`] read back: the results, the events sent (when the shard had the
+/// publishers) and the shard's own CPU.
+fn from_shard_json(v: &serde_json::Value) -> (WorkerResult, Option<Vec<u64>>, Option<Delta>) {
+    use crate::procs::u;
+    let mut subs = std::collections::BTreeMap::new();
+    for e in v
+        .get("subs")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let k: Vec<u64> = e
+            .get(0)
+            .and_then(serde_json::Value::as_array)
+            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default();
+        let n = e.get(1).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        *subs.entry(k).or_default() += n;
+    }
+    let r = WorkerResult {
+        latency: v.get("latency").map(Latency::from_json).unwrap_or_default(),
+        received: u(v, "received"),
+        in_window: u(v, "in_window"),
+        out_of_order: u(v, "out_of_order"),
+        subs,
+        publisher_echoes: u(v, "publisher_echoes"),
+        malformed: u(v, "malformed"),
+        negative: u(v, "negative"),
+        opened: u(v, "opened") as usize,
+        connect_failures: Failures::from_json(v.get("connect_failures")),
+        run_failures: Failures::from_json(v.get("run_failures")),
+        closed_clean: u(v, "closed_clean") as usize,
+        late_sends: u(v, "late_sends"),
+    };
+    let sent = (v.get("publishers_here") == Some(&serde_json::Value::Bool(true))).then(|| {
+        v.get("sent")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default()
+    });
+    (r, sent, super::delta_from_json(v.get("loadgen")))
+}
+
+/// When the load starts and its window opens and closes, from now.
+fn schedule(ctl: &Control, opts: &FanoutOpts, lead: Duration) -> (u64, u64, u64) {
+    let go = ctl.clock.now_ns() + lead.as_nanos() as u64;
+    let win_start = go + opts.warmup.as_nanos() as u64;
+    (go, win_start, win_start + opts.duration.as_nanos() as u64)
+}
+
+/// The fan-out scenario: connect, hold, go, measure, report. With `--procs N` the
+/// connections are spread over N shard processes ([`crate::procs`]); in a shard, this
+/// process's part.
+///
+/// # Errors
+/// Bad options, connections that could not be opened, or a worker that could not start.
+pub fn run(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> {
+    validate(opts)?;
+    if let Some(shard) = common.shard {
+        return run_shard(common, opts, shard);
+    }
+    if common.procs > 1 {
+        return run_procs(common, opts);
+    }
+    let me = Proc::open(std::process::id()).ok();
+    let mem0 = MemProbe::take(common);
+    let local = Local::start(common, opts, opts.subscribers, true)?;
+    let (connect_s, ok) = local.wait_connected(common);
+    if !ok {
+        return Err(local.abort(common));
+    }
+    let opened = local.ctl.opened.load(Ordering::Acquire);
+    sleep_until(Instant::now() + opts.hold);
+    let mem1 = MemProbe::take(common);
+    let (go, win_start, win_end) = schedule(&local.ctl, opts, Duration::from_millis(1));
+    local.go(opts, go, win_start, win_end);
+    let clock = local.ctl.clock;
+    sleep_until(clock.instant(win_start));
+    let window = super::Window::open(common, &me);
+    sleep_until(clock.instant(win_end));
+    let measured = window.close(common, &me);
+    let threads = local.threads;
+    let (result, sent) = local.join()?;
+    let mut out = report(
+        common,
+        opts,
+        &format!("{threads} thread(s)"),
+        connect_s,
+        &sent,
+        &result,
+        measured.server,
+        measured.client,
+    );
+    mem0.report(&mem1, opened, true, &mut out);
+    out.note_other_load(measured.other);
+    Ok(out)
+}
+
+/// One shard of a `--procs` run: its share of the subscribers (the first shard also has
+/// the publishers), the parent's orders, a shard report.
+fn run_shard(
+    common: &Common,
+    opts: &FanoutOpts,
+    shard: crate::procs::Shard,
+) -> Result<super::Outcome, Error> {
+    use crate::procs::{report_connected, wait_order, Order};
+    let me = Proc::open(std::process::id()).ok();
+    let with_publishers = shard.index == 0;
+    let local = Local::start(common, opts, shard.share(opts.subscribers), with_publishers)?;
+    let _ = local.wait_connected(common);
+    report_connected(
+        local.ctl.opened.load(Ordering::Acquire),
+        local.conns - local.ctl.opened.load(Ordering::Acquire),
+    );
+    let mut client = None;
+    match wait_order() {
+        Order::Stop => local.ctl.stop.store(true, Ordering::Release),
+        Order::Go {
+            go_ns,
+            win_start_ns,
+            win_end_ns,
+        } => {
+            local.go(opts, go_ns, win_start_ns, win_end_ns);
+            let clock = local.ctl.clock;
+            sleep_until(clock.instant(win_start_ns));
+            let window = super::Window::open(common, &me);
+            sleep_until(clock.instant(win_end_ns));
+            client = window.close(common, &me).client;
+        }
+    }
+    let (result, sent) = local.join()?;
+    Ok(super::Outcome {
+        title: "loadgen fanout shard".into(),
+        table: Table::default(),
+        json: shard_json(&result, &sent, with_publishers, client),
+        problems: Vec::new(),
+    })
+}
+
+/// The parent of a `--procs` run: starts the shards, orders them, reads the server, merges.
+fn run_procs(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> {
+    use crate::procs::{Order, Shards};
+    let procs = common.procs;
+    let conns = opts.subscribers + opts.publishers;
+    let per_proc = conns.div_ceil(procs);
+    crate::sys::check_files(per_proc)?;
+    crate::sys::check_ports(conns.div_ceil(common.sources.len().max(1)))?;
+    let mem0 = MemProbe::take(common);
+    let t = Instant::now();
+    let mut shards = Shards::spawn(procs, &common.sources)?;
+    let deadline =
+        t + common.handshake_timeout * (2 + per_proc.div_ceil(MAX_PENDING * common.threads)) as u32;
+    let (opened, failed) = shards.wait_connected(deadline)?;
+    let connect_s = t.elapsed().as_secs_f64();
+    let ctl = Control::new();
+    if failed > 0 || opened < conns {
+        shards.send(Order::Stop);
+        let reports = shards.finish(Instant::now() + CLOSE_WAIT + Duration::from_secs(10))?;
         let mut f = Failures::default();
-        for r in &results {
-            f.merge(&r.connect_failures);
+        for v in &reports {
+            f.merge(&from_shard_json(v).0.connect_failures);
         }
         if f.total() == 0 {
             f.add("timeout".into());
         }
-        return Err(connect_error(common, &ctl, &f));
+        return Err(Error::NoConnection {
+            url: common.target.url.clone(),
+            reasons: format!("{} of {conns} failed: {}", conns - opened, f.summary()),
+        });
     }
-
-    // Go.
-    let go = ctl.clock.now_ns() + 1_000_000;
-    let win_start = go + opts.warmup.as_nanos() as u64;
-    let win_end = win_start + opts.duration.as_nanos() as u64;
-    ctl.go(go, win_start, win_end);
+    sleep_until(Instant::now() + opts.hold);
+    let mem1 = MemProbe::take(common);
+    // The shards need a moment to read their order.
+    let (go, win_start, win_end) = schedule(&ctl, opts, Duration::from_millis(200));
+    shards.send(Order::Go {
+        go_ns: go,
+        win_start_ns: win_start,
+        win_end_ns: win_end,
+    });
     sleep_until(ctl.clock.instant(win_start));
-    let window = super::Window::open(common, &me);
+    let window = super::Window::open(common, &None);
     sleep_until(ctl.clock.instant(win_end));
-    let measured = window.close(common, &me);
-    let (server, client) = (measured.server, measured.client);
-    let results = super::join(handles)?;
-    let sent: Vec<u64> = shared
-        .sent
-        .iter()
-        .map(|s| s.load(Ordering::Acquire))
-        .collect();
+    let measured = window.close(common, &None);
+    let reports = shards.finish(Instant::now() + DRAIN + CLOSE_WAIT + Duration::from_secs(30))?;
+    let mut results = Vec::new();
+    let mut sent = vec![0; opts.publishers];
+    let mut clients = Vec::new();
+    for v in &reports {
+        let (r, s, c) = from_shard_json(v);
+        results.push(r);
+        if let Some(s) = s {
+            sent = s;
+        }
+        clients.extend(c);
+    }
+    let result = merge(results);
     let mut out = report(
-        common, opts, threads, connect_s, &sent, &results, server, client,
+        common,
+        opts,
+        &format!("{procs} processes x {} thread(s)", common.threads),
+        connect_s,
+        &sent,
+        &result,
+        measured.server,
+        super::sum_deltas(clients),
     );
-    out.note_other_load(measured.other);
+    mem0.report(&mem1, opened, true, &mut out);
+    out.json.set("procs", procs);
     Ok(out)
 }
 
@@ -462,43 +796,36 @@ pub fn run(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> 
 fn report(
     common: &Common,
     opts: &FanoutOpts,
-    threads: usize,
+    placement: &str,
     connect_s: f64,
     sent: &[u64],
-    results: &[WorkerResult],
+    r: &WorkerResult,
     server: Option<Delta>,
     client: Option<Delta>,
 ) -> super::Outcome {
-    let mut lat = Latency::new();
-    let mut run_failures = Failures::default();
-    let (mut received, mut in_window, mut ooo, mut echoes, mut malformed, mut negative) =
-        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let (mut opened, mut clean, mut late) = (0usize, 0usize, 0u64);
+    let lat = &r.latency;
+    let run_failures = &r.run_failures;
+    let (received, in_window, ooo, echoes, malformed, negative) = (
+        r.received,
+        r.in_window,
+        r.out_of_order,
+        r.publisher_echoes,
+        r.malformed,
+        r.negative,
+    );
+    let (opened, clean, late) = (r.opened, r.closed_clean, r.late_sends);
     let (mut subscribers, mut incomplete, mut lost) = (0u64, 0u64, 0u64);
     let events: u64 = sent.iter().sum();
-    for r in results {
-        lat.merge(&r.latency);
-        run_failures.merge(&r.run_failures);
-        received += r.received;
-        in_window += r.in_window;
-        ooo += r.out_of_order;
-        echoes += r.publisher_echoes;
-        malformed += r.malformed;
-        negative += r.negative;
-        opened += r.opened;
-        clean += r.closed_clean;
-        late += r.late_sends;
-        for s in &r.subs {
-            subscribers += 1;
-            let mut missing = 0;
-            for (p, &got) in s.iter().enumerate() {
-                missing += sent[p].saturating_sub(got);
-            }
-            if missing > 0 {
-                incomplete += 1;
-            }
-            lost += missing;
+    for (s, &n) in &r.subs {
+        subscribers += n;
+        let mut missing = 0;
+        for (p, &got) in s.iter().enumerate() {
+            missing += sent.get(p).copied().unwrap_or(0).saturating_sub(got);
         }
+        if missing > 0 {
+            incomplete += n;
+        }
+        lost += missing * n;
     }
     let expected = events * subscribers;
     let window_s = opts.duration.as_secs_f64();
@@ -526,7 +853,7 @@ fn report(
     t.row(
         "load",
         format!(
-            "{} subscribers, {} publisher(s), {} events/s{burst}, {} B binary, {threads} thread(s)",
+            "{} subscribers, {} publisher(s), {} events/s{burst}, {} B binary, {placement}",
             group(opts.subscribers as u64),
             opts.publishers,
             opts.rate,
@@ -618,20 +945,6 @@ fn report(
         problems.push("no event was published".into());
     }
 
-    let delta_json = |d: Option<Delta>| -> Json {
-        match d {
-            None => Json::Null,
-            Some(d) => Json::obj()
-                .with("wall_s", d.wall_s)
-                .with("cpu_us", d.cpu_us)
-                .with("sys_us", d.sys_us)
-                .with("cpu_us_clock", d.cpu_us_clock)
-                .with("cpu_share", d.cpu_share())
-                .with("rss_start_kib", d.rss_start_kib)
-                .with("rss_end_kib", d.rss_end_kib)
-                .with("rss_delta_bytes", d.rss_delta_bytes()),
-        }
-    };
     let json = Json::obj()
         .with("scenario", "fanout")
         .with("url", common.target.url.clone())
@@ -645,7 +958,9 @@ fn report(
                 .with("size", opts.size)
                 .with("duration_s", opts.duration.as_secs_f64())
                 .with("warmup_s", opts.warmup.as_secs_f64())
-                .with("threads", threads)
+                .with("hold_s", opts.hold.as_secs_f64())
+                .with("threads", common.threads)
+                .with("procs", common.procs)
                 .with(
                     "pin",
                     common.pin.iter().map(|&c| c as u64).collect::<Vec<u64>>(),
@@ -670,10 +985,10 @@ fn report(
         .with("closed_clean", clean)
         .with("connection_failures", run_failures.to_json())
         .with("latency", lat.to_json())
-        .with("server", delta_json(server))
+        .with("server", super::delta_json(server))
         .with("server_cpu_us_per_delivery", cpu_per)
         .with("server_cpu_us_per_delivery_clock", cpu_per_clock)
-        .with("loadgen", delta_json(client))
+        .with("loadgen", super::delta_json(client))
         .with("loadgen_cpu_us_per_delivery", client_per)
         .with("problems", problems.clone());
     super::Outcome {

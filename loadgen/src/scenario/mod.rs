@@ -38,36 +38,39 @@ pub struct Common {
     pub server: Option<Arc<Proc>>,
     /// Where to write the JSON report.
     pub json: Option<String>,
+    /// Processes to spread the connections over (`--procs`; 1: this one).
+    pub procs: usize,
+    /// Set in a shard of a `--procs` run: which one.
+    pub shard: Option<crate::procs::Shard>,
 }
 
-/// Nanoseconds since the start of the run, on the monotonic clock; shared by all threads.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    base: Instant,
-}
+/// Nanoseconds on the system's monotonic clock (`CLOCK_MONOTONIC`): one clock for every
+/// thread *and every process* of a run, so a publish time written by one `--procs` shard is
+/// comparable with a receipt time read by another.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clock;
 
 impl Clock {
-    /// A clock starting now.
+    /// The clock.
     pub fn new() -> Clock {
-        Clock {
-            base: Instant::now(),
-        }
+        Clock
     }
 
-    /// Nanoseconds since the clock started.
+    /// Nanoseconds on the monotonic clock.
     pub fn now_ns(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into `ts`, which we own; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 
-    /// The instant `ns` after the start.
+    /// The instant at clock time `ns` (now, if that has passed).
     pub fn instant(&self, ns: u64) -> Instant {
-        self.base + Duration::from_nanos(ns)
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
+        let now = Instant::now();
+        now + Duration::from_nanos(ns.saturating_sub(self.now_ns()))
     }
 }
 
@@ -659,6 +662,107 @@ impl Outcome {
             self.json.set("other_cpu_cores", o);
         }
     }
+}
+
+/// Memory readings at one moment: the server's RSS (with `--server-pid`) and the kernel's
+/// socket memory; two of them give memory per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct MemProbe {
+    server: Option<Sample>,
+    kernel: Option<crate::procfs::KernelMem>,
+}
+
+impl MemProbe {
+    /// Reads now.
+    pub fn take(common: &Common) -> MemProbe {
+        MemProbe {
+            server: sample(&common.server),
+            kernel: crate::procfs::KernelMem::sample(),
+        }
+    }
+
+    /// Adds the rows and JSON fields of memory per connection from `self` (before the
+    /// connections) to `after` (with `conns` of them open): the kernel's, and the server's
+    /// RSS too if `server`.
+    pub fn report(&self, after: &MemProbe, conns: usize, server: bool, out: &mut Outcome) {
+        use crate::stats::group;
+        let n = conns.max(1) as f64;
+        if let (true, Some(a), Some(b)) = (server, self.server, after.server) {
+            let d = b.rss_kib as i64 - a.rss_kib as i64;
+            let per = d as f64 * 1024.0 / n;
+            out.table.row(
+                "server memory per connection",
+                format!(
+                    "{per:.0} B (RSS {} KiB -> {} KiB with {} open)",
+                    group(a.rss_kib),
+                    group(b.rss_kib),
+                    group(conns as u64)
+                ),
+            );
+            out.json.set("server_rss_before_kib", a.rss_kib);
+            out.json.set("server_rss_with_conns_kib", b.rss_kib);
+            out.json.set("server_bytes_per_conn", per);
+        }
+        if let (Some(a), Some(b)) = (self.kernel, after.kernel) {
+            let per = b.delta_bytes(&a) as f64 / n;
+            out.table.row(
+                "kernel memory per connection",
+                format!("{per:.0} B (slab + TCP buffers, machine-wide: both ends on loopback)"),
+            );
+            out.json.set(
+                "kernel_slab_delta_kib",
+                b.slab_kib as i64 - a.slab_kib as i64,
+            );
+            out.json.set(
+                "kernel_tcp_mem_delta_pages",
+                b.tcp_mem_pages as i64 - a.tcp_mem_pages as i64,
+            );
+            out.json.set("kernel_bytes_per_conn", per);
+        }
+    }
+}
+
+/// Adds loadgen processes' CPU deltas (the shards of a `--procs` run) into one.
+pub fn sum_deltas(ds: impl IntoIterator<Item = Delta>) -> Option<Delta> {
+    ds.into_iter().reduce(|a, b| Delta {
+        wall_s: a.wall_s.max(b.wall_s),
+        cpu_us: a.cpu_us + b.cpu_us,
+        sys_us: a.sys_us + b.sys_us,
+        cpu_us_clock: a.cpu_us_clock.zip(b.cpu_us_clock).map(|(x, y)| x + y),
+        rss_start_kib: a.rss_start_kib + b.rss_start_kib,
+        rss_end_kib: a.rss_end_kib + b.rss_end_kib,
+    })
+}
+
+/// A [`Delta`] as JSON (and back, for shard reports).
+pub fn delta_json(d: Option<Delta>) -> crate::json::Json {
+    use crate::json::Json;
+    match d {
+        None => Json::Null,
+        Some(d) => Json::obj()
+            .with("wall_s", d.wall_s)
+            .with("cpu_us", d.cpu_us)
+            .with("sys_us", d.sys_us)
+            .with("cpu_us_clock", d.cpu_us_clock)
+            .with("cpu_share", d.cpu_share())
+            .with("rss_start_kib", d.rss_start_kib)
+            .with("rss_end_kib", d.rss_end_kib)
+            .with("rss_delta_bytes", d.rss_delta_bytes()),
+    }
+}
+
+/// [`delta_json`] read back.
+pub fn delta_from_json(v: Option<&serde_json::Value>) -> Option<Delta> {
+    let v = v?;
+    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+    Some(Delta {
+        wall_s: f("wall_s")?,
+        cpu_us: f("cpu_us")?,
+        sys_us: f("sys_us")?,
+        cpu_us_clock: f("cpu_us_clock"),
+        rss_start_kib: f("rss_start_kib")? as u64,
+        rss_end_kib: f("rss_end_kib")? as u64,
+    })
 }
 
 /// Joins the worker threads, returning their results or the first error.
