@@ -38,6 +38,8 @@ pub struct Common {
     pub server: Option<Arc<Proc>>,
     /// Where to write the JSON report.
     pub json: Option<String>,
+    /// Where to write the SVG plot of the report.
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// Nanoseconds since the start of the run, on the monotonic clock; shared by all threads.
