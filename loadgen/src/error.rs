@@ -41,6 +41,8 @@ pub enum Error {
     Report { path: String, why: String },
     /// A local system call failed (poller, thread).
     Sys(String),
+    /// A saved report (`compare`, `plot`) is missing, unreadable or not a JSON report.
+    ReadReport { path: String, why: String },
 }
 
 impl fmt::Display for Error {
@@ -91,6 +93,7 @@ impl fmt::Display for Error {
             Error::ServerProc { pid, why } => write!(f, "cannot read server process {pid}: {why}"),
             Error::Report { path, why } => write!(f, "cannot write {path}: {why}"),
             Error::Sys(s) => f.write_str(s),
+            Error::ReadReport { path, why } => write!(f, "cannot read report {path}: {why}"),
         }
     }
 }

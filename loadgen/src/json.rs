@@ -1,5 +1,5 @@
-//! A small JSON writer for `--json` reports (no parser: reading reports back is for the
-//! later `compare` subcommand).
+//! A small JSON writer for `--json` reports (no parser: [`crate::report`] reads reports
+//! back with serde_json).
 
 use std::fmt::{self, Write};
 

@@ -5,6 +5,8 @@
 //! loadgen echo    --url ws://127.0.0.1:9001/ --conns 100 --inflight 16 --size 64 --duration 10 --server-pid PID
 //! loadgen echo    --conns 100 --rate 50000 --size 64 --text      # open loop, CO-corrected latency
 //! loadgen fanout  --url ws://127.0.0.1:9001/ --subscribers 1000 --publishers 1 --rate 50 --size 64 --duration 10 --server-pid PID
+//! loadgen compare a.json b.json                               # two --json reports side by side
+//! loadgen plot a.json --out a.svg                             # a report's latency charts
 //! ```
 //!
 //! | module | what |
@@ -16,6 +18,7 @@
 //! | [`procfs`] | the server's CPU time and RSS from `/proc` |
 //! | [`sys`] | open-files limit, port range, CPU pinning |
 //! | [`json`] | the `--json` report writer |
+//! | [`report`] | reading reports back: `compare`, `plot` and `--plot` |
 //!
 //! Every run is bounded by a duration and a count and stops by itself. Exit status: 0 for a
 //! clean run, 1 when the run could not be done (the error says why) or found problems
@@ -28,6 +31,7 @@ mod error;
 mod json;
 mod procfs;
 mod procs;
+mod report;
 mod scenario;
 mod stats;
 mod sys;
@@ -40,6 +44,7 @@ use scenario::echo::EchoOpts;
 use scenario::fanout::FanoutOpts;
 use scenario::{Common, Outcome};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,6 +147,23 @@ enum Scenario {
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
     },
+    /// Print two saved --json reports side by side: their options, then every figure with
+    /// the ratio B/A. Runs no load.
+    Compare {
+        /// The baseline report.
+        a: PathBuf,
+        /// The report compared with it.
+        b: PathBuf,
+    },
+    /// Draw a saved --json report as an SVG: latency over time (from its timeline) and the
+    /// latency percentile curve. Runs no load.
+    Plot {
+        /// The report.
+        report: PathBuf,
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +197,9 @@ struct CommonArgs {
     /// Internal: this process is shard I of N of a --procs run.
     #[arg(long, hide = true)]
     shard: Option<String>,
+    /// Draw the report as an SVG (latency over time, percentile curve) in this file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 fn secs(name: &str, s: f64) -> Result<Duration, Error> {
@@ -217,6 +242,7 @@ fn common(a: CommonArgs) -> Result<Common, Error> {
         json: a.json,
         procs: a.procs,
         shard: a.shard.as_deref().map(procs::Shard::parse).transpose()?,
+        plot: a.plot,
     })
 }
 
@@ -307,11 +333,26 @@ fn run(cli: Cli) -> Result<(Common, Outcome), Error> {
             let out = scenario::fanout::run(&common, &opts)?;
             Ok((common, out))
         }
+        Scenario::Compare { .. } | Scenario::Plot { .. } => Err(Error::Usage(
+            "compare and plot read saved reports; they run no load".into(),
+        )),
     }
 }
 
 fn main() {
     let cli = Cli::parse();
+    let tool = match &cli.scenario {
+        Scenario::Compare { a, b } => Some(report::compare_files(a, b)),
+        Scenario::Plot { report: r, out } => Some(report::plot_file(r, out)),
+        _ => None,
+    };
+    if let Some(result) = tool {
+        if let Err(e) = result {
+            eprintln!("loadgen: error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let (common, out) = match run(cli) {
         Ok(x) => x,
         Err(e) => {
@@ -329,6 +370,12 @@ fn main() {
                 path: path.clone(),
                 why: e.to_string(),
             };
+            eprintln!("loadgen: error: {e}");
+            std::process::exit(1);
+        }
+    }
+    if let Some(path) = &common.plot {
+        if let Err(e) = report::plot_outcome(&out.json, path) {
             eprintln!("loadgen: error: {e}");
             std::process::exit(1);
         }

@@ -42,6 +42,8 @@ pub struct Common {
     pub procs: usize,
     /// Set in a shard of a `--procs` run: which one.
     pub shard: Option<crate::procs::Shard>,
+    /// Where to write the SVG plot of the report.
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// Nanoseconds on the system's monotonic clock (`CLOCK_MONOTONIC`): one clock for every

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Issue-8 scale run: N WebSocket connections held by ONE volley server process on the
+# io_uring backend (rings of direct descriptors, so the 20,000 open-files limit of the box does
+# not bound it), kept alive by server pings, then one 64-byte broadcast counted at every
+# connection. The client side is loadgen spread over processes and source addresses.
+#
+#   cargo build --release -p volley -p loadgen
+#   loadgen/scripts/scale.sh [N=250000] [HOLD=25]
+#
+# Server: `volley serve --backend uring --max-connections N+1000 --mode broadcast
+# --ping-interval 10` (one ring of up to 20,000 descriptors per worker, ceil((N+1000)/19,9xx)
+# workers on the 2 cores). Client: `loadgen fanout --procs P --source 127.0.0.2 ...` with
+# P = ceil(N / 19,000) processes and one source address per 15,000 connections. HOLD seconds
+# idle after the last connection opened (longer than the ping interval, so every connection
+# answers server pings before the broadcast), then 1 event/s for a 1 s window: one event.
+# Everything stops by itself; the JSON report is kept in $OUT (default /tmp/volley-scale).
+set -euo pipefail
+N=${1:-250000}
+HOLD=${2:-25}
+BIN=${CARGO_TARGET_DIR:-target}/release
+OUT=${OUT:-/tmp/volley-scale}
+ADDR=127.0.0.1:9401
+mkdir -p "$OUT"
+PROCS=$(( (N + 18999) / 19000 ))
+NSRC=$(( (N + 14999) / 15000 ))
+SOURCES=()
+for i in $(seq 2 $((NSRC + 1))); do SOURCES+=(--source "127.0.0.$i"); done
+
+"$BIN/volley" serve --addr $ADDR --backend uring --mode broadcast \
+    --max-connections $((N + 1000)) --ping-interval 10 >"$OUT/server-$N.log" 2>&1 &
+SPID=$!
+trap 'kill $SPID 2>/dev/null || true' EXIT
+sleep 1
+echo "server pid $SPID: $(head -5 "$OUT/server-$N.log")"
+/usr/bin/time -v "$BIN/loadgen" fanout --url "ws://$ADDR/" --subscribers "$N" --publishers 1 \
+    --procs "$PROCS" "${SOURCES[@]}" --timeout 60 --hold "$HOLD" --rate 1 --warmup 0 --duration 1 \
+    --size 64 --server-pid $SPID --json "$OUT/fanout-$N.json" 2> "$OUT/loadgen-time-$N.txt" | tee "$OUT/fanout-$N.txt"
+grep -E "Maximum resident|Elapsed" "$OUT/loadgen-time-$N.txt" || true
+echo "server stats: $(grep -E "opened|closed" "$OUT/server-$N.log" | tail -3)"
