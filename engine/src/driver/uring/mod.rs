@@ -7,8 +7,10 @@
 //!   file table whose slots the kernel allocates).
 //! * **Receive**: one multishot receive per connection with a provided-buffer ring per worker
 //!   ([`bufring`]); `ENOBUFS` re-arms the receive and is counted.
-//! * **Send**: the frames corked for a connection during a turn go out as one `sendmsg` SQE
-//!   whose iovecs point into the queued chunks (shared broadcast frames included, no copy);
+//! * **Send**: the frames corked for a connection during a turn go out as one SQE: a plain
+//!   `send` of the buffer when they are one chunk (a lone broadcast frame: nothing per
+//!   recipient but the SQE), else a `sendmsg` whose iovecs point into the queued chunks
+//!   (shared broadcast frames included, no copy);
 //!   the chunks stay pinned until the completion; a short send re-queues the rest. Every send
 //!   of a turn (a whole fan-out) is submitted with one `io_uring_enter`.
 //! * **Wake-ups** from other threads: an eventfd read armed on the ring.
@@ -92,6 +94,7 @@ pub(crate) fn probe() -> Result<(), String> {
     for (code, name) in [
         (opcode::AcceptMulti::CODE, "ACCEPT"),
         (opcode::RecvMulti::CODE, "RECV"),
+        (opcode::Send::CODE, "SEND"),
         (opcode::SendMsg::CODE, "SENDMSG"),
         (opcode::Close::CODE, "CLOSE"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
@@ -577,39 +580,64 @@ impl<H: Handler> Worker<H> {
             return self.after_flush(key);
         }
         let n = conn.out.begin_send(MAX_IOV);
-        let fresh = self.send_pool.pop().unwrap_or_else(|| {
-            // SAFETY: msghdr and iovec are plain C structs; all-zero is a valid value.
-            Box::new(unsafe { std::mem::zeroed::<SendSlot>() })
-        });
-        let entry = self.sends.vacant_entry();
-        let slot_id = entry.key();
-        let slot = entry.insert(fresh);
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let filled = conn.out.io_slices(&mut iov[..n]);
-        for (dst, src) in slot.iov.iter_mut().zip(&iov[..filled]) {
-            dst.iov_base = src.as_ptr() as *mut _;
-            dst.iov_len = src.len();
-        }
-        slot.hdr.msg_iov = slot.iov.as_mut_ptr();
-        slot.hdr.msg_iovlen = filled as _;
-        let hdr: *const libc::msghdr = &slot.hdr;
-        conn.io.send = Some(slot_id as u32);
+        let bytes = conn.out.len();
+        let zc = self
+            .core
+            .cfg
+            .uring_send_zc_min
+            .is_some_and(|min| bytes >= min);
+        let fd = types::Fixed(conn.io.slot);
+        let e = if filled == 1 {
+            // One chunk (a lone broadcast frame, or a turn's frames coalesced): a plain send
+            // of that buffer, no msghdr to keep alive, so a fan-out to N sockets holds no
+            // per-recipient memory while its sends are in flight.
+            let (ptr, len) = (iov[0].as_ptr(), iov[0].len() as u32);
+            if zc {
+                opcode::SendZc::new(fd, ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(ud(OP_SEND_ZC, key))
+            } else {
+                opcode::Send::new(fd, ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(ud(OP_SEND, key))
+            }
+        } else {
+            let fresh = self.send_pool.pop().unwrap_or_else(|| {
+                // SAFETY: msghdr and iovec are plain C structs; all-zero is a valid value.
+                Box::new(unsafe { std::mem::zeroed::<SendSlot>() })
+            });
+            let entry = self.sends.vacant_entry();
+            let slot_id = entry.key();
+            let slot = entry.insert(fresh);
+            for (dst, src) in slot.iov.iter_mut().zip(&iov[..filled]) {
+                dst.iov_base = src.as_ptr() as *mut _;
+                dst.iov_len = src.len();
+            }
+            slot.hdr.msg_iov = slot.iov.as_mut_ptr();
+            slot.hdr.msg_iovlen = filled as _;
+            let hdr: *const libc::msghdr = &slot.hdr;
+            conn.io.send = Some(slot_id as u32);
+            if zc {
+                opcode::SendMsgZc::new(fd, hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+                    .user_data(ud(OP_SEND_ZC, key))
+            } else {
+                opcode::SendMsg::new(fd, hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+                    .user_data(ud(OP_SEND, key))
+            }
+        };
         conn.io.ops += 1;
         self.core.shared.workers[self.core.worker as usize]
             .stats
             .uring_ops
             .fetch_add(1, Ordering::Relaxed);
-        let bytes = conn.out.len();
-        let e = match self.core.cfg.uring_send_zc_min {
-            Some(min) if bytes >= min => opcode::SendMsgZc::new(types::Fixed(conn.io.slot), hdr)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(ud(OP_SEND_ZC, key)),
-            _ => opcode::SendMsg::new(types::Fixed(conn.io.slot), hdr)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(ud(OP_SEND, key)),
-        };
         let _ = self.core.after_flush(key);
         self.push(e);
     }
