@@ -33,7 +33,7 @@ trap 'kill $SPID 2>/dev/null || true' EXIT
 sleep 1
 echo "server pid $SPID: $(head -5 "$OUT/server-$N.log")"
 /usr/bin/time -v "$BIN/loadgen" fanout --url "ws://$ADDR/" --subscribers "$N" --publishers 1 \
-    --procs "$PROCS" "${SOURCES[@]}" --timeout 60 --hold "$HOLD" --rate 1 --warmup 0 --duration 1 \
+    --procs "$PROCS" "${SOURCES[@]}" --timeout 60 --max-pending "${PENDING:-256}" --hold "$HOLD" --rate 1 --warmup 0 --duration 1 \
     --size 64 --server-pid $SPID --json "$OUT/fanout-$N.json" 2> "$OUT/loadgen-time-$N.txt" | tee "$OUT/fanout-$N.txt"
 grep -E "Maximum resident|Elapsed" "$OUT/loadgen-time-$N.txt" || true
 echo "server stats: $(grep -E "opened|closed" "$OUT/server-$N.log" | tail -3)"

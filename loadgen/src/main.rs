@@ -146,6 +146,9 @@ enum Scenario {
         /// event (server pings keep them; memory per connection is read at its end).
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
+        /// Handshakes in progress at once, in total (all threads and processes).
+        #[arg(long, default_value_t = 512)]
+        max_pending: usize,
     },
     /// Print two saved --json reports side by side: their options, then every figure with
     /// the ratio B/A. Runs no load.
@@ -197,6 +200,9 @@ struct CommonArgs {
     /// Internal: this process is shard I of N of a --procs run.
     #[arg(long, hide = true)]
     shard: Option<String>,
+    /// Internal: this shard's lane L of M of the source ports it shares with other shards.
+    #[arg(long, hide = true)]
+    port_lane: Option<String>,
     /// Draw the report as an SVG (latency over time, percentile curve) in this file.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -236,12 +242,20 @@ fn common(a: CommonArgs) -> Result<Common, Error> {
         target,
         threads: a.threads,
         pin,
-        sources: a.source,
+        sources: a.source.clone(),
         handshake_timeout: timeout,
         server,
         json: a.json,
         procs: a.procs,
         shard: a.shard.as_deref().map(procs::Shard::parse).transpose()?,
+        ports: (!a.source.is_empty()).then(|| {
+            let (lane, lanes) = a
+                .port_lane
+                .as_deref()
+                .and_then(|l| procs::Shard::parse(l).ok())
+                .map_or((0, 1), |l| (l.index, l.count));
+            Arc::new(client::SourcePorts::new(a.source.clone(), lane, lanes))
+        }),
         plot: a.plot,
     })
 }
@@ -315,6 +329,7 @@ fn run(cli: Cli) -> Result<(Common, Outcome), Error> {
             duration,
             warmup,
             hold,
+            max_pending,
         } => {
             let common = common(c)?;
             if size > 16 << 20 {
@@ -329,6 +344,7 @@ fn run(cli: Cli) -> Result<(Common, Outcome), Error> {
                 duration: secs("duration", duration)?,
                 warmup: secs("warmup", warmup)?,
                 hold: secs("hold", hold)?,
+                max_pending: max_pending.max(1),
             };
             let out = scenario::fanout::run(&common, &opts)?;
             Ok((common, out))

@@ -154,6 +154,17 @@ pub fn shard_sources(sources: &[IpAddr], i: usize, n: usize) -> Vec<IpAddr> {
     }
 }
 
+/// Which lane of its source address's ports shard `i` of `n` takes: its own address(es)
+/// alone when there are enough to go round, else a share of one address's ports with the
+/// other shards on it.
+pub fn port_lane(sources: usize, i: usize, n: usize) -> (usize, usize) {
+    if sources == 0 || sources >= n {
+        (0, 1)
+    } else {
+        (i / sources, n.div_ceil(sources))
+    }
+}
+
 /// Parent side: the running shards.
 #[derive(Debug)]
 pub struct Shards {
@@ -194,6 +205,8 @@ impl Shards {
             for s in shard_sources(sources, i, n) {
                 cmd.arg("--source").arg(s.to_string());
             }
+            let (lane, lanes) = port_lane(sources.len(), i, n);
+            cmd.arg("--port-lane").arg(format!("{lane}/{lanes}"));
             let mut child = cmd
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -385,6 +398,12 @@ mod tests {
         assert_eq!(shard_sources(&ips, 1, 2), vec![ips[1], ips[3]]);
         assert_eq!(shard_sources(&ips[..2], 3, 4), vec![ips[1]]);
         assert!(shard_sources(&[], 0, 2).is_empty());
+        // 2 addresses, 5 shards: shards 0, 2, 4 share the first (lanes 0, 1, 2 of 3).
+        assert_eq!(port_lane(2, 0, 5), (0, 3));
+        assert_eq!(port_lane(2, 2, 5), (1, 3));
+        assert_eq!(port_lane(2, 4, 5), (2, 3));
+        assert_eq!(port_lane(2, 3, 5), (1, 3));
+        assert_eq!(port_lane(5, 3, 5), (0, 1));
     }
 
     #[test]

@@ -686,22 +686,27 @@ impl Server {
         if backend == Backend::Uring {
             // A ring's fixed-file table holds at most the soft open-files limit (raised to
             // the hard limit first); more connections than one ring per core can hold take
-            // more workers, one ring each.
+            // more workers, one ring each. The kernel spreads connections over the workers'
+            // SO_REUSEPORT listeners by a hash, not evenly, and a connection accepted into a
+            // full table is lost (reset): plan each ring at 90% of its table.
             let table = raise_nofile_limit().max(16) as usize;
-            let need = config.max_connections.div_ceil(table);
+            let planned = table * 9 / 10;
+            let need = config.max_connections.div_ceil(planned);
             if need > n {
                 if config.workers == 0 {
                     tracing::info!(
                         "io_uring: {} connections need {need} rings of {table} direct descriptors \
-                         (the soft open-files limit): starting {need} workers",
+                         (the soft open-files limit; {planned} planned per ring, headroom for \
+                         the uneven SO_REUSEPORT spread): starting {need} workers",
                         config.max_connections
                     );
                     n = need.min(255);
                 } else {
                     tracing::warn!(
-                        "io_uring: {n} workers hold at most {} connections ({table} direct \
-                         descriptors per ring, the soft open-files limit), not {}",
-                        n * table,
+                        "io_uring: {n} workers hold about {} connections ({table} direct \
+                         descriptors per ring, the soft open-files limit, {planned} planned \
+                         for the uneven SO_REUSEPORT spread), not {}",
+                        n * planned,
                         config.max_connections
                     );
                 }

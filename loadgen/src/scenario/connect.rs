@@ -139,7 +139,7 @@ fn start(
 ) -> Result<(Arc<Control>, Vec<Handle>), Error> {
     let threads = common.threads.clamp(1, conns.max(1));
     crate::sys::check_files(conns)?;
-    crate::sys::check_ports(conns.div_ceil(common.sources.len().max(1)))?;
+    super::check_sources(common, conns)?;
     let ctl = Control::new();
     let mut handles = Vec::new();
     for i in 0..threads {
@@ -297,7 +297,7 @@ fn run_procs(common: &Common, opts: &ConnectOpts) -> Result<Outcome, Error> {
     let procs = common.procs;
     let per_proc = opts.conns.div_ceil(procs);
     crate::sys::check_files(per_proc)?;
-    crate::sys::check_ports(opts.conns.div_ceil(common.sources.len().max(1)))?;
+    super::check_sources(common, opts.conns)?;
     let mem0 = MemProbe::take(common);
     let base = sample(&common.server);
     let fds_base = common.server.as_ref().and_then(|p| p.fd_count().ok());

@@ -386,7 +386,7 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
     }
     let threads = common.threads.clamp(1, opts.conns);
     crate::sys::check_files(opts.conns)?;
-    crate::sys::check_ports(opts.conns.div_ceil(common.sources.len().max(1)))?;
+    super::check_sources(common, opts.conns)?;
     let mut rng = Rng::new();
     let payloads = Arc::new(Payloads::new(opts.size, opts.text, VARIANTS, &mut rng));
     let ctl = Control::new();

@@ -44,8 +44,6 @@ use volley::CloseCode;
 const DRAIN: Duration = Duration::from_secs(3);
 /// How long close handshakes are awaited.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
-/// Handshakes in progress per worker at once.
-const MAX_PENDING: usize = 256;
 /// Bytes of the event header (publisher, reserved, sequence, publish time).
 pub const HEADER: usize = 24;
 
@@ -69,6 +67,10 @@ pub struct FanoutOpts {
     /// Idle time between the last connection opening and the first event (server pings
     /// keep the connections; memory per connection is read at its end).
     pub hold: Duration,
+    /// Handshakes in progress at once, all threads (and with `--procs`, all processes)
+    /// together: a server's accept queues overflow when clients connect faster than it
+    /// accepts.
+    pub max_pending: usize,
 }
 
 /// What the workers share beyond [`Control`].
@@ -229,6 +231,7 @@ fn run_worker(
     opts: FanoutOpts,
     n_subs: usize,
     publishers: bool,
+    max_pending: usize,
 ) -> Result<WorkerResult, Error> {
     let mut pool = Pool::new(&common, ctl.clock, Arc::new(Vec::new()))?;
     let n_pubs = if publishers { opts.publishers } else { 0 };
@@ -249,7 +252,7 @@ fn run_worker(
     let mut started = 0;
     let mut pub_slots: Vec<Option<usize>> = vec![None; n_pubs];
     while !ctl.stopped() {
-        while started < total && pool.pending < MAX_PENDING {
+        while started < total && pool.pending < max_pending {
             let p = started.checked_sub(n_subs);
             started += 1;
             match pool.start() {
@@ -431,6 +434,7 @@ struct Local {
     handles: Vec<std::thread::JoinHandle<Result<WorkerResult, Error>>>,
     conns: usize,
     threads: usize,
+    max_pending: usize,
 }
 
 impl Local {
@@ -440,11 +444,12 @@ impl Local {
         opts: &FanoutOpts,
         n_subs: usize,
         with_publishers: bool,
+        max_pending: usize,
     ) -> Result<Local, Error> {
         let conns = n_subs + if with_publishers { opts.publishers } else { 0 };
         let threads = common.threads.clamp(1, n_subs.max(1));
         crate::sys::check_files(conns)?;
-        crate::sys::check_ports(conns.div_ceil(common.sources.len().max(1)))?;
+        super::check_sources(common, conns)?;
         let ctl = Control::new();
         let shared = Arc::new(Shared {
             sent: (0..opts.publishers).map(|_| AtomicU64::new(0)).collect(),
@@ -456,8 +461,9 @@ impl Local {
             let n = share(n_subs, threads, i);
             let (c, k, s, o) = (common.clone(), ctl.clone(), shared.clone(), opts.clone());
             let pubs = with_publishers && i == 0;
+            let mp = share(max_pending, threads, i).max(1);
             handles.push(spawn_worker(common, i, move || {
-                run_worker(c, k, s, o, n, pubs)
+                run_worker(c, k, s, o, n, pubs, mp)
             })?);
         }
         Ok(Local {
@@ -466,6 +472,7 @@ impl Local {
             handles,
             conns,
             threads,
+            max_pending: max_pending.max(1),
         })
     }
 
@@ -474,8 +481,7 @@ impl Local {
     fn wait_connected(&self, common: &Common) -> (f64, bool) {
         let t = Instant::now();
         let deadline = t
-            + common.handshake_timeout
-                * (1 + self.conns.div_ceil(MAX_PENDING * self.threads)) as u32
+            + common.handshake_timeout * (1 + self.conns.div_ceil(self.max_pending)) as u32
             + Duration::from_secs(1);
         let ctl = &self.ctl;
         ctl.wait_until(deadline, || ctl.resolved() >= self.conns);
@@ -647,7 +653,7 @@ pub fn run(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> 
     }
     let me = Proc::open(std::process::id()).ok();
     let mem0 = MemProbe::take(common);
-    let local = Local::start(common, opts, opts.subscribers, true)?;
+    let local = Local::start(common, opts, opts.subscribers, true, opts.max_pending)?;
     let (connect_s, ok) = local.wait_connected(common);
     if !ok {
         return Err(local.abort(common));
@@ -689,7 +695,13 @@ fn run_shard(
     use crate::procs::{report_connected, wait_order, Order};
     let me = Proc::open(std::process::id()).ok();
     let with_publishers = shard.index == 0;
-    let local = Local::start(common, opts, shard.share(opts.subscribers), with_publishers)?;
+    let local = Local::start(
+        common,
+        opts,
+        shard.share(opts.subscribers),
+        with_publishers,
+        shard.share(opts.max_pending),
+    )?;
     let _ = local.wait_connected(common);
     report_connected(
         local.ctl.opened.load(Ordering::Acquire),
@@ -727,12 +739,12 @@ fn run_procs(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error
     let conns = opts.subscribers + opts.publishers;
     let per_proc = conns.div_ceil(procs);
     crate::sys::check_files(per_proc)?;
-    crate::sys::check_ports(conns.div_ceil(common.sources.len().max(1)))?;
+    super::check_sources(common, conns)?;
     let mem0 = MemProbe::take(common);
     let t = Instant::now();
     let mut shards = Shards::spawn(procs, &common.sources)?;
     let deadline =
-        t + common.handshake_timeout * (2 + per_proc.div_ceil(MAX_PENDING * common.threads)) as u32;
+        t + common.handshake_timeout * (2 + conns.div_ceil(opts.max_pending.max(1))) as u32;
     let (opened, failed) = shards.wait_connected(deadline)?;
     let connect_s = t.elapsed().as_secs_f64();
     let ctl = Control::new();

@@ -16,7 +16,6 @@ use crate::procfs::{Delta, Proc, Sample};
 use crate::stats::Failures;
 use crate::target::Target;
 use mio::{Events, Interest, Poll, Token};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ pub struct Common {
     /// CPUs to pin worker `i` to (`pin[i % len]`); empty: no pinning.
     pub pin: Vec<usize>,
     /// Source addresses to spread connections over (empty: the kernel picks).
-    pub sources: Vec<IpAddr>,
+    pub sources: Vec<std::net::IpAddr>,
     /// Connect plus handshake must finish within this.
     pub handshake_timeout: Duration,
     /// The server process to watch.
@@ -42,6 +41,8 @@ pub struct Common {
     pub procs: usize,
     /// Set in a shard of a `--procs` run: which one.
     pub shard: Option<crate::procs::Shard>,
+    /// Explicit source ports over `sources` (when there are sources).
+    pub ports: Option<Arc<crate::client::SourcePorts>>,
     /// Where to write the SVG plot of the report.
     pub plot: Option<std::path::PathBuf>,
 }
@@ -219,6 +220,28 @@ pub fn delta(server: &Option<Arc<Proc>>, a: Option<Sample>, b: Option<Sample>) -
     }
 }
 
+/// Checks that `conns` connections fit in the source ports: loadgen's own ports over the
+/// `--source` addresses, or one address's ephemeral range when the kernel picks.
+///
+/// # Errors
+/// [`Error::TooFewPorts`] with the numbers.
+pub fn check_sources(common: &Common, conns: usize) -> Result<(), Error> {
+    match &common.ports {
+        None => crate::sys::check_ports(conns),
+        Some(p) => {
+            let per_source = conns.div_ceil(common.sources.len().max(1));
+            if per_source > p.per_source() {
+                return Err(Error::TooFewPorts {
+                    per_source,
+                    ports: p.per_source(),
+                    range: (u32::from(crate::client::FIRST_PORT), 65_535),
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Splits `n` into `parts` nearly equal shares.
 pub fn share(n: usize, parts: usize, i: usize) -> usize {
     n / parts + usize::from(i < n % parts)
@@ -270,8 +293,7 @@ pub struct Pool {
     again: Vec<usize>,
     rbuf: Vec<u8>,
     target: Target,
-    sources: Vec<IpAddr>,
-    next_source: usize,
+    ports: Option<Arc<crate::client::SourcePorts>>,
     rng: Rng,
     /// The run clock.
     pub clock: Clock,
@@ -299,8 +321,7 @@ impl Pool {
             again: Vec::new(),
             rbuf: vec![0u8; 256 * 1024],
             target: common.target.clone(),
-            sources: common.sources.clone(),
-            next_source: 0,
+            ports: common.ports.clone(),
             rng: Rng::new(),
             clock,
             timeout_ns: common.handshake_timeout.as_nanos() as u64,
@@ -313,13 +334,25 @@ impl Pool {
 
     /// Starts a connection; its slot, or why it failed at once.
     pub fn start(&mut self) -> Result<usize, Failure> {
-        let source = if self.sources.is_empty() {
-            None
-        } else {
-            self.next_source = (self.next_source + 1) % self.sources.len();
-            Some(self.sources[self.next_source])
-        };
-        let mut stream = tcp_connect(self.target.addr, source).map_err(|e| Failure::from_io(&e))?;
+        let mut stream = match &self.ports {
+            None => tcp_connect(self.target.addr, None),
+            Some(ports) => {
+                // A port taken by another program (or a listener on it) is skipped.
+                let mut tries = 0;
+                loop {
+                    let Some(src) = ports.take() else {
+                        return Err(Failure::NoLocalPort);
+                    };
+                    match tcp_connect(self.target.addr, Some(src)) {
+                        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 64 => {
+                            tries += 1;
+                        }
+                        r => break r,
+                    }
+                }
+            }
+        }
+        .map_err(|e| Failure::from_io(&e))?;
         let slot = self.conns.len();
         self.poll
             .registry()

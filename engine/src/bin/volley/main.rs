@@ -156,5 +156,17 @@ fn main() {
     tracing::info!(addr = %server.local_addr(), mode = args.mode.name(), workers, backend, "listening");
     server.join();
     let s = handle.stats();
-    tracing::info!(opened = s.opened, messages_in = s.messages_in, "stopped");
+    tracing::info!(
+        accepted = s.accepted,
+        opened = s.opened,
+        handshake_failures = s.handshake_failures,
+        handshake_timeouts = s.handshake_timeouts,
+        accept_errors = s.accept_errors,
+        pings_sent = s.pings_sent,
+        pong_timeouts = s.pong_timeouts,
+        messages_in = s.messages_in,
+        deliveries = s.deliveries,
+        slow_consumer_closes = s.slow_consumer_closes,
+        "stopped"
+    );
 }

@@ -155,10 +155,11 @@ pub(crate) fn start<H: Handler>(
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
     let soft = crate::runtime::raise_nofile_limit();
     // Each ring's table takes the soft limit (the kernel's cap for one ring), or this
-    // worker's share of max_connections when that is smaller.
+    // worker's share of max_connections when that is smaller, with a quarter more for the
+    // uneven spread of SO_REUSEPORT's hash (a connection accepted into a full table is lost).
     let table = match cfg.max_connections {
         0 => soft as usize,
-        m => m.div_ceil(n).min(soft as usize),
+        m => (m.div_ceil(n) * 5 / 4 + 64).min(soft as usize),
     }
     .clamp(16, 1 << 20) as u32;
     let (listeners, local_addr) = super::bind_listeners(addr, n, cfg.backlog)?;
@@ -415,7 +416,15 @@ impl<H: Handler> Worker<H> {
                 // ENFILE: the fixed-file table is full; EMFILE/ENOBUFS/ENOMEM: out of
                 // resources. The pending connections wait in the backlog; retry shortly
                 // rather than spin on a failing accept.
-                tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
+                if res == -libc::ENFILE {
+                    tracing::warn!(
+                        "accept failed: this worker's ring has no free direct descriptor (its \
+                         fixed-file table is full); the kernel reset the connection it accepted. \
+                         Raise --max-connections (more rings) or the soft open-files limit"
+                    );
+                } else {
+                    tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
+                }
                 self.accept_retry_at = Some(self.core.now_ms + 100);
                 self.stats().accept_errors.fetch_add(1, Ordering::Relaxed);
             }
