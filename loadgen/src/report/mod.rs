@@ -80,11 +80,22 @@ pub fn plot_file(report: &Path, out: &Path) -> Result<(), Error> {
 ///
 /// [`Error::Report`] when the SVG cannot be written.
 pub fn plot_outcome(json: &Json, out: &Path) -> Result<(), Error> {
-    let value: Value = serde_json::from_str(&json.to_string()).map_err(|e| Error::Report {
+    let value = parse_back(json).map_err(|why| Error::Report {
         path: out.display().to_string(),
-        why: format!("the report did not parse back as JSON ({e})"),
+        why,
     })?;
     plot::write_svg(&value, out)
+}
+
+/// A report of this process as the [`Value`] a saved one is read into, so that what is
+/// drawn or analysed (`--plot`, `soak`, `ramp`) is what `--json` saves.
+///
+/// # Errors
+///
+/// Why the text did not parse back (the writer only writes JSON, so this is a bug).
+pub fn parse_back(json: &Json) -> Result<Value, String> {
+    serde_json::from_str(&json.to_string())
+        .map_err(|e| format!("the report did not parse back as JSON ({e})"))
 }
 
 #[cfg(test)]

@@ -95,6 +95,10 @@ pub struct TimelinePoint {
     pub p99_us: Option<f64>,
     /// Highest latency.
     pub max_us: Option<f64>,
+    /// Latencies in the interval.
+    pub count: Option<u64>,
+    /// The server's RSS at the interval's end, KiB (`null` without `--server-pid`).
+    pub server_rss_kib: Option<f64>,
 }
 
 /// The report's `timeline`, or `None` when it has none (or an empty one). Entries without
@@ -111,6 +115,8 @@ pub fn timeline(report: &Value) -> Option<Vec<TimelinePoint>> {
                 p50_us: num(e, "p50_us"),
                 p99_us: num(e, "p99_us"),
                 max_us: num(e, "max_us"),
+                count: e.get("count").and_then(Value::as_u64),
+                server_rss_kib: num(e, "server_rss_kib"),
             })
         })
         .collect();

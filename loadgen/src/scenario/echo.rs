@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::json::Json;
 use crate::procfs::{Delta, Proc};
 use crate::stats::{group, Failures, Latency, Table};
+use crate::timeline::{Grid, Intervals};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct EchoOpts {
     pub messages: Option<u64>,
     /// Aggregate messages per second (open loop), if set.
     pub rate: Option<f64>,
+    /// Length of the timeline's intervals (`None`: [`Grid::new`]'s default).
+    pub interval: Option<Duration>,
 }
 
 /// Per-connection echo state.
@@ -72,6 +75,8 @@ struct EchoConn {
 struct WorkerResult {
     /// Round trip (closed loop) or intended-send-to-echo (open loop), in the window.
     latency: Latency,
+    /// The same latencies by interval of the window (the timeline).
+    intervals: Intervals,
     /// Open loop: actual-send-to-echo, in the window.
     service: Latency,
     sent: u64,
@@ -107,6 +112,8 @@ struct Worker {
     outstanding: u64,
     /// Connections that opened and are done sending.
     done_sending: usize,
+    /// Echoes already added to the progress count.
+    reported: u64,
 }
 
 impl Worker {
@@ -156,7 +163,9 @@ impl Worker {
         self.res.received += 1;
         if t >= self.win_start && t < self.win_end {
             self.res.in_window += 1;
-            self.res.latency.record(t.saturating_sub(intended));
+            let lat = t.saturating_sub(intended);
+            self.res.latency.record(lat);
+            self.res.intervals.record(t, lat);
             if self.opts.rate.is_some() {
                 self.res.service.record(t.saturating_sub(actual));
             }
@@ -188,6 +197,7 @@ fn run_worker(
     payloads: Arc<Payloads>,
     n: usize,
     rate: f64,
+    grid: Grid,
 ) -> Result<WorkerResult, Error> {
     let mut pool = Pool::new(&common, ctl.clock, payloads.frames.clone())?;
     let mut w = Worker {
@@ -202,6 +212,7 @@ fn run_worker(
         send_until: UNSET,
         outstanding: 0,
         done_sending: 0,
+        reported: 0,
     };
     let tick = Some(Duration::from_millis(5));
 
@@ -237,6 +248,7 @@ fn run_worker(
     if go != UNSET {
         w.win_start = ctl.window_start_ns.load(Ordering::Acquire);
         w.win_end = ctl.window_end_ns.load(Ordering::Acquire);
+        w.res.intervals = Intervals::new(grid.at(w.win_start));
         // Duration runs stop sending at the window's end; counted runs at the time bound.
         w.send_until = if w.win_end == UNSET {
             go + (w.opts.warmup + w.opts.duration).as_nanos() as u64
@@ -364,6 +376,7 @@ fn open_loop_and_drain(pool: &mut Pool, w: &mut Worker, open: &[usize], go: u64,
             Duration::from_millis(5)
         };
         pool.turn(Some(timeout), &mut |s, note| w.note(s, note));
+        w.ctl.add_progress(&mut w.reported, w.res.received);
     }
 }
 
@@ -385,6 +398,8 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
         ));
     }
     let threads = common.threads.clamp(1, opts.conns);
+    // Counted runs: the intervals cover the time bound; the timeline is cut at the last echo.
+    let grid = Grid::new(opts.duration, opts.interval)?;
     crate::sys::check_files(opts.conns)?;
     super::check_sources(common, opts.conns)?;
     let mut rng = Rng::new();
@@ -397,14 +412,15 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
         let rate = opts.rate.map_or(0.0, |r| r * n as f64 / opts.conns as f64);
         let (c, k, o, p) = (common.clone(), ctl.clone(), opts.clone(), payloads.clone());
         handles.push(spawn_worker(common, i, move || {
-            run_worker(c, k, o, p, n, rate)
+            run_worker(c, k, o, p, n, rate, grid)
         })?);
     }
+    let progress = crate::progress::Progress::new("echoes", common.shard.is_some());
     let connect_deadline = Instant::now()
         + common.handshake_timeout * (1 + opts.conns.div_ceil(MAX_PENDING * threads)) as u32
         + Duration::from_secs(1);
     let t_connect = Instant::now();
-    ctl.wait_until(connect_deadline, || ctl.resolved() >= opts.conns);
+    ctl.wait_connected(connect_deadline, opts.conns, &progress);
     let connect_s = t_connect.elapsed().as_secs_f64();
     let failed = ctl.failed.load(Ordering::Acquire);
     if failed > 0 || ctl.resolved() < opts.conns {
@@ -431,14 +447,26 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
     ctl.go(go, win_start, win_end);
     sleep_until(ctl.clock.instant(win_start));
     let window = super::Window::open(common, &me);
-    if win_end == UNSET {
+    let grid = grid.at(win_start);
+    let rss = if win_end == UNSET {
         let bound =
             ctl.clock.instant(go) + opts.warmup + opts.duration + DRAIN + Duration::from_secs(1);
-        ctl.wait_until(bound, || ctl.drained.load(Ordering::Acquire) >= threads);
+        let drained = || ctl.drained.load(Ordering::Acquire) >= threads;
+        let rss = crate::timeline::watch(
+            &common.server,
+            &ctl,
+            &grid,
+            &progress,
+            UNSET,
+            Some(&drained),
+        );
+        ctl.wait_until(bound, drained);
+        rss
     } else {
-        sleep_until(ctl.clock.instant(win_end));
-    }
+        crate::timeline::watch(&common.server, &ctl, &grid, &progress, win_end, None)
+    };
     let measured = window.close(common, &me);
+    progress.clear();
     let (server, client, window_wall) = (measured.server, measured.client, measured.wall_s);
     let results = super::join(handles)?;
     let mut out = report(
@@ -453,6 +481,15 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
         client,
     );
     out.note_other_load(measured.other);
+    let mut intervals = Intervals::new(grid);
+    for r in &results {
+        intervals.merge(&r.intervals);
+    }
+    out.json.set("interval_s", grid.interval_ns as f64 / 1e9);
+    out.json.set(
+        "timeline",
+        intervals.timeline(&rss, opts.messages.is_some()),
+    );
     Ok(out)
 }
 

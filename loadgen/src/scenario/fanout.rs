@@ -32,7 +32,9 @@ use crate::client::{Event, Rng, State};
 use crate::error::Error;
 use crate::json::Json;
 use crate::procfs::{Delta, Proc};
+use crate::progress::Progress;
 use crate::stats::{group, Failures, Latency, Table};
+use crate::timeline::{Grid, Intervals};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +73,8 @@ pub struct FanoutOpts {
     /// together: a server's accept queues overflow when clients connect faster than it
     /// accepts.
     pub max_pending: usize,
+    /// Length of the timeline's intervals (`None`: [`Grid::new`]'s default).
+    pub interval: Option<Duration>,
 }
 
 /// What the workers share beyond [`Control`].
@@ -99,6 +103,8 @@ struct Sub {
 #[derive(Debug, Default)]
 struct WorkerResult {
     latency: Latency,
+    /// The same latencies by interval of the window (the timeline).
+    intervals: Intervals,
     /// Subscriber receipts in total and in the window.
     received: u64,
     in_window: u64,
@@ -129,6 +135,8 @@ struct Worker {
     res: WorkerResult,
     win_start: u64,
     win_end: u64,
+    /// Deliveries already added to the progress count.
+    reported: u64,
 }
 
 impl Worker {
@@ -194,7 +202,9 @@ impl Worker {
             if ts > t {
                 self.res.negative += 1;
             }
-            self.res.latency.record(t.saturating_sub(ts));
+            let lat = t.saturating_sub(ts);
+            self.res.latency.record(lat);
+            self.res.intervals.record(t, lat);
         }
     }
 
@@ -224,15 +234,28 @@ fn event_frame(publisher: usize, seq: u64, ts: u64, size: usize, rng: &mut Rng) 
     f
 }
 
+/// One worker's part: its subscribers, whether it has the publishers, and how many
+/// handshakes it keeps in progress.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    subs: usize,
+    publishers: bool,
+    max_pending: usize,
+}
+
 fn run_worker(
     common: Common,
     ctl: Arc<Control>,
     shared: Arc<Shared>,
     opts: FanoutOpts,
-    n_subs: usize,
-    publishers: bool,
-    max_pending: usize,
+    part: Part,
+    grid: Grid,
 ) -> Result<WorkerResult, Error> {
+    let Part {
+        subs: n_subs,
+        publishers,
+        max_pending,
+    } = part;
     let mut pool = Pool::new(&common, ctl.clock, Arc::new(Vec::new()))?;
     let n_pubs = if publishers { opts.publishers } else { 0 };
     let mut w = Worker {
@@ -243,6 +266,7 @@ fn run_worker(
         res: WorkerResult::default(),
         win_start: UNSET,
         win_end: UNSET,
+        reported: 0,
     };
     let tick = Some(Duration::from_millis(5));
     let mut rng = Rng::new();
@@ -294,6 +318,7 @@ fn run_worker(
     if go != UNSET {
         w.win_start = ctl.window_start_ns.load(Ordering::Acquire);
         w.win_end = ctl.window_end_ns.load(Ordering::Acquire);
+        w.res.intervals = Intervals::new(grid.at(w.win_start));
         let send_until = w.win_end;
         let burst = w.opts.burst.max(1);
         let period = 1e9 * burst as f64 / w.opts.rate;
@@ -366,6 +391,7 @@ fn run_worker(
                 Duration::from_millis(5)
             };
             pool.turn(Some(timeout), &mut |s, note| w.note(s, note));
+            ctl.add_progress(&mut w.reported, w.res.received);
         }
     }
 
@@ -430,6 +456,7 @@ fn expected_sent(opts: &FanoutOpts, go: u64, send_until: u64) -> Vec<u64> {
 /// This process's connections: its workers and what they share.
 struct Local {
     ctl: Arc<Control>,
+    grid: Grid,
     shared: Arc<Shared>,
     handles: Vec<std::thread::JoinHandle<Result<WorkerResult, Error>>>,
     conns: usize,
@@ -448,6 +475,7 @@ impl Local {
     ) -> Result<Local, Error> {
         let conns = n_subs + if with_publishers { opts.publishers } else { 0 };
         let threads = common.threads.clamp(1, n_subs.max(1));
+        let grid = Grid::new(opts.duration, opts.interval)?;
         crate::sys::check_files(conns)?;
         super::check_sources(common, conns)?;
         let ctl = Control::new();
@@ -463,11 +491,17 @@ impl Local {
             let pubs = with_publishers && i == 0;
             let mp = share(max_pending, threads, i).max(1);
             handles.push(spawn_worker(common, i, move || {
-                run_worker(c, k, s, o, n, pubs, mp)
+                let part = Part {
+                    subs: n,
+                    publishers: pubs,
+                    max_pending: mp,
+                };
+                run_worker(c, k, s, o, part, grid)
             })?);
         }
         Ok(Local {
             ctl,
+            grid,
             shared,
             handles,
             conns,
@@ -478,13 +512,13 @@ impl Local {
 
     /// Waits until every connection opened or failed (or the deadline); the seconds it took
     /// and whether all opened.
-    fn wait_connected(&self, common: &Common) -> (f64, bool) {
+    fn wait_connected(&self, common: &Common, progress: &Progress) -> (f64, bool) {
         let t = Instant::now();
         let deadline = t
             + common.handshake_timeout * (1 + self.conns.div_ceil(self.max_pending)) as u32
             + Duration::from_secs(1);
         let ctl = &self.ctl;
-        ctl.wait_until(deadline, || ctl.resolved() >= self.conns);
+        ctl.wait_connected(deadline, self.conns, progress);
         let ok = ctl.failed.load(Ordering::Acquire) == 0 && ctl.resolved() >= self.conns;
         (t.elapsed().as_secs_f64(), ok)
     }
@@ -494,7 +528,7 @@ impl Local {
         self.ctl.stop.store(true, Ordering::Release);
         let ctl = self.ctl.clone();
         let f = match super::join(self.handles) {
-            Ok(results) => merge(results).connect_failures,
+            Ok(results) => merge(self.grid, results).connect_failures,
             Err(e) => return e,
         };
         let mut f = f;
@@ -529,15 +563,19 @@ impl Local {
             .iter()
             .map(|s| s.load(Ordering::Acquire))
             .collect();
-        Ok((merge(results), sent))
+        Ok((merge(self.grid, results), sent))
     }
 }
 
 /// Sums workers' (or shards') results.
-fn merge(results: Vec<WorkerResult>) -> WorkerResult {
-    let mut m = WorkerResult::default();
+fn merge(grid: Grid, results: Vec<WorkerResult>) -> WorkerResult {
+    let mut m = WorkerResult {
+        intervals: Intervals::new(grid),
+        ..WorkerResult::default()
+    };
     for r in results {
         m.latency.merge(&r.latency);
+        m.intervals.merge(&r.intervals);
         m.received += r.received;
         m.in_window += r.in_window;
         m.out_of_order += r.out_of_order;
@@ -570,6 +608,7 @@ fn shard_json(r: &WorkerResult, sent: &[u64], publishers: bool, client: Option<D
         .collect();
     Json::obj()
         .with("latency", r.latency.to_json())
+        .with("intervals", r.intervals.to_json())
         .with("received", r.received)
         .with("in_window", r.in_window)
         .with("out_of_order", r.out_of_order)
@@ -587,9 +626,12 @@ fn shard_json(r: &WorkerResult, sent: &[u64], publishers: bool, client: Option<D
         .with("loadgen", super::delta_json(client))
 }
 
-/// [`shard_json`] read back: the results, the events sent (when the shard had the
-/// publishers) and the shard's own CPU.
-fn from_shard_json(v: &serde_json::Value) -> (WorkerResult, Option<Vec<u64>>, Option<Delta>) {
+/// [`shard_json`] read back (its intervals laid on `grid`): the results, the events sent
+/// (when the shard had the publishers) and the shard's own CPU.
+fn from_shard_json(
+    v: &serde_json::Value,
+    grid: Grid,
+) -> (WorkerResult, Option<Vec<u64>>, Option<Delta>) {
     use crate::procs::u;
     let mut subs = std::collections::BTreeMap::new();
     for e in v
@@ -606,8 +648,13 @@ fn from_shard_json(v: &serde_json::Value) -> (WorkerResult, Option<Vec<u64>>, Op
         let n = e.get(1).and_then(serde_json::Value::as_u64).unwrap_or(0);
         *subs.entry(k).or_default() += n;
     }
+    let mut intervals = Intervals::new(grid);
+    if let Some(i) = v.get("intervals") {
+        intervals.add_json(i);
+    }
     let r = WorkerResult {
         latency: v.get("latency").map(Latency::from_json).unwrap_or_default(),
+        intervals,
         received: u(v, "received"),
         in_window: u(v, "in_window"),
         out_of_order: u(v, "out_of_order"),
@@ -654,7 +701,8 @@ pub fn run(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> 
     let me = Proc::open(std::process::id()).ok();
     let mem0 = MemProbe::take(common);
     let local = Local::start(common, opts, opts.subscribers, true, opts.max_pending)?;
-    let (connect_s, ok) = local.wait_connected(common);
+    let progress = Progress::new("deliveries", false);
+    let (connect_s, ok) = local.wait_connected(common, &progress);
     if !ok {
         return Err(local.abort(common));
     }
@@ -666,8 +714,10 @@ pub fn run(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> 
     let clock = local.ctl.clock;
     sleep_until(clock.instant(win_start));
     let window = super::Window::open(common, &me);
-    sleep_until(clock.instant(win_end));
+    let grid = local.grid.at(win_start);
+    let rss = crate::timeline::watch(&common.server, &local.ctl, &grid, &progress, win_end, None);
     let measured = window.close(common, &me);
+    progress.clear();
     let threads = local.threads;
     let (result, sent) = local.join()?;
     let mut out = report(
@@ -677,6 +727,7 @@ pub fn run(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error> 
         connect_s,
         &sent,
         &result,
+        &rss,
         measured.server,
         measured.client,
     );
@@ -702,7 +753,7 @@ fn run_shard(
         with_publishers,
         shard.share(opts.max_pending),
     )?;
-    let _ = local.wait_connected(common);
+    let _ = local.wait_connected(common, &Progress::hidden());
     report_connected(
         local.ctl.opened.load(Ordering::Acquire),
         local.conns - local.ctl.opened.load(Ordering::Acquire),
@@ -737,6 +788,7 @@ fn run_procs(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error
     use crate::procs::{Order, Shards};
     let procs = common.procs;
     let conns = opts.subscribers + opts.publishers;
+    let grid = Grid::new(opts.duration, opts.interval)?;
     let per_proc = conns.div_ceil(procs);
     crate::sys::check_files(per_proc)?;
     super::check_sources(common, conns)?;
@@ -753,7 +805,7 @@ fn run_procs(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error
         let reports = shards.finish(Instant::now() + CLOSE_WAIT + Duration::from_secs(10))?;
         let mut f = Failures::default();
         for v in &reports {
-            f.merge(&from_shard_json(v).0.connect_failures);
+            f.merge(&from_shard_json(v, grid).0.connect_failures);
         }
         if f.total() == 0 {
             f.add("timeout".into());
@@ -774,21 +826,30 @@ fn run_procs(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error
     });
     sleep_until(ctl.clock.instant(win_start));
     let window = super::Window::open(common, &None);
-    sleep_until(ctl.clock.instant(win_end));
+    // The shards' counts are not visible here: no progress line.
+    let grid = grid.at(win_start);
+    let rss = crate::timeline::watch(
+        &common.server,
+        &ctl,
+        &grid,
+        &Progress::hidden(),
+        win_end,
+        None,
+    );
     let measured = window.close(common, &None);
     let reports = shards.finish(Instant::now() + DRAIN + CLOSE_WAIT + Duration::from_secs(30))?;
     let mut results = Vec::new();
     let mut sent = vec![0; opts.publishers];
     let mut clients = Vec::new();
     for v in &reports {
-        let (r, s, c) = from_shard_json(v);
+        let (r, s, c) = from_shard_json(v, grid);
         results.push(r);
         if let Some(s) = s {
             sent = s;
         }
         clients.extend(c);
     }
-    let result = merge(results);
+    let result = merge(grid, results);
     let mut out = report(
         common,
         opts,
@@ -796,6 +857,7 @@ fn run_procs(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error
         connect_s,
         &sent,
         &result,
+        &rss,
         measured.server,
         super::sum_deltas(clients),
     );
@@ -812,6 +874,7 @@ fn report(
     connect_s: f64,
     sent: &[u64],
     r: &WorkerResult,
+    rss: &[Option<u64>],
     server: Option<Delta>,
     client: Option<Delta>,
 ) -> super::Outcome {
@@ -1002,7 +1065,9 @@ fn report(
         .with("server_cpu_us_per_delivery_clock", cpu_per_clock)
         .with("loadgen", super::delta_json(client))
         .with("loadgen_cpu_us_per_delivery", client_per)
-        .with("problems", problems.clone());
+        .with("problems", problems.clone())
+        .with("interval_s", r.intervals.grid().interval_ns as f64 / 1e9)
+        .with("timeline", r.intervals.timeline(rss, false));
     super::Outcome {
         title: "loadgen fanout".into(),
         table: t,

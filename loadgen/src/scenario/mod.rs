@@ -9,6 +9,8 @@
 pub mod connect;
 pub mod echo;
 pub mod fanout;
+pub mod ramp;
+pub mod soak;
 
 use crate::client::{connect as tcp_connect, Conn, Event, Failure, Rng, State};
 use crate::error::Error;
@@ -45,6 +47,58 @@ pub struct Common {
     pub ports: Option<Arc<crate::client::SourcePorts>>,
     /// Where to write the SVG plot of the report.
     pub plot: Option<std::path::PathBuf>,
+}
+
+/// A load with a timeline, which `soak` holds and `ramp` steps up: the echo or fanout
+/// scenario with its options.
+#[derive(Debug, Clone)]
+pub enum Load {
+    /// `echo`.
+    Echo(echo::EchoOpts),
+    /// `fanout`.
+    Fanout(fanout::FanoutOpts),
+}
+
+impl Load {
+    /// `echo` or `fanout`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Load::Echo(_) => "echo",
+            Load::Fanout(_) => "fanout",
+        }
+    }
+
+    /// What the rate counts, per second: `msg/s` or `events/s`.
+    pub fn rate_unit(&self) -> &'static str {
+        match self {
+            Load::Echo(_) => "msg/s",
+            Load::Fanout(_) => "events/s",
+        }
+    }
+
+    /// The same load at `rate` (echo: open loop at `rate` messages per second; fanout:
+    /// `rate` events per second).
+    pub fn with_rate(&self, rate: f64) -> Load {
+        match self {
+            Load::Echo(o) => Load::Echo(echo::EchoOpts {
+                rate: Some(rate),
+                messages: None,
+                ..o.clone()
+            }),
+            Load::Fanout(o) => Load::Fanout(fanout::FanoutOpts { rate, ..o.clone() }),
+        }
+    }
+
+    /// Runs the scenario once.
+    ///
+    /// # Errors
+    /// What [`echo::run`] or [`fanout::run`] returns.
+    pub fn run(&self, common: &Common) -> Result<Outcome, Error> {
+        match self {
+            Load::Echo(o) => echo::run(common, o),
+            Load::Fanout(o) => fanout::run(common, o),
+        }
+    }
 }
 
 /// Nanoseconds on the system's monotonic clock (`CLOCK_MONOTONIC`): one clock for every
@@ -101,6 +155,9 @@ pub struct Control {
     pub stop: AtomicBool,
     /// The first failure seen, for the error message.
     pub first_failure: Mutex<Option<Failure>>,
+    /// Messages (echo) or deliveries (fanout) received so far, for the progress line:
+    /// each worker adds what it received once per loop turn ([`Control::add_progress`]).
+    pub progress: AtomicU64,
 }
 
 impl Control {
@@ -116,6 +173,41 @@ impl Control {
             drained: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             first_failure: Mutex::new(None),
+            progress: AtomicU64::new(0),
+        })
+    }
+
+    /// A worker's running total for the progress line: adds what it received since its
+    /// last call (`*reported` up to `received`). Called once per loop turn.
+    #[inline]
+    pub fn add_progress(&self, reported: &mut u64, received: u64) {
+        if received > *reported {
+            self.progress
+                .fetch_add(received - *reported, Ordering::Relaxed);
+            *reported = received;
+        }
+    }
+
+    /// What [`Control::add_progress`] summed.
+    pub fn progress_count(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// [`Control::wait_until`] every connection of `total` opened or failed, showing them
+    /// on `progress`; true if they all did.
+    pub fn wait_connected(
+        &self,
+        deadline: Instant,
+        total: usize,
+        progress: &crate::progress::Progress,
+    ) -> bool {
+        self.wait_until(deadline, || {
+            progress.connecting(
+                self.opened.load(Ordering::Acquire),
+                self.failed.load(Ordering::Acquire),
+                total,
+            );
+            self.resolved() >= total
         })
     }
 
