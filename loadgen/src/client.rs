@@ -305,24 +305,35 @@ pub const FIRST_PORT: u16 = 10_000;
 pub struct SourcePorts {
     sources: Vec<IpAddr>,
     next: std::sync::atomic::AtomicUsize,
+    /// The first slot this run takes (random), and the slots of a lane.
+    start: usize,
+    slots: usize,
     lane: usize,
     lanes: usize,
 }
 
 impl SourcePorts {
-    /// Ports for `sources`, lane `lane` of `lanes`.
+    /// Ports for `sources`, lane `lane` of `lanes`, starting at a random port of the lane
+    /// (and wrapping): a run right after another does not reuse the pairs whose last
+    /// connections the server still holds in TIME_WAIT.
     pub fn new(sources: Vec<IpAddr>, lane: usize, lanes: usize) -> SourcePorts {
+        let lanes = lanes.max(1);
+        let mut r = [0u8; 8];
+        Rng::new().fill(&mut r);
+        let slots = (usize::from(u16::MAX) + 1 - usize::from(FIRST_PORT)) / lanes;
         SourcePorts {
-            sources,
             next: std::sync::atomic::AtomicUsize::new(0),
-            lane: lane % lanes.max(1),
-            lanes: lanes.max(1),
+            start: (u64::from_le_bytes(r) % slots as u64) as usize,
+            slots,
+            sources,
+            lane: lane % lanes,
+            lanes,
         }
     }
 
     /// Ports one address offers a lane.
     pub fn per_source(&self) -> usize {
-        (usize::from(u16::MAX) + 1 - usize::from(FIRST_PORT)).div_ceil(self.lanes)
+        self.slots
     }
 
     /// The next source address and port; `None` when every port of every address is used.
@@ -332,7 +343,11 @@ impl SourcePorts {
         }
         let k = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let n = self.sources.len();
-        let port = usize::from(FIRST_PORT) + (k / n) * self.lanes + self.lane;
+        if k / n >= self.slots {
+            return None;
+        }
+        let slot = (self.start + k / n) % self.slots;
+        let port = usize::from(FIRST_PORT) + slot * self.lanes + self.lane;
         let port = u16::try_from(port).ok()?;
         Some(SocketAddr::new(self.sources[k % n], port))
     }
@@ -682,4 +697,31 @@ fn status_line(buf: &[u8]) -> String {
         .unwrap_or(buf.len())
         .min(200);
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn source_ports_are_distinct_across_lanes_and_run_out_cleanly() {
+        let ips: Vec<IpAddr> = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+        let lanes: Vec<SourcePorts> = (0..3)
+            .map(|l| SourcePorts::new(ips.clone(), l, 3))
+            .collect();
+        let mut seen = HashSet::new();
+        for p in &lanes {
+            let mut n = 0;
+            while let Some(a) = p.take() {
+                assert!(a.port() >= FIRST_PORT);
+                assert!(seen.insert(a), "{a} taken twice");
+                n += 1;
+            }
+            // Every port of the lane on both addresses, then None.
+            assert_eq!(n, 2 * p.per_source());
+            assert!(p.take().is_none());
+        }
+        assert!(seen.len() >= 2 * (65_536 - usize::from(FIRST_PORT)) - 6);
+    }
 }

@@ -312,6 +312,47 @@ fn a_thousand_connections_echo_at_once(b: Backend) {
     assert_eq!(srv.handle().stats().messages_in, 1000);
 }
 
+/// `max_connections` is a server-wide limit, whichever worker the kernel hands a connection
+/// to: with 2 workers and a limit of 40, all 40 connections are served however
+/// SO_REUSEPORT's hash spreads them (an even 20/20 split comes up 1 time in 8; a per-worker
+/// share of 20 would refuse the rest), the next ones get `503`, and once one leaves there is
+/// room again.
+fn max_connections_is_server_wide_and_refuses_with_503(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b).max_connections(40));
+    let mut held: Vec<RawClient> = (0..40).map(|_| RawClient::connect(srv.addr, "/")).collect();
+    for (i, c) in held.iter_mut().enumerate() {
+        c.send_text(&format!("hi {i}"));
+        assert_eq!(c.recv(), Got::Text(format!("hi {i}")));
+    }
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(resp.starts_with("HTTP/1.1 503 "), "{resp:?}");
+        assert!(resp.ends_with("server full\n"), "{resp:?}");
+    }
+    assert_eq!(srv.handle().stats().rejected_full, 4);
+    drop(held.pop());
+    let t = Instant::now();
+    while srv.handle().stats().connections > 39 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the closed connection was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut c = RawClient::connect(srv.addr, "/");
+    c.send_text("room again");
+    assert_eq!(c.recv(), Got::Text("room again".into()));
+}
+
 fn a_stalled_handshake_is_dropped_after_the_timeout(b: Backend) {
     let cfg = TestServer::config(b).handshake_timeout(Duration::from_millis(300));
     let srv = TestServer::start(cfg);
@@ -550,6 +591,7 @@ both_backends!(
     first_frames_in_the_handshake_packet_are_not_lost,
     a_thousand_connections_echo_at_once,
     a_stalled_handshake_is_dropped_after_the_timeout,
+    max_connections_is_server_wide_and_refuses_with_503,
     a_non_reading_client_is_closed_as_slow_consumer_while_others_are_served,
     graceful_shutdown_sends_1001_to_every_client,
     stale_ids_never_reach_a_reused_slot,

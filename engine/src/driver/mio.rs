@@ -67,6 +67,7 @@ pub(crate) fn start<H: Handler>(
         workers,
         local_addr,
         shutdown: AtomicBool::new(false),
+        open_conns: std::sync::atomic::AtomicUsize::new(0),
     });
     let parts: Vec<_> = polls.into_iter().zip(listeners).collect();
     super::spawn_workers(

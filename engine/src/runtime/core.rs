@@ -250,10 +250,12 @@ impl<H: Handler, Io> Core<H, Io> {
         shared: Arc<super::Shared>,
         worker: u8,
     ) -> Self {
-        let n = shared.workers.len().max(1);
+        // A server-wide limit (the workers share one count): the kernel spreads connections
+        // over the workers' SO_REUSEPORT listeners by a hash, not evenly, so an even
+        // per-worker share would refuse connections while other workers have room.
         let max_conns = match cfg.max_connections {
-            0 => 1 << 24,
-            m => m.div_ceil(n).min(1 << 24),
+            0 => usize::MAX,
+            m => m,
         };
         let budget = cfg.write_budget;
         Core {
@@ -304,7 +306,9 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Whether a new connection can be taken (else the backend answers 503 and closes).
     pub(crate) fn can_accept(&self) -> bool {
-        !self.shutting_down && self.conns.len() < self.max_conns
+        !self.shutting_down
+            && self.conns.len() < 1 << 24
+            && self.shared.open_conns.load(Ordering::Relaxed) < self.max_conns
     }
 
     /// Counts a connection refused because the server is full.
@@ -341,6 +345,7 @@ impl<H: Handler, Io> Core<H, Io> {
             dirty: false,
             dead: false,
         });
+        self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
         let st = &self.me().stats;
         st.accepted.fetch_add(1, Ordering::Relaxed);
         st.connections.fetch_add(1, Ordering::Relaxed);
@@ -357,6 +362,7 @@ impl<H: Handler, Io> Core<H, Io> {
         }
         let mut out = conn.out;
         out.clear(&mut self.env.pool);
+        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
         self.me().stats.connections.fetch_sub(1, Ordering::Relaxed);
         Some(conn.io)
     }

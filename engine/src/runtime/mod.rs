@@ -460,6 +460,8 @@ pub(crate) struct Shared {
     pub(crate) workers: Vec<WorkerShared>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) shutdown: AtomicBool,
+    /// Connections held by all workers together (the `max_connections` limit).
+    pub(crate) open_conns: std::sync::atomic::AtomicUsize,
 }
 
 /// A cloneable, `Send + Sync` handle to a running server, for any thread of the host.

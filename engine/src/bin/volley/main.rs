@@ -162,6 +162,7 @@ fn main() {
         handshake_failures = s.handshake_failures,
         handshake_timeouts = s.handshake_timeouts,
         accept_errors = s.accept_errors,
+        rejected_full = s.rejected_full,
         pings_sent = s.pings_sent,
         pong_timeouts = s.pong_timeouts,
         messages_in = s.messages_in,

@@ -84,6 +84,23 @@ struct SendSlot {
     iov: [libc::iovec; MAX_IOV],
 }
 
+/// The answer to a connection past `max_connections` (the mio backend writes the same).
+fn server_full_response() -> &'static [u8] {
+    static RESP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    RESP.get_or_init(|| {
+        let mut out = Vec::new();
+        crate::proto::handshake::write_http_response(
+            &mut out,
+            503,
+            "text/plain",
+            &[],
+            b"server full\n",
+        )
+        .expect("static");
+        out
+    })
+}
+
 /// Whether this kernel (and sandbox) can run the backend; the reason if not.
 pub(crate) fn probe() -> Result<(), String> {
     let ring = build_ring().map_err(|e| format!("io_uring_setup failed: {e}"))?;
@@ -181,6 +198,7 @@ pub(crate) fn start<H: Handler>(
         workers,
         local_addr,
         shutdown: AtomicBool::new(false),
+        open_conns: std::sync::atomic::AtomicUsize::new(0),
     });
     let parts: Vec<_> = listeners.into_iter().zip(wake_fds).collect();
     super::spawn_workers(
@@ -272,6 +290,21 @@ impl<H: Handler> Worker<H> {
                 tracing::warn!("io_uring submit failed: {err}");
             }
         }
+    }
+
+    /// Queues the first entry of a linked pair: room for both is made first, so the pair
+    /// is never split by a submission in between.
+    fn push_linked(&mut self, e: squeue::Entry) {
+        let room = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < 2 {
+            if let Err(err) = self.ring.submit() {
+                tracing::warn!("io_uring submit failed: {err}");
+            }
+        }
+        self.push(e);
     }
 
     fn arm_accept(&mut self) {
@@ -433,7 +466,17 @@ impl<H: Handler> Worker<H> {
             }
         } else if !self.core.can_accept() {
             self.core.count_rejected();
-            let e = opcode::Close::new(types::Fixed(res as u32))
+            // 503, then close: a send of a static response linked to the close of the
+            // direct descriptor (nothing to keep per rejected connection).
+            let slot = types::Fixed(res as u32);
+            let resp = server_full_response();
+            let send = opcode::Send::new(slot, resp.as_ptr(), resp.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK)
+                .user_data(ud(OP_CLOSE_REJECTED, 0));
+            self.push_linked(send);
+            let e = opcode::Close::new(slot)
                 .build()
                 .user_data(ud(OP_CLOSE_REJECTED, 0));
             self.push(e);
