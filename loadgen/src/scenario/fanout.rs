@@ -837,7 +837,9 @@ fn run_procs(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error
         None,
     );
     let measured = window.close(common, &None);
-    let reports = shards.finish(Instant::now() + DRAIN + CLOSE_WAIT + Duration::from_secs(30))?;
+    // Closing tens of thousands of connections per shard takes a while on a busy machine.
+    let closing = Duration::from_secs(30 + (conns / 10_000) as u64);
+    let reports = shards.finish(Instant::now() + DRAIN + CLOSE_WAIT + closing)?;
     let mut results = Vec::new();
     let mut sent = vec![0; opts.publishers];
     let mut clients = Vec::new();

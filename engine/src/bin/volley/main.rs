@@ -57,6 +57,9 @@ struct ServeArgs {
     /// Seconds between server pings on quiet connections (0: off).
     #[arg(long, default_value_t = 30)]
     ping_interval: u64,
+    /// Seconds a pinged connection has to answer before it is dropped (1006).
+    #[arg(long, default_value_t = 20)]
+    pong_timeout: u64,
     /// Seconds of silence after which a connection is closed (0: never).
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
@@ -117,7 +120,10 @@ fn main() {
         .uring_send_zc((args.send_zc_min > 0).then_some(args.send_zc_min))
         .handshake_timeout(Duration::from_secs(args.handshake_timeout.max(1)))
         .idle_timeout(secs(args.idle_timeout))
-        .ping(secs(args.ping_interval), Duration::from_secs(20))
+        .ping(
+            secs(args.ping_interval),
+            Duration::from_secs(args.pong_timeout.max(1)),
+        )
         .backend(match args.backend {
             BackendArg::Auto => Backend::Auto,
             BackendArg::Uring => Backend::Uring,
