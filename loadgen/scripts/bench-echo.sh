@@ -1,31 +1,48 @@
 #!/usr/bin/env bash
-# Issue-3 echo benchmarks: volley vs the tokio-tungstenite baseline (bench/src/bin/tt_echo.rs)
-# in both of its idiomatic forms ("tt": `ws.next()` + `ws.send(msg)`; "ttf": `read.forward(write)`),
-# side by side in one run, alternated (volley, tt, ttf, volley, ...) so that the virtual
-# machine's placement changes hit all; then server memory per idle connection at 10,000.
+# Echo benchmarks, side by side in one run: volley on its mio backend ("vmio") and on its io_uring
+# backend ("vuring"), against the tokio-tungstenite baseline (bench/src/bin/tt_echo.rs) in both of
+# its idiomatic forms ("tt": `ws.next()` + `ws.send(msg)`; "ttf": `read.forward(write)`). In each
+# round and configuration the servers are run one after the other (vmio, vuring, tt, ttf, vmio, ...)
+# so that the virtual machine's placement changes hit all; then (IDLE=1) server memory per idle
+# connection at 10,000.
 #
 #   cargo build --release -p volley -p volley-bench -p loadgen
-#   loadgen/scripts/bench-echo.sh [ROUNDS=3] [SECS=10]     (VOLLEY=path picks the volley binary)
+#   loadgen/scripts/bench-echo.sh [ROUNDS=3] [SECS=10]
+#
+# Environment:
+#   BIN=dir          every binary (volley, tt_echo, loadgen) comes from this directory
+#                    (default $CARGO_TARGET_DIR/release, or target/release)
+#   SERVERS="..."    the servers to run, in this order (default "vmio vuring tt ttf"); also
+#                    "vuringzc": io_uring with --send-zc-min $ZC_MIN (default 4096)
+#   CONFIGS="..."    configuration names to run (default: c100-i1-64b c100-i16-64b c10-i1-16k;
+#                    also available: c10-i1-64k)
+#   IDLE=0|1         measure idle memory at 10,000 connections afterwards (default 1)
+#   OUT=dir          where the JSON reports go (default /tmp/volley-bench-echo)
+#   MAX_OTHER=cores  a group is run again when another process used more than this (default 0.10)
+#   ATTEMPTS=n       at most this many attempts per group (default 3)
 #
 # Servers are pinned to CPU 0 (one worker / one runtime thread), loadgen to CPU 1. Each run's
-# JSON report is kept in $OUT (default /tmp/volley-bench-echo); the medians are printed as a
-# Markdown table at the end. Needs 2 CPUs and an open-files limit of at least 10,100.
+# JSON report is kept in $OUT; the medians and the per-round ratios are printed as Markdown
+# tables at the end. Needs 2 CPUs, jq, and an open-files limit of at least 10,100 for IDLE=1.
 #
 # On a shared machine: each (round, configuration) group of runs starts only once the machine
-# has been idle for 2 s, and is run again (up to 5 times) when loadgen reports that other
-# processes used more than MAX_OTHER cores (default 0.05) during any of its windows.
+# has been idle for 2 s, and is run again (up to ATTEMPTS times) when loadgen reports that
+# other processes used more than MAX_OTHER cores during any of its windows.
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
-BIN=${CARGO_TARGET_DIR:-target}/release
-VOLLEY=${VOLLEY:-$BIN/volley} # the server under test (a build of a given commit, say)
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
+VOLLEY=$BIN/volley
 OUT=${OUT:-/tmp/volley-bench-echo}
-VADDR=127.0.0.1:9001
-TADDR=127.0.0.1:9101
-FADDR=127.0.0.1:9102
-MAX_OTHER=${MAX_OTHER:-0.05}
+MAX_OTHER=${MAX_OTHER:-0.10}
+ATTEMPTS=${ATTEMPTS:-3}
+ZC_MIN=${ZC_MIN:-4096}
+IDLE=${IDLE:-1}
+read -r -a SERVERS <<<"${SERVERS:-vmio vuring tt ttf}"
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+rm -f "$OUT"/*.json "$OUT"/*.txt
+for b in volley tt_echo loadgen; do [ -x "$BIN/$b" ] || { echo "no $BIN/$b" >&2; exit 1; }; done
+echo "binaries from $BIN"
 
 busy_pct() { # CPU busy % of the whole machine over $1 s
     local a b
@@ -43,41 +60,51 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
+addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; vuringzc) echo 127.0.0.1:9003 ;;
+    tt) echo 127.0.0.1:9101 ;; ttf) echo 127.0.0.1:9102 ;; esac; }
 start_server() { # name -> sets SPID
+    local a; a=$(addr "$1")
     case $1 in
-        volley) taskset -c 0 "$VOLLEY" serve --addr $VADDR --workers 1 >"$OUT/volley.log" 2>&1 & ;;
-        tt) taskset -c 0 "$BIN/tt_echo" --addr $TADDR --workers 1 >"$OUT/tt.log" 2>&1 & ;;
-        ttf) taskset -c 0 "$BIN/tt_echo" --addr $FADDR --workers 1 --forward >"$OUT/ttf.log" 2>&1 & ;;
+        vmio) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend mio >"$OUT/$1.log" 2>&1 & ;;
+        vuring) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring >"$OUT/$1.log" 2>&1 & ;;
+        vuringzc) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring --send-zc-min "$ZC_MIN" >"$OUT/$1.log" 2>&1 & ;;
+        tt) taskset -c 0 "$BIN/tt_echo" --addr "$a" --workers 1 >"$OUT/$1.log" 2>&1 & ;;
+        ttf) taskset -c 0 "$BIN/tt_echo" --addr "$a" --workers 1 --forward >"$OUT/$1.log" 2>&1 & ;;
+        *) echo "unknown server $1" >&2; exit 1 ;;
     esac
     SPID=$!
     pids+=("$SPID")
     sleep 0.5
 }
-url() { case $1 in volley) echo "ws://$VADDR/" ;; tt) echo "ws://$TADDR/" ;; ttf) echo "ws://$FADDR/" ;; esac; }
 
-configs=(
+all_configs=(
     "c100-i1-64b|--conns 100 --inflight 1 --size 64"
     "c100-i16-64b|--conns 100 --inflight 16 --size 64"
     "c10-i1-16k|--conns 10 --inflight 1 --size 16384"
+    "c10-i1-64k|--conns 10 --inflight 1 --size 65536"
 )
+read -r -a want <<<"${CONFIGS:-c100-i1-64b c100-i16-64b c10-i1-16k}"
+configs=()
+for w in "${want[@]}"; do
+    for c in "${all_configs[@]}"; do [ "${c%%|*}" = "$w" ] && configs+=("$c"); done
+done
 
-start_server volley; VPID=$SPID
-start_server tt; TPID=$SPID
-start_server ttf; FPID=$SPID
+declare -A SP
+for s in "${SERVERS[@]}"; do start_server "$s"; SP[$s]=$SPID; done
 for round in $(seq 1 "$ROUNDS"); do
     for cfg in "${configs[@]}"; do
         name=${cfg%%|*}
         args=${cfg#*|}
-        for attempt in 1 2 3 4 5; do
+        for attempt in $(seq 1 "$ATTEMPTS"); do
             wait_idle
             clean=1
-            for server in volley tt ttf; do
-                case $server in volley) pid=$VPID ;; tt) pid=$TPID ;; ttf) pid=$FPID ;; esac
+            for server in "${SERVERS[@]}"; do
+                f="$OUT/$server-$name-$round"
                 # shellcheck disable=SC2086
-                "$BIN/loadgen" echo --url "$(url $server)" $args --binary --duration "$SECS" --warmup 2 \
-                    --pin 1 --server-pid "$pid" --json "$OUT/$server-$name-$round.json" >"$OUT/$server-$name-$round.txt"
-                other=$(grep -m1 '"other_cpu_cores"' "$OUT/$server-$name-$round.json" | sed -E 's/.*: ([^,]*),?$/\1/')
-                echo "round $round $name $server: $(grep -E 'echoes in window|server CPU per message' "$OUT/$server-$name-$round.txt" | tr -s ' ' | tr '\n' ' ') other load $other cores"
+                "$BIN/loadgen" echo --url "ws://$(addr "$server")/" $args --binary --duration "$SECS" --warmup 2 \
+                    --pin 1 --server-pid "${SP[$server]}" --json "$f.json" >"$f.txt"
+                other=$(jq .other_cpu_cores "$f.json")
+                echo "round $round $name $server: $(grep -E 'echoes in window|server CPU per message' "$f.txt" | tr -s ' ' | tr '\n' ' ') other load $other cores"
                 if awk -v o="$other" -v m="$MAX_OTHER" 'BEGIN { exit !(o > m) }'; then clean=0; fi
             done
             [ $clean = 1 ] && break
@@ -89,40 +116,62 @@ cleanup
 pids=()
 sleep 1
 
-# Idle memory: a fresh server each time, its RSS before the first connection and with 10,000 held.
-for round in $(seq 1 "$ROUNDS"); do
-    for server in volley tt; do
-        start_server $server
-        "$BIN/loadgen" connect --url "$(url $server)" --conns 10000 --hold 5 --pin 1 \
-            --server-pid "$SPID" --json "$OUT/$server-idle10k-$round.json" >"$OUT/$server-idle10k-$round.txt"
-        echo "round $round idle10k $server: $(grep -E 'opened|memory per connection' "$OUT/$server-idle10k-$round.txt" | tr -s ' ' | tr '\n' ' ')"
-        kill "$SPID"; wait "$SPID" 2>/dev/null || true
-        pids=()
-        sleep 1
+if [ "$IDLE" = 1 ]; then
+    # Idle memory: a fresh server each time, its RSS before the first connection and with 10,000 held.
+    for round in $(seq 1 "$ROUNDS"); do
+        for server in "${SERVERS[@]}"; do
+            [ "$server" = ttf ] && continue
+            start_server "$server"
+            "$BIN/loadgen" connect --url "ws://$(addr "$server")/" --conns 10000 --hold 5 --pin 1 \
+                --server-pid "$SPID" --json "$OUT/$server-idle10k-$round.json" >"$OUT/$server-idle10k-$round.txt"
+            echo "round $round idle10k $server: $(grep -E 'opened|memory per connection' "$OUT/$server-idle10k-$round.txt" | tr -s ' ' | tr '\n' ' ')"
+            kill "$SPID"; wait "$SPID" 2>/dev/null || true
+            pids=()
+            sleep 1
+        done
     done
-done
+fi
 
-# Medians.
-field() { grep -m1 "^  \"$2\": " "$1" | sed -E 's/.*: ([^,]*),?$/\1/'; }
+# Tables.
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-med() { for f in "$OUT"/$1-$2-*.json; do field "$f" "$3"; done | median; }
+med() { for f in "$OUT"/$1-$2-[0-9]*.json; do jq "$3" "$f"; done | median; }
+# Per-round ratio a/b of CPU per message (two runs of the same group, seconds apart).
+rr() { jq -n --slurpfile a "$OUT/$1-$3-$4.json" --slurpfile b "$OUT/$2-$3-$4.json" \
+    '$a[0].server_cpu_us_per_msg / $b[0].server_cpu_us_per_msg * 1000 | round / 1000'; }
+has() { for s in "${SERVERS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+pairs=()
+has vmio && has vuring && pairs+=("vuring/vmio")
+has vuring && has vuringzc && pairs+=("vuringzc/vuring")
+for b in tt ttf; do for a in vmio vuring; do has $a && has $b && pairs+=("$a/$b"); done; done
 echo
-# The ratio column is the median of the per-round ratios (each taken from two adjacent runs).
-ratio() { for r in $(seq 1 "$ROUNDS"); do
-    echo "$(field "$OUT/volley-$1-$r.json" "$3") $(field "$OUT/$2-$1-$r.json" "$3")" | awk '{print $1/$2}'
-done | median; }
-echo "| configuration | server | msg/s | server CPU/msg | CPU/msg vs volley (median of per-round ratios) |"
-echo "|---|---|---|---|---|"
+echo "| configuration | server | msg/s | server CPU/msg | of it kernel | other load (max) |"
+echo "|---|---|---|---|---|---|"
 for cfg in "${configs[@]}"; do
     name=${cfg%%|*}
-    for server in volley tt ttf; do
-        r=$(med $server "$name" msgs_per_s); c=$(med $server "$name" server_cpu_us_per_msg)
-        if [ $server = volley ]; then x="1"; else x="volley = $(ratio "$name" $server server_cpu_us_per_msg) x this"; fi
-        printf "| %s | %s | %.0f | %.3f us | %s |\n" "$name" "$server" "$r" "$c" "$x"
+    for s in "${SERVERS[@]}"; do
+        printf "| %s | %s | %.0f | %.3f us | %.0f%% | %.3f |\n" "$name" "$s" "$(med "$s" "$name" .msgs_per_s)" \
+            "$(med "$s" "$name" .server_cpu_us_per_msg)" "$(med "$s" "$name" '100*.server.sys_us/.server.cpu_us')" \
+            "$(for f in "$OUT/$s-$name"-[0-9]*.json; do jq .other_cpu_cores "$f"; done | sort -g | tail -1)"
     done
 done
-vm=$(med volley idle10k server_bytes_per_conn); tm=$(med tt idle10k server_bytes_per_conn)
 echo
-echo "| idle connections | volley | baseline |"
-echo "|---|---|---|"
-printf "| RSS delta / 10,000 connections | %.0f B | %.0f B |\n" "$vm" "$tm"
+echo "Ratios of server CPU per message, per round (median last):"
+echo
+echo "| configuration | ratio | $(for r in $(seq 1 "$ROUNDS"); do printf 'round %s | ' "$r"; done)median |"
+echo "|---|---|$(for _ in $(seq 1 "$ROUNDS"); do printf -- '---|'; done)---|"
+for cfg in "${configs[@]}"; do
+    name=${cfg%%|*}
+    for p in "${pairs[@]}"; do
+        a=${p%/*}; b=${p#*/}
+        vals=(); for r in $(seq 1 "$ROUNDS"); do vals+=("$(rr "$a" "$b" "$name" "$r")"); done
+        printf "| %s | %s | %s | %s |\n" "$name" "$p" "$(IFS='|'; echo "${vals[*]}" | sed 's/|/ | /g')" \
+            "$(printf '%s\n' "${vals[@]}" | median)"
+    done
+done
+if [ "$IDLE" = 1 ]; then
+    echo
+    echo "| idle connections | $(printf '%s | ' "${SERVERS[@]/ttf/}")"
+    printf "| RSS delta / 10,000 connections | "
+    for s in "${SERVERS[@]}"; do [ "$s" = ttf ] && continue; printf "%.0f B | " "$(med "$s" idle10k .server_bytes_per_conn)"; done
+    echo
+fi

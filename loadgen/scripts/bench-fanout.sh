@@ -1,39 +1,71 @@
 #!/usr/bin/env bash
-# Issue-4 fan-out benchmark: volley's broadcast mode (mio backend and io_uring backend) vs the
-# tokio-tungstenite + tokio::sync::broadcast baseline (bench/src/bin/tt_broadcast.rs), side by
-# side in one run, alternated per round (volley-mio, volley-uring, tt, volley-mio, ...).
+# Fan-out benchmark: volley's broadcast mode (mio backend "vmio" and io_uring backend "vuring") vs
+# the tokio-tungstenite + tokio::sync::broadcast baseline ("tt", bench/src/bin/tt_broadcast.rs),
+# side by side in one run, alternated per round (vmio, vuring, tt, vmio, ...).
 #
 #   cargo build --release -p volley -p volley-bench -p loadgen
-#   loadgen/scripts/bench-fanout.sh [ROUNDS=3] [SECS=10]     (VOLLEY=path picks the volley binary)
+#   loadgen/scripts/bench-fanout.sh [ROUNDS=3] [SECS=10]
+#
+# Environment:
+#   BIN=dir          every binary (volley, tt_broadcast, loadgen) comes from this directory
+#                    (default $CARGO_TARGET_DIR/release, or target/release)
+#   SERVERS="..."    servers to run, in this order (default "vmio vuring tt"); also "vuringzc":
+#                    io_uring with --send-zc-min $ZC_MIN (default 4096)
+#   CONFIGS="..."    configuration names to run (default: all five below)
+#   ONLY=i           run only the i-th configuration (0-based; older form of CONFIGS)
+#   SIZE=bytes       event payload size (default 64)
+#   OUT=dir          where the JSON reports go (default /tmp/volley-bench-fanout)
+#   MAX_OTHER=cores, ATTEMPTS=n: see below
 #
 # Servers run one worker pinned to CPU 0, loadgen one thread pinned to CPU 1. Every run's
-# JSON report is kept in $OUT (default /tmp/volley-bench-fanout); medians are printed as a
-# Markdown table at the end. Each group (round, configuration) is run again (up to
-# ATTEMPTS times, default 2) when loadgen reports that other processes used more than
-# MAX_OTHER cores (default 0.10) during any of its windows.
+# JSON report is kept in $OUT; medians and per-round ratios are printed as Markdown tables at
+# the end. Each group (round, configuration) starts once the machine has been idle for 2 s and
+# is run again (up to ATTEMPTS times, default 2) when loadgen reports that other processes
+# used more than MAX_OTHER cores (default 0.10) during any of its windows. Needs jq.
 set -euo pipefail
 ulimit -n 20000 # 10,000 subscribers + publishers + slack
 ROUNDS=${1:-3}
 SECS=${2:-10}
-BIN=${CARGO_TARGET_DIR:-target}/release
-VOLLEY=${VOLLEY:-$BIN/volley}
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
+VOLLEY=$BIN/volley
 OUT=${OUT:-/tmp/volley-bench-fanout}
 MAX_OTHER=${MAX_OTHER:-0.10}
 ATTEMPTS=${ATTEMPTS:-2}
-SERVERS=(vmio vuring tt)
+SIZE=${SIZE:-64}
+ZC_MIN=${ZC_MIN:-4096}
+read -r -a SERVERS <<<"${SERVERS:-vmio vuring tt}"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
+for b in volley tt_broadcast loadgen; do [ -x "$BIN/$b" ] || { echo "no $BIN/$b" >&2; exit 1; }; done
+echo "binaries from $BIN"
+
+busy_pct() { # CPU busy % of the whole machine over $1 s
+    local a b
+    a=($(head -1 /proc/stat)); sleep "$1"; b=($(head -1 /proc/stat))
+    local busy=$(( (b[1]+b[2]+b[3]+b[6]+b[7]+b[8]) - (a[1]+a[2]+a[3]+a[6]+a[7]+a[8]) ))
+    local idle=$(( (b[4]+b[5]) - (a[4]+a[5]) ))
+    echo $(( 100 * busy / (busy + idle + 1) ))
+}
+wait_idle() {
+    for _ in $(seq 1 600); do [ "$(busy_pct 2)" -le 5 ] && return 0; done
+    echo "warning: the machine did not become idle" >&2
+}
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; tt) echo 127.0.0.1:9102 ;; esac; }
+addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; vuringzc) echo 127.0.0.1:9003 ;;
+    tt) echo 127.0.0.1:9102 ;; esac; }
 start_server() { # name -> sets SPID
+    local a; a=$(addr "$1")
     case $1 in
-        vmio) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend mio --workers 1 --pin --addr "$(addr vmio)" >"$OUT/vmio.log" 2>&1 & ;;
-        vuring) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend uring --workers 1 --pin --addr "$(addr vuring)" >"$OUT/vuring.log" 2>&1 & ;;
-        tt) taskset -c 0 "$BIN/tt_broadcast" --addr "$(addr tt)" --workers 1 >"$OUT/tt.log" 2>&1 & ;;
+        vmio) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend mio --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
+        vuring) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend uring --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
+        vuringzc) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend uring --workers 1 --pin --addr "$a" \
+            --send-zc-min "$ZC_MIN" >"$OUT/$1.log" 2>&1 & ;;
+        tt) taskset -c 0 "$BIN/tt_broadcast" --addr "$a" --workers 1 >"$OUT/$1.log" 2>&1 & ;;
+        *) echo "unknown server $1" >&2; exit 1 ;;
     esac
     SPID=$!
     pids+=("$SPID")
@@ -50,6 +82,12 @@ configs=(
     "s10k-r50|--subscribers 10000 --publishers 1 --rate 50"
 )
 [ -n "${ONLY:-}" ] && configs=("${configs[@]:$ONLY:1}")
+if [ -n "${CONFIGS:-}" ]; then
+    read -r -a want <<<"$CONFIGS"
+    picked=()
+    for w in "${want[@]}"; do for c in "${configs[@]}"; do [ "${c%%|*}" = "$w" ] && picked+=("$c"); done; done
+    configs=("${picked[@]}")
+fi
 
 declare -A SP
 for s in "${SERVERS[@]}"; do start_server "$s"; SP[$s]=$SPID; done
@@ -58,13 +96,14 @@ for round in $(seq 1 "$ROUNDS"); do
         name=${cfg%%|*}
         args=${cfg#*|}
         for attempt in $(seq 1 "$ATTEMPTS"); do
+            wait_idle
             clean=1
             for server in "${SERVERS[@]}"; do
                 f="$OUT/$server-$name-$round"
                 # shellcheck disable=SC2086
-                "$BIN/loadgen" fanout --url "ws://$(addr "$server")/" $args --size 64 --duration "$SECS" --warmup 2 \
+                "$BIN/loadgen" fanout --url "ws://$(addr "$server")/" $args --size "$SIZE" --duration "$SECS" --warmup 2 \
                     --pin 1 --server-pid "${SP[$server]}" --json "$f.json" >"$f.txt" || true
-                other=$(grep -m1 '"other_cpu_cores"' "$f.json" | sed -E 's/.*: ([^,]*),?$/\1/')
+                other=$(jq .other_cpu_cores "$f.json")
                 echo "round $round $name $server: $(grep -E 'deliveries in window|^  lost|server CPU per delivery' "$f.txt" | tr -s ' ' | tr '\n' ' ') other load $other cores"
                 if awk -v o="$other" -v m="$MAX_OTHER" 'BEGIN { exit !(o > m) }'; then clean=0; fi
             done
@@ -74,29 +113,42 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-# Medians.
-field() { grep -m1 "^  \"$2\": " "$1" | sed -E 's/.*: ([^,]*),?$/\1/'; }
-pct() { grep -A8 '"percentiles"' "$1" | grep "\"$2\":" | sed -E 's/.*: ([^,]*),?$/\1/'; }
+# Tables.
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-med() { for f in "$OUT"/$1-$2-*.json; do field "$f" "$3"; done | median; }
-medp() { for f in "$OUT"/$1-$2-*.json; do pct "$f" "$3"; done | median; }
-sum() { for f in "$OUT"/$1-$2-*.json; do field "$f" "$3"; done | awk '{s+=$1} END {print s+0}'; }
-# Ratio column: median over rounds of (this server's CPU per delivery / tt's), same round.
-ratio() { for f in "$OUT"/tt-$2-*.json; do
-    r=${f##*-}; r=${r%.json}
-    echo "$(field "$OUT/$1-$2-$r.json" server_cpu_us_per_delivery) $(field "$f" server_cpu_us_per_delivery)" | awk '{print $1/$2}'
-done | median; }
+med() { for f in "$OUT"/$1-$2-[0-9]*.json; do jq "$3" "$f"; done | median; }
+sum() { for f in "$OUT"/$1-$2-[0-9]*.json; do jq "$3" "$f"; done | awk '{s+=$1} END {print s+0}'; }
+rr() { jq -n --slurpfile a "$OUT/$1-$3-$4.json" --slurpfile b "$OUT/$2-$3-$4.json" \
+    '$a[0].server_cpu_us_per_delivery / $b[0].server_cpu_us_per_delivery * 1000 | round / 1000'; }
+has() { for s in "${SERVERS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+pairs=()
+has vmio && has vuring && pairs+=("vuring/vmio")
+has vuring && has vuringzc && pairs+=("vuringzc/vuring")
+for a in vmio vuring; do has $a && has tt && pairs+=("$a/tt"); done
 echo
-echo "| configuration | server | deliveries/s | latency p50 | latency p99 | server CPU/delivery | vs tt (median of per-round ratios) | lost (all rounds) | other load (median) |"
+echo "| configuration | server | deliveries/s | latency p50 | latency p99 | server CPU/delivery | of it kernel | lost (all rounds) | other load (max) |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for cfg in "${configs[@]}"; do
     name=${cfg%%|*}
-    for server in "${SERVERS[@]}"; do
-        d=$(med $server "$name" deliveries_per_s); c=$(med $server "$name" server_cpu_us_per_delivery)
-        p50=$(medp $server "$name" p50); p99=$(medp $server "$name" p99)
-        lost=$(sum $server "$name" lost); o=$(med $server "$name" other_cpu_cores)
-        x=$([ $server = tt ] && echo 1 || ratio $server "$name")
-        printf "| %s | %s | %.0f | %.0f us | %.0f us | %.3f us | %.2f | %s | %.2f |\n" "$name" "$server" "$d" \
-            "$(echo "$p50" | awk '{print $1/1000}')" "$(echo "$p99" | awk '{print $1/1000}')" "$c" "$x" "$lost" "$o"
+    for s in "${SERVERS[@]}"; do
+        printf "| %s | %s | %.0f | %.1f ms | %.1f ms | %.3f us | %.0f%% | %s | %.3f |\n" "$name" "$s" \
+            "$(med "$s" "$name" .deliveries_per_s)" \
+            "$(med "$s" "$name" '.latency.percentiles.p50 / 1e6')" "$(med "$s" "$name" '.latency.percentiles.p99 / 1e6')" \
+            "$(med "$s" "$name" .server_cpu_us_per_delivery)" "$(med "$s" "$name" '100*.server.sys_us/.server.cpu_us')" \
+            "$(sum "$s" "$name" .lost)" \
+            "$(for f in "$OUT/$s-$name"-[0-9]*.json; do jq .other_cpu_cores "$f"; done | sort -g | tail -1)"
+    done
+done
+echo
+echo "Ratios of server CPU per delivery, per round (median last):"
+echo
+echo "| configuration | ratio | $(for r in $(seq 1 "$ROUNDS"); do printf 'round %s | ' "$r"; done)median |"
+echo "|---|---|$(for _ in $(seq 1 "$ROUNDS"); do printf -- '---|'; done)---|"
+for cfg in "${configs[@]}"; do
+    name=${cfg%%|*}
+    for p in "${pairs[@]}"; do
+        a=${p%/*}; b=${p#*/}
+        vals=(); for r in $(seq 1 "$ROUNDS"); do vals+=("$(rr "$a" "$b" "$name" "$r")"); done
+        printf "| %s | %s | %s | %s |\n" "$name" "$p" "$(IFS='|'; echo "${vals[*]}" | sed 's/|/ | /g')" \
+            "$(printf '%s\n' "${vals[@]}" | median)"
     done
 done
