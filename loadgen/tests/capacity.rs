@@ -4,50 +4,11 @@
 
 use serde_json::Value;
 use std::process::{Command, Output};
-use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Target, Upgrade};
+use volley::Server;
 
-/// Echoes every message back, after `delay_us` of work on the worker (0: at once): one
-/// worker then answers at most about 1e6 / `delay_us` messages per second, a capacity a
-/// ramp can find.
-#[derive(Clone)]
-struct Echo {
-    delay_us: u64,
-}
+mod common;
 
-impl Handler for Echo {
-    type State = ();
-
-    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
-        Ok(())
-    }
-
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
-        if self.delay_us > 0 {
-            std::thread::sleep(std::time::Duration::from_micros(self.delay_us));
-        }
-        ctx.send(msg);
-    }
-}
-
-/// volley's `broadcast` mode: every message to every connection.
-#[derive(Clone)]
-struct Broadcast;
-
-impl Handler for Broadcast {
-    type State = ();
-
-    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
-        Ok(())
-    }
-
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
-        ctx.publish(Target::All, msg);
-    }
-}
-
-fn start<H: Handler + Clone + Send + 'static>(h: H) -> Server {
-    Server::start(Config::new("127.0.0.1:0").workers(1), h).expect("start volley")
-}
+use common::{start, text, Broadcast, Echo};
 
 /// Runs `loadgen` with `args` plus `--url` of `server`, `--server-pid` (this process) and
 /// `--json` to a temp file named after `name`; the output and the parsed report.
@@ -75,10 +36,6 @@ fn loadgen(server: &Server, name: &str, args: &[&str]) -> (Output, Value) {
     let _ = std::fs::remove_file(&json);
     let report = serde_json::from_str(&text).unwrap_or(Value::Null);
     (out, report)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn check_ok(out: &Output) {

@@ -3,54 +3,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output};
-use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Target, Upgrade};
+use std::process::Output;
+use volley::Server;
 
-#[derive(Clone)]
-struct Echo;
+mod common;
 
-impl Handler for Echo {
-    type State = ();
-
-    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
-        Ok(())
-    }
-
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
-        ctx.send(msg);
-    }
-}
-
-fn echo_server() -> Server {
-    Server::start(Config::new("127.0.0.1:0").workers(1), Echo).expect("start volley")
-}
-
-/// volley's `broadcast` mode: every message is relayed to every connection, sender included.
-#[derive(Clone)]
-struct Broadcast;
-
-impl Handler for Broadcast {
-    type State = ();
-
-    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
-        Ok(())
-    }
-
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
-        ctx.publish(Target::All, msg);
-    }
-}
-
-fn loadgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .output()
-        .expect("run loadgen")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::*;
 
 /// A port on which nothing listens (bound, then released).
 fn dead_port() -> u16 {
@@ -314,7 +272,7 @@ fn too_many_connections_for_the_files_limit_prints_the_numbers() {
 
 #[test]
 fn fanout_every_subscriber_receives_every_event() {
-    let server = Server::start(Config::new("127.0.0.1:0").workers(1), Broadcast).expect("start");
+    let server = start(Broadcast);
     let url = format!("ws://{}/", server.local_addr());
     let json =
         std::env::temp_dir().join(format!("loadgen-test-fanout-{}.json", std::process::id()));
@@ -378,7 +336,7 @@ fn fanout_every_subscriber_receives_every_event() {
 /// counts every delivery exactly, as one process would.
 #[test]
 fn fanout_spread_over_processes_counts_exactly() {
-    let server = Server::start(Config::new("127.0.0.1:0").workers(1), Broadcast).expect("start");
+    let server = start(Broadcast);
     let url = format!("ws://{}/", server.local_addr());
     let json = std::env::temp_dir().join(format!(
         "loadgen-test-fanout-procs-{}.json",

@@ -3,37 +3,11 @@
 //! under a few seconds.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
+use volley::Server;
 
-/// Echoes every message back.
-#[derive(Clone)]
-struct Echo;
+mod common;
 
-impl Handler for Echo {
-    type State = ();
-
-    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
-        Ok(())
-    }
-
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
-        ctx.send(msg);
-    }
-}
-
-/// Runs `loadgen` with `args`.
-fn loadgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .output()
-        .expect("run loadgen")
-}
-
-/// Lossy UTF-8 of captured output.
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::*;
 
 /// A path in the temp dir unique to this process and `name`.
 fn temp(name: &str) -> PathBuf {
@@ -79,7 +53,7 @@ fn row(table: &str, key: &str) -> Vec<String> {
 
 #[test]
 fn two_echo_runs_compare_and_plot() {
-    let server = Server::start(Config::new("127.0.0.1:0").workers(1), Echo).expect("start");
+    let server = echo_server();
     let (a, b) = (temp("a.json"), temp("b.json"));
     let (a_svg, b_svg) = (temp("a.svg"), temp("b.svg"));
     echo_run(&server, &a, Some(&a_svg));
