@@ -14,6 +14,7 @@
 #                    (default $CARGO_TARGET_DIR/release, or target/release)
 #   SERVERS="..."    the servers to run, in this order (default "vmio vuring tt ttf"); also
 #                    "vuringzc": io_uring with --send-zc-min $ZC_MIN (default 4096)
+#                    "vuringbig": io_uring with --uring-buffers $BIG_BUFS (default 1024x16384)
 #   CONFIGS="..."    configuration names to run (default: c100-i1-64b c100-i16-64b c10-i1-16k;
 #                    also available: c10-i1-64k)
 #   IDLE=0|1         measure idle memory at 10,000 connections afterwards (default 1)
@@ -60,7 +61,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; vuringzc) echo 127.0.0.1:9003 ;;
+addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; vuringzc) echo 127.0.0.1:9003 ;; vuringbig) echo 127.0.0.1:9004 ;;
     tt) echo 127.0.0.1:9101 ;; ttf) echo 127.0.0.1:9102 ;; esac; }
 start_server() { # name -> sets SPID
     local a; a=$(addr "$1")
@@ -68,6 +69,7 @@ start_server() { # name -> sets SPID
         vmio) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend mio >"$OUT/$1.log" 2>&1 & ;;
         vuring) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring >"$OUT/$1.log" 2>&1 & ;;
         vuringzc) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring --send-zc-min "$ZC_MIN" >"$OUT/$1.log" 2>&1 & ;;
+        vuringbig) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring --uring-buffers "${BIG_BUFS:-1024x16384}" >"$OUT/$1.log" 2>&1 & ;;
         tt) taskset -c 0 "$BIN/tt_echo" --addr "$a" --workers 1 >"$OUT/$1.log" 2>&1 & ;;
         ttf) taskset -c 0 "$BIN/tt_echo" --addr "$a" --workers 1 --forward >"$OUT/$1.log" 2>&1 & ;;
         *) echo "unknown server $1" >&2; exit 1 ;;
@@ -142,6 +144,8 @@ has() { for s in "${SERVERS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1
 pairs=()
 has vmio && has vuring && pairs+=("vuring/vmio")
 has vuring && has vuringzc && pairs+=("vuringzc/vuring")
+has vmio && has vuringbig && pairs+=("vuringbig/vmio")
+has vuring && has vuringbig && pairs+=("vuringbig/vuring")
 for b in tt ttf; do for a in vmio vuring; do has $a && has $b && pairs+=("$a/$b"); done; done
 echo
 echo "| configuration | server | msg/s | server CPU/msg | of it kernel | other load (max) |"

@@ -47,6 +47,10 @@ struct ServeArgs {
     /// io_uring: zero-copy sends for batches of at least this many bytes (0: never).
     #[arg(long, default_value_t = 0)]
     send_zc_min: usize,
+    /// io_uring: provided receive buffers per worker, COUNTxSIZE (bytes); a message larger
+    /// than SIZE arrives in pieces that are copied together.
+    #[arg(long, default_value = "1024x4096", value_parser = parse_buffers)]
+    uring_buffers: (u16, usize),
     /// Most connections held (0: no limit but the backend's). With io_uring and no
     /// --workers, more than one ring per core can hold starts more workers.
     #[arg(long, default_value_t = 0)]
@@ -118,6 +122,7 @@ fn main() {
         .write_budget(args.write_budget)
         .max_connections(args.max_connections)
         .uring_send_zc((args.send_zc_min > 0).then_some(args.send_zc_min))
+        .uring_buffers(args.uring_buffers.0, args.uring_buffers.1)
         .handshake_timeout(Duration::from_secs(args.handshake_timeout.max(1)))
         .idle_timeout(secs(args.idle_timeout))
         .ping(
@@ -176,4 +181,18 @@ fn main() {
         slow_consumer_closes = s.slow_consumer_closes,
         "stopped"
     );
+}
+
+/// `COUNTxSIZE`, for example `1024x4096`.
+fn parse_buffers(s: &str) -> Result<(u16, usize), String> {
+    let bad = || format!("expected COUNTxSIZE such as 1024x4096, not {s:?}");
+    let (c, z) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let count: u16 = c.trim().parse().map_err(|_| bad())?;
+    let size: usize = z.trim().parse().map_err(|_| bad())?;
+    if count == 0 || !(64..=1 << 20).contains(&size) {
+        return Err(format!(
+            "{s:?}: COUNT must be at least 1 and SIZE from 64 to 1048576 bytes"
+        ));
+    }
+    Ok((count, size))
 }
