@@ -96,7 +96,15 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, Error> {
             None => cpus.push(part.parse().map_err(|_| bad())?),
         }
     }
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The machine's CPUs, not this process's share of them (under `taskset -c 1` the
+    // process may use one CPU, yet `--pin 1` is right and 0 is not).
+    // SAFETY: sysconf only reads a configuration value.
+    let conf = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    let n = if conf > 0 {
+        conf as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     if let Some(&c) = cpus.iter().find(|&&c| c >= n) {
         return Err(Error::Usage(format!(
             "--pin {s:?}: CPU {c} does not exist (this machine has CPUs 0-{})",
