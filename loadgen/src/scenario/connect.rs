@@ -18,7 +18,6 @@ use crate::stats::{group, Failures, Latency, Table};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use volley::CloseCode;
 
 /// How long close handshakes are awaited at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
@@ -118,15 +117,7 @@ fn run_worker(
             acc.note(note)
         });
     }
-    pool.close_all(CloseCode::NORMAL);
-    pool.flush(&mut |_, note| acc.note(note));
-    let deadline = pool.clock.now_ns() + CLOSE_WAIT.as_nanos() as u64;
-    while pool.remaining() > 0 && pool.clock.now_ns() < deadline {
-        pool.turn(Some(Duration::from_millis(5)), &mut |_, note| {
-            acc.note(note)
-        });
-    }
-    pool.abandon_all(&mut |_, note| acc.note(note));
+    pool.close_and_wait(CLOSE_WAIT, &mut |_, note| acc.note(note));
     Ok(acc.res)
 }
 

@@ -25,7 +25,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use volley::proto::Message;
-use volley::CloseCode;
 
 /// How long answers still in flight are awaited after the last send.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -233,18 +232,7 @@ fn run_worker(
     }
 
     // Wait for go (answering pings meanwhile).
-    let go = loop {
-        let go = ctl.go_ns.load(Ordering::Acquire);
-        if ctl.stopped() {
-            break UNSET;
-        }
-        if go != UNSET && pool.clock.now_ns() >= go {
-            break go;
-        }
-        pool.turn(Some(Duration::from_millis(1)), &mut |s, note| {
-            w.note(s, note)
-        });
-    };
+    let go = pool.wait_for_go(&ctl, &mut |s, note| w.note(s, note));
     if go != UNSET {
         w.win_start = ctl.window_start_ns.load(Ordering::Acquire);
         w.win_end = ctl.window_end_ns.load(Ordering::Acquire);
@@ -289,13 +277,7 @@ fn run_worker(
 
     // Close.
     w.ctl.drained.fetch_add(1, Ordering::AcqRel);
-    pool.close_all(CloseCode::NORMAL);
-    pool.flush(&mut |s, note| w.note(s, note));
-    let deadline = pool.clock.now_ns() + CLOSE_WAIT.as_nanos() as u64;
-    while pool.remaining() > 0 && pool.clock.now_ns() < deadline {
-        pool.turn(tick, &mut |s, note| w.note(s, note));
-    }
-    pool.abandon_all(&mut |s, note| w.note(s, note));
+    pool.close_and_wait(CLOSE_WAIT, &mut |s, note| w.note(s, note));
     Ok(w.res)
 }
 

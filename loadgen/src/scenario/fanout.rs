@@ -40,7 +40,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use volley::proto::encode::encode_client_frame;
 use volley::proto::{Message, OpCode};
-use volley::CloseCode;
 
 /// How long subscribers wait for events still in flight after the last publish.
 const DRAIN: Duration = Duration::from_secs(3);
@@ -303,18 +302,7 @@ fn run_worker(
     }
 
     // Wait for go.
-    let go = loop {
-        let go = ctl.go_ns.load(Ordering::Acquire);
-        if ctl.stopped() {
-            break UNSET;
-        }
-        if go != UNSET && pool.clock.now_ns() >= go {
-            break go;
-        }
-        pool.turn(Some(Duration::from_millis(1)), &mut |s, note| {
-            w.note(s, note)
-        });
-    };
+    let go = pool.wait_for_go(&ctl, &mut |s, note| w.note(s, note));
     if go != UNSET {
         w.win_start = ctl.window_start_ns.load(Ordering::Acquire);
         w.win_end = ctl.window_end_ns.load(Ordering::Acquire);
@@ -397,13 +385,7 @@ fn run_worker(
 
     // Close.
     ctl.drained.fetch_add(1, Ordering::AcqRel);
-    pool.close_all(CloseCode::NORMAL);
-    pool.flush(&mut |s, note| w.note(s, note));
-    let deadline = pool.clock.now_ns() + CLOSE_WAIT.as_nanos() as u64;
-    while pool.remaining() > 0 && pool.clock.now_ns() < deadline {
-        pool.turn(tick, &mut |s, note| w.note(s, note));
-    }
-    pool.abandon_all(&mut |s, note| w.note(s, note));
+    pool.close_and_wait(CLOSE_WAIT, &mut |s, note| w.note(s, note));
     for s in w.subs.iter().filter(|s| s.opened) {
         *w.res.subs.entry(s.next.clone()).or_default() += 1;
     }

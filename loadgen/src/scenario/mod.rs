@@ -521,6 +521,33 @@ impl Pool {
         }
     }
 
+    /// Waits, answering pings, until the main thread's go time ([`Control::go`]); that
+    /// time, or [`UNSET`] when told to stop first.
+    pub fn wait_for_go(&mut self, ctl: &Control, on: OnNote<'_>) -> u64 {
+        loop {
+            let go = ctl.go_ns.load(Ordering::Acquire);
+            if ctl.stopped() {
+                return UNSET;
+            }
+            if go != UNSET && self.clock.now_ns() >= go {
+                return go;
+            }
+            self.turn(Some(Duration::from_millis(1)), on);
+        }
+    }
+
+    /// Closes every connection with 1000, waits up to `wait` for the close handshakes, then
+    /// drops what is left.
+    pub fn close_and_wait(&mut self, wait: Duration, on: OnNote<'_>) {
+        self.close_all(volley::CloseCode::NORMAL);
+        self.flush(on);
+        let deadline = self.clock.now_ns() + wait.as_nanos() as u64;
+        while self.remaining() > 0 && self.clock.now_ns() < deadline {
+            self.turn(Some(Duration::from_millis(5)), on);
+        }
+        self.abandon_all(on);
+    }
+
     /// Connections not ended yet.
     pub fn remaining(&self) -> usize {
         self.pending + self.live
