@@ -632,6 +632,16 @@ impl<H: Handler> Worker<H> {
     }
 
     fn after_flush(&mut self, key: usize) {
+        // Once the close is submitted the direct descriptor's slot may already belong to a
+        // new connection: nothing may name it again (a late send completion lands here).
+        if self
+            .core
+            .conns
+            .get(key)
+            .map_or(true, |c| c.io.closing || c.is_dead())
+        {
+            return;
+        }
         if self.core.after_flush(key) == AfterFlush::ShutdownWrite {
             if let Some(conn) = self.core.conns.get_mut(key) {
                 conn.io.ops += 1;
