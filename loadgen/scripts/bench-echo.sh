@@ -42,24 +42,8 @@ IDLE=${IDLE:-1}
 read -r -a SERVERS <<<"${SERVERS:-vmio vuring tt ttf}"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
-for b in volley tt_echo loadgen; do [ -x "$BIN/$b" ] || { echo "no $BIN/$b" >&2; exit 1; }; done
-echo "binaries from $BIN"
-
-busy_pct() { # CPU busy % of the whole machine over $1 s
-    local a b
-    a=($(head -1 /proc/stat)); sleep "$1"; b=($(head -1 /proc/stat))
-    local busy=$(( (b[1]+b[2]+b[3]+b[6]+b[7]+b[8]) - (a[1]+a[2]+a[3]+a[6]+a[7]+a[8]) ))
-    local idle=$(( (b[4]+b[5]) - (a[4]+a[5]) ))
-    echo $(( 100 * busy / (busy + idle + 1) ))
-}
-wait_idle() {
-    for _ in $(seq 1 600); do [ "$(busy_pct 2)" -le 5 ] && return 0; done
-    echo "warning: the machine did not become idle" >&2
-}
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh"
+need_bins "$BIN" volley tt_echo loadgen
 
 addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; vuringzc) echo 127.0.0.1:9003 ;; vuringbig) echo 127.0.0.1:9004 ;;
     tt) echo 127.0.0.1:9101 ;; ttf) echo 127.0.0.1:9102 ;; esac; }
