@@ -252,7 +252,8 @@ impl<H: Handler, Io> Core<H, Io> {
     ) -> Self {
         // A server-wide limit (the workers share one count): the kernel spreads connections
         // over the workers' SO_REUSEPORT listeners by a hash, not evenly, so an even
-        // per-worker share would refuse connections while other workers have room.
+        // per-worker share would refuse connections while other workers have room. Without a
+        // limit the shared count is not kept (no cache line bounced between workers).
         let max_conns = match cfg.max_connections {
             0 => usize::MAX,
             m => m,
@@ -345,7 +346,9 @@ impl<H: Handler, Io> Core<H, Io> {
             dirty: false,
             dead: false,
         });
-        self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
+        if self.max_conns != usize::MAX {
+            self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
+        }
         let st = &self.me().stats;
         st.accepted.fetch_add(1, Ordering::Relaxed);
         st.connections.fetch_add(1, Ordering::Relaxed);
@@ -362,7 +365,9 @@ impl<H: Handler, Io> Core<H, Io> {
         }
         let mut out = conn.out;
         out.clear(&mut self.env.pool);
-        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+        if self.max_conns != usize::MAX {
+            self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+        }
         self.me().stats.connections.fetch_sub(1, Ordering::Relaxed);
         Some(conn.io)
     }

@@ -460,7 +460,7 @@ pub(crate) struct Shared {
     pub(crate) workers: Vec<WorkerShared>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) shutdown: AtomicBool,
-    /// Connections held by all workers together (the `max_connections` limit).
+    /// Connections held by all workers together, kept only when `max_connections` is set.
     pub(crate) open_conns: std::sync::atomic::AtomicUsize,
 }
 
