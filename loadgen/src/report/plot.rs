@@ -161,14 +161,7 @@ fn draw_timeline(area: &Area<'_>, report: &Value) -> DrawResult {
         .flat_map(|p| [p.p50_us, p.p99_us, p.max_us])
         .flatten()
         .fold(0.0, f64::max);
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, caption_font())
-        .margin(15)
-        // Room for the last x label, centred on the right edge.
-        .margin_right(40)
-        .x_label_area_size(45)
-        .y_label_area_size(75)
-        .build_cartesian_2d(0.0..nonzero(t_max), 0.0..nonzero(y_max * 1.05))?;
+    let mut chart = chart(area, caption, nonzero(t_max), y_max)?;
     chart
         .configure_mesh()
         .x_desc("seconds since the measured window opened")
@@ -292,14 +285,7 @@ fn draw_percentiles(area: &Area<'_>, report: &Value) -> DrawResult {
         .ceil()
         .max(2.0);
     let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max);
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, caption_font())
-        .margin(15)
-        // Room for the last x label, centred on the right edge.
-        .margin_right(40)
-        .x_label_area_size(45)
-        .y_label_area_size(75)
-        .build_cartesian_2d(0.0..x_end, 0.0..nonzero(y_max * 1.05))?;
+    let mut chart = chart(area, &caption, x_end, y_max)?;
     chart
         .configure_mesh()
         .x_desc("percentile")
@@ -316,6 +302,30 @@ fn draw_percentiles(area: &Area<'_>, report: &Value) -> DrawResult {
 }
 
 /// `x`, or 1 when it is not above 0 (a chart's range must not be empty).
+/// One chart's frame in `area`: x from 0 to `x_end`, y from 0 to a little above `y_max`.
+fn chart<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    x_end: f64,
+    y_max: f64,
+) -> Result<
+    ChartContext<
+        'a,
+        SVGBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    DrawingAreaErrorKind<std::io::Error>,
+> {
+    ChartBuilder::on(area)
+        .caption(caption, caption_font())
+        .margin(15)
+        // Room for the last x label, centred on the right edge.
+        .margin_right(40)
+        .x_label_area_size(45)
+        .y_label_area_size(75)
+        .build_cartesian_2d(0.0..x_end, 0.0..nonzero(y_max * 1.05))
+}
+
 fn nonzero(x: f64) -> f64 {
     if x > 0.0 && x.is_finite() {
         x
