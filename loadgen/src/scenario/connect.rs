@@ -198,55 +198,97 @@ pub fn run(common: &Common, opts: &ConnectOpts) -> Result<Outcome, Error> {
         return run_procs(common, opts);
     }
     let max_pending = opts.max_pending.max(common.threads);
-    let mem0 = MemProbe::take(common);
-    let base = sample(&common.server);
-    let fds_base = common.server.as_ref().and_then(|p| p.fd_count().ok());
-    let t0 = Instant::now();
+    let mut watch = Watch::start(common);
     let (ctl, handles) = start(common, opts.conns, opts.rate, max_pending)?;
     let threads = handles.len();
     ctl.wait_until(ramp_deadline(common, opts, opts.conns, max_pending), || {
         ctl.resolved() >= opts.conns
     });
-    let ramp_s = t0.elapsed().as_secs_f64();
-    let after_ramp = sample(&common.server);
-    let opened_now = ctl.opened.load(Ordering::Acquire);
-    if opened_now > 0 {
-        sleep_until(Instant::now() + opts.hold);
-    }
-    let after_hold = sample(&common.server);
-    let mem1 = MemProbe::take(common);
-    let fds_held = common.server.as_ref().and_then(|p| p.fd_count().ok());
+    watch.hold(common, ctl.opened.load(Ordering::Acquire) > 0, opts.hold);
     let held = ctl.opened.load(Ordering::Acquire);
     ctl.stop.store(true, Ordering::Release);
     let r = merge(super::join(handles)?, opts.conns);
     if r.opened == 0 {
         return Err(connect_error(common, &ctl, &r.connect_failures));
     }
-    let ramp_cost = delta(&common.server, base, after_ramp);
-    let hold_cost = delta(&common.server, base, after_hold);
-    let mut out = report(
-        common,
-        opts,
-        &format!("{threads} thread(s)"),
-        ramp_s,
-        held,
-        &r,
-        ramp_cost,
-        hold_cost,
-    );
-    fds_rows(&mut out, fds_base, fds_held);
-    mem0.report(&mem1, held, false, &mut out);
-    Ok(out)
+    Ok(watch.report(common, opts, &format!("{threads} thread(s)"), held, &r))
 }
 
-fn fds_rows(out: &mut Outcome, fds_base: Option<usize>, fds_held: Option<usize>) {
-    if let (Some(a), Some(b)) = (fds_base, fds_held) {
-        out.table.row(
-            "server open files",
-            format!("{} before, {} held", group(a as u64), group(b as u64)),
+/// The server observed over a connect run: before the first connection, when all are
+/// resolved, and at the end of the hold.
+struct Watch {
+    t0: Instant,
+    mem0: MemProbe,
+    base: Option<crate::procfs::Sample>,
+    fds_base: Option<usize>,
+    ramp_s: f64,
+    after_ramp: Option<crate::procfs::Sample>,
+    after_hold: Option<crate::procfs::Sample>,
+    mem1: Option<MemProbe>,
+    fds_held: Option<usize>,
+}
+
+impl Watch {
+    /// Reads the server before the first connection.
+    fn start(common: &Common) -> Watch {
+        Watch {
+            t0: Instant::now(),
+            mem0: MemProbe::take(common),
+            base: sample(&common.server),
+            fds_base: common.server.as_ref().and_then(|p| p.fd_count().ok()),
+            ramp_s: 0.0,
+            after_ramp: None,
+            after_hold: None,
+            mem1: None,
+            fds_held: None,
+        }
+    }
+
+    /// Every connection is resolved: reads the server, holds (if any opened), reads again.
+    fn hold(&mut self, common: &Common, any_open: bool, hold: Duration) {
+        self.ramp_s = self.t0.elapsed().as_secs_f64();
+        self.after_ramp = sample(&common.server);
+        if any_open {
+            sleep_until(Instant::now() + hold);
+        }
+        self.after_hold = sample(&common.server);
+        self.mem1 = Some(MemProbe::take(common));
+        self.fds_held = common.server.as_ref().and_then(|p| p.fd_count().ok());
+    }
+
+    /// The report of a run that held `held` connections with results `r`.
+    fn report(
+        &self,
+        common: &Common,
+        opts: &ConnectOpts,
+        placement: &str,
+        held: usize,
+        r: &WorkerResult,
+    ) -> Outcome {
+        let ramp_cost = delta(&common.server, self.base, self.after_ramp);
+        let hold_cost = delta(&common.server, self.base, self.after_hold);
+        let mut out = report(
+            common,
+            opts,
+            placement,
+            self.ramp_s,
+            held,
+            r,
+            ramp_cost,
+            hold_cost,
         );
-        out.json.set("server_fds_before", a);
-        out.json.set("server_fds_held", b);
+        if let (Some(a), Some(b)) = (self.fds_base, self.fds_held) {
+            out.table.row(
+                "server open files",
+                format!("{} before, {} held", group(a as u64), group(b as u64)),
+            );
+            out.json.set("server_fds_before", a);
+            out.json.set("server_fds_held", b);
+        }
+        if let Some(mem1) = &self.mem1 {
+            self.mem0.report(mem1, held, false, &mut out);
+        }
+        out
     }
 }
 
@@ -289,22 +331,12 @@ fn run_procs(common: &Common, opts: &ConnectOpts) -> Result<Outcome, Error> {
     let per_proc = opts.conns.div_ceil(procs);
     crate::sys::check_files(per_proc)?;
     super::check_sources(common, opts.conns)?;
-    let mem0 = MemProbe::take(common);
-    let base = sample(&common.server);
-    let fds_base = common.server.as_ref().and_then(|p| p.fd_count().ok());
-    let t0 = Instant::now();
+    let mut watch = Watch::start(common);
     let mut shards = Shards::spawn(procs, &common.sources)?;
     let max_pending = opts.max_pending.div_ceil(procs).max(common.threads);
     let deadline = ramp_deadline(common, opts, per_proc, max_pending) + Duration::from_secs(5);
     let (held, _failed) = shards.wait_connected(deadline)?;
-    let ramp_s = t0.elapsed().as_secs_f64();
-    let after_ramp = sample(&common.server);
-    if held > 0 {
-        sleep_until(Instant::now() + opts.hold);
-    }
-    let after_hold = sample(&common.server);
-    let mem1 = MemProbe::take(common);
-    let fds_held = common.server.as_ref().and_then(|p| p.fd_count().ok());
+    watch.hold(common, held > 0, opts.hold);
     shards.send(Order::Stop);
     let reports = shards.finish(Instant::now() + CLOSE_WAIT + Duration::from_secs(30))?;
     let results = reports
@@ -328,20 +360,8 @@ fn run_procs(common: &Common, opts: &ConnectOpts) -> Result<Outcome, Error> {
             reasons: r.connect_failures.summary(),
         });
     }
-    let ramp_cost = delta(&common.server, base, after_ramp);
-    let hold_cost = delta(&common.server, base, after_hold);
-    let mut out = report(
-        common,
-        opts,
-        &format!("{procs} processes x {} thread(s)", common.threads),
-        ramp_s,
-        held,
-        &r,
-        ramp_cost,
-        hold_cost,
-    );
-    fds_rows(&mut out, fds_base, fds_held);
-    mem0.report(&mem1, held, false, &mut out);
+    let placement = format!("{procs} processes x {} thread(s)", common.threads);
+    let mut out = watch.report(common, opts, &placement, held, &r);
     out.json.set("procs", procs);
     Ok(out)
 }
