@@ -1,7 +1,8 @@
-//! A real browser: headless Chromium (Debian's `chromium`, installed by `.ci/run`) loads the
+//! A real browser: headless Chromium (Debian's `chromium`, installed by `tests/run.sh`) loads the
 //! binary's page, whose script connects back with the browser's WebSocket API, types two
 //! messages and must show their echoes (`tests/browser/page_echo.py`, over the DevTools
-//! protocol). Where Chromium is missing the test fails, unless `VOLLEY_SKIP_BROWSER=1`.
+//! protocol). Where Chromium is missing the test fails, unless `VOLLEY_SKIP_BROWSER=1`
+//! (`tests/run.sh` installs it).
 
 mod common;
 
@@ -11,21 +12,20 @@ use std::process::Command;
 use volley::Backend;
 
 fn browser_page_echo(b: Backend) {
+    let name = format!("browser_page_echo::{b:?}").to_lowercase();
+    if opted_out("VOLLEY_SKIP_BROWSER") {
+        return skip(&name, "VOLLEY_SKIP_BROWSER=1");
+    }
     let have_chromium = ["chromium", "chromium-browser"].iter().any(|c| {
         Command::new("which")
             .arg(c)
             .output()
             .is_ok_and(|o| o.status.success())
     });
-    if !have_chromium {
-        if std::env::var("VOLLEY_SKIP_BROWSER").is_ok_and(|v| v == "1") {
-            eprintln!("SKIPPED (no chromium)");
-            return;
-        }
-        panic!(
-            "chromium is not installed (apt-get install chromium), or set VOLLEY_SKIP_BROWSER=1"
-        );
-    }
+    assert!(
+        have_chromium,
+        "chromium is not installed: tests/run.sh installs it (apt-get install chromium), or set VOLLEY_SKIP_BROWSER=1"
+    );
     let backend = if b == Backend::Uring { "uring" } else { "mio" };
     let srv = ChildServer::spawn(&["--backend", backend]);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -232,7 +232,7 @@ extern "C" {
 
 #[test]
 fn uring_serves_3000_connections_with_an_open_files_limit_of_1024() {
-    if uring_or_skip().is_none() {
+    if uring_or_skip("uring_serves_3000_connections_with_an_open_files_limit_of_1024").is_none() {
         return;
     }
     let port = free_port();

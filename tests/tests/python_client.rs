@@ -1,4 +1,4 @@
-//! Python's `websockets` library (installed into `.venv` by `.ci/run`, or here on first use)
+//! Python's `websockets` library (installed into `.venv` by `tests/run.sh`, or here on first use)
 //! against an in-process volley server.
 
 mod common;
@@ -9,6 +9,10 @@ use common::*;
 use std::process::Command;
 
 fn python_websockets_client_suite(b: Backend) {
+    if opted_out("VOLLEY_SKIP_PYTHON") {
+        let name = format!("python_websockets_client_suite::{b:?}").to_lowercase();
+        return skip(&name, "VOLLEY_SKIP_PYTHON=1");
+    }
     let srv = TestServer::start(TestServer::config(b));
     let out = Command::new(python())
         .arg(workspace_root().join("tests/python/client_suite.py"))

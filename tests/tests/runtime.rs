@@ -550,7 +550,9 @@ fn running_out_of_receive_buffers_loses_nothing(b: Backend) {
 
 #[test]
 fn uring_zero_copy_sends_deliver_the_same_bytes() {
-    let Some(b) = uring_or_skip() else { return };
+    let Some(b) = uring_or_skip("uring_zero_copy_sends_deliver_the_same_bytes") else {
+        return;
+    };
     let srv = TestServer::start(TestServer::config(b).uring_send_zc(Some(0)));
     let mut ws = tclient(&srv);
     for size in [0usize, 1, 125, 65536, 4 << 20] {

@@ -433,11 +433,14 @@ pub fn spawn_holder(addr: SocketAddr, n: usize) -> std::process::Child {
 /// The io_uring backend for the `uring` half of a test, or `None` to skip it. Where io_uring
 /// is unavailable the test fails with the reason, unless `VOLLEY_SKIP_URING=1` says to skip
 /// it (then the reason is printed): the uring half never passes silently.
-pub fn uring_or_skip() -> Option<volley::Backend> {
+pub fn uring_or_skip(test: &str) -> Option<volley::Backend> {
     match volley::Backend::uring_available() {
         Ok(()) => Some(volley::Backend::Uring),
-        Err(why) if std::env::var("VOLLEY_SKIP_URING").is_ok_and(|v| v == "1") => {
-            eprintln!("SKIPPED (io_uring unavailable: {why})");
+        Err(why) if opted_out("VOLLEY_SKIP_URING") => {
+            skip(
+                &format!("{test}::uring"),
+                &format!("io_uring unavailable ({why}), VOLLEY_SKIP_URING=1"),
+            );
             None
         }
         Err(why) => {
@@ -457,7 +460,7 @@ macro_rules! both_backends {
             }
             #[test]
             fn uring() {
-                if let Some(b) = super::common::uring_or_skip() {
+                if let Some(b) = super::common::uring_or_skip(stringify!($name)) {
                     super::$name(b)
                 }
             }
@@ -472,7 +475,46 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The venv's python with `websockets`, creating the venv if it is missing.
+/// Records that a test was skipped and why: printed, and appended to `$VOLLEY_SKIP_LOG` (one
+/// line per test) when it is set, so that `tests/run.sh` can list the skipped tests.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    if let Ok(path) = std::env::var("VOLLEY_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+}
+
+/// Whether the opt-out variable `var` is set to 1.
+pub fn opted_out(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// Runs one-time set-up under an exclusive file lock in the workspace root, so that two
+/// tests (or two test binaries) never build the same thing at once: the second one waits and
+/// then finds it done. `tests/run.sh` does the same set-up before any test runs.
+pub fn with_setup_lock<T>(f: impl FnOnce() -> T) -> T {
+    let dir = workspace_root().join("target");
+    std::fs::create_dir_all(&dir).expect("create target/");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".volley-setup.lock"))
+        .expect("open the set-up lock file");
+    lock.lock().expect("take the set-up lock");
+    let out = f();
+    drop(lock); // closing the file releases the lock
+    out
+}
+
+/// The venv's python with `websockets`; creates the venv (under the set-up lock) if missing.
 pub fn python() -> PathBuf {
     let root = workspace_root();
     let py = root.join(".venv/bin/python");
@@ -482,25 +524,27 @@ pub fn python() -> PathBuf {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if py.exists() && has_ws(&py) {
-        return py;
-    }
-    let venv = std::process::Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(root.join(".venv"))
-        .status();
-    assert!(
-        venv.is_ok_and(|s| s.success()),
-        "python3 -m venv failed: install python3-venv"
-    );
-    let pip = std::process::Command::new(root.join(".venv/bin/pip"))
-        .args(["install", "--quiet", "-r"])
-        .arg(root.join("tests/python/requirements.txt"))
-        .status();
-    assert!(
-        pip.is_ok_and(|s| s.success()),
-        "pip install of tests/python/requirements.txt failed"
-    );
-    assert!(has_ws(&py));
+    with_setup_lock(|| {
+        if py.exists() && has_ws(&py) {
+            return;
+        }
+        let venv = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(root.join(".venv"))
+            .status();
+        assert!(
+            venv.is_ok_and(|s| s.success()),
+            "python3 -m venv failed: install python3-venv (tests/run.sh does), or set VOLLEY_SKIP_PYTHON=1"
+        );
+        let pip = std::process::Command::new(root.join(".venv/bin/pip"))
+            .args(["install", "--quiet", "-r"])
+            .arg(root.join("tests/python/requirements.txt"))
+            .status();
+        assert!(
+            pip.is_ok_and(|s| s.success()),
+            "pip install of tests/python/requirements.txt failed"
+        );
+        assert!(has_ws(&py));
+    });
     py
 }
