@@ -92,7 +92,11 @@ fn run(policy: SlowConsumerPolicy, b: Backend) -> volley::Stats {
         .workers(2)
         .backend(b)
         .write_budget(BUDGET)
-        .slow_consumer(policy);
+        .slow_consumer(policy)
+        // The readers never send: on a loaded machine the run can outlast the ping interval,
+        // and a ping would land between the events this test reads frame by frame.
+        .ping(None, Duration::from_secs(10))
+        .idle_timeout(None);
     let server = Server::start(cfg, Sub).unwrap();
     let addr = server.local_addr();
     let h = server.handle();
