@@ -15,6 +15,9 @@
 #   SERVERS="..."    the servers to run, in this order (default "vmio vuring tt ttf"); also
 #                    "vuringzc": io_uring with --send-zc-min $ZC_MIN (default 4096)
 #                    "vuringbig": io_uring with --uring-buffers $BIG_BUFS (default 1024x16384)
+#   BASE=path        an earlier volley binary, run as "bmio" and "buring" (add them to SERVERS):
+#                    before/after comparisons of a change, side by side in one run (ratios
+#                    vmio/bmio and vuring/buring)
 #   CONFIGS="..."    configuration names to run (default: c100-i1-64b c100-i16-64b c10-i1-16k;
 #                    also available: c10-i1-64k)
 #   IDLE=0|1         measure idle memory at 10,000 connections afterwards (default 1)
@@ -45,13 +48,15 @@ rm -f "$OUT"/*.json "$OUT"/*.txt
 . "$(dirname "$0")/lib.sh"
 need_bins "$BIN" volley tt_echo loadgen
 
-addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; vuringzc) echo 127.0.0.1:9003 ;; vuringbig) echo 127.0.0.1:9004 ;;
+addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; bmio) echo 127.0.0.1:9011 ;; buring) echo 127.0.0.1:9012 ;; vuringzc) echo 127.0.0.1:9003 ;; vuringbig) echo 127.0.0.1:9004 ;;
     tt) echo 127.0.0.1:9101 ;; ttf) echo 127.0.0.1:9102 ;; esac; }
 start_server() { # name -> sets SPID
     local a; a=$(addr "$1")
     case $1 in
         vmio) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend mio >"$OUT/$1.log" 2>&1 & ;;
         vuring) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring >"$OUT/$1.log" 2>&1 & ;;
+        bmio) taskset -c 0 "$BASE" serve --addr "$a" --workers 1 --backend mio >"$OUT/$1.log" 2>&1 & ;;
+        buring) taskset -c 0 "$BASE" serve --addr "$a" --workers 1 --backend uring >"$OUT/$1.log" 2>&1 & ;;
         vuringzc) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring --send-zc-min "$ZC_MIN" >"$OUT/$1.log" 2>&1 & ;;
         vuringbig) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring --uring-buffers "${BIG_BUFS:-1024x16384}" >"$OUT/$1.log" 2>&1 & ;;
         tt) taskset -c 0 "$BIN/tt_echo" --addr "$a" --workers 1 >"$OUT/$1.log" 2>&1 & ;;
@@ -126,6 +131,8 @@ rr() { jq -n --slurpfile a "$OUT/$1-$3-$4.json" --slurpfile b "$OUT/$2-$3-$4.jso
     '$a[0].server_cpu_us_per_msg / $b[0].server_cpu_us_per_msg * 1000 | round / 1000'; }
 has() { for s in "${SERVERS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 pairs=()
+has vmio && has bmio && pairs+=("vmio/bmio")
+has vuring && has buring && pairs+=("vuring/buring")
 has vmio && has vuring && pairs+=("vuring/vmio")
 has vuring && has vuringzc && pairs+=("vuringzc/vuring")
 has vmio && has vuringbig && pairs+=("vuringbig/vmio")

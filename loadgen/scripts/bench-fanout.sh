@@ -11,6 +11,9 @@
 #                    (default $CARGO_TARGET_DIR/release, or target/release)
 #   SERVERS="..."    servers to run, in this order (default "vmio vuring tt"); also "vuringzc":
 #                    io_uring with --send-zc-min $ZC_MIN (default 4096)
+#   BASE=path        an earlier volley binary, run as "bmio" and "buring" (add them to SERVERS):
+#                    before/after comparisons of a change, side by side in one run (ratios
+#                    vmio/bmio and vuring/buring)
 #   CONFIGS="..."    configuration names to run (default: all five below)
 #   ONLY=i           run only the i-th configuration (0-based; older form of CONFIGS)
 #   SIZE=bytes       event payload size (default 64)
@@ -39,13 +42,15 @@ rm -f "$OUT"/*.json "$OUT"/*.txt
 . "$(dirname "$0")/lib.sh"
 need_bins "$BIN" volley tt_broadcast loadgen
 
-addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; vuringzc) echo 127.0.0.1:9003 ;;
+addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; bmio) echo 127.0.0.1:9011 ;; buring) echo 127.0.0.1:9012 ;; vuringzc) echo 127.0.0.1:9003 ;;
     tt) echo 127.0.0.1:9102 ;; esac; }
 start_server() { # name -> sets SPID
     local a; a=$(addr "$1")
     case $1 in
         vmio) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend mio --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
         vuring) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend uring --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
+        bmio) taskset -c 0 "$BASE" serve --mode broadcast --backend mio --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
+        buring) taskset -c 0 "$BASE" serve --mode broadcast --backend uring --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
         vuringzc) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend uring --workers 1 --pin --addr "$a" \
             --send-zc-min "$ZC_MIN" >"$OUT/$1.log" 2>&1 & ;;
         tt) taskset -c 0 "$BIN/tt_broadcast" --addr "$a" --workers 1 >"$OUT/$1.log" 2>&1 & ;;
@@ -105,6 +110,8 @@ rr() { jq -n --slurpfile a "$OUT/$1-$3-$4.json" --slurpfile b "$OUT/$2-$3-$4.jso
     '$a[0].server_cpu_us_per_delivery / $b[0].server_cpu_us_per_delivery * 1000 | round / 1000'; }
 has() { for s in "${SERVERS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 pairs=()
+has vmio && has bmio && pairs+=("vmio/bmio")
+has vuring && has buring && pairs+=("vuring/buring")
 has vmio && has vuring && pairs+=("vuring/vmio")
 has vuring && has vuringzc && pairs+=("vuringzc/vuring")
 for a in vmio vuring; do has $a && has tt && pairs+=("$a/tt"); done
