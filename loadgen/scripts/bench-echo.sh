@@ -15,6 +15,9 @@
 #   SERVERS="..."    the servers to run, in this order (default "vmio vuring tt ttf"); also
 #                    "vuringzc": io_uring with --send-zc-min $ZC_MIN (default 4096)
 #                    "vuringbig": io_uring with --uring-buffers $BIG_BUFS (default 1024x16384)
+#   UWS=path         the uWebSockets peer server (built by ../shared/peers/uws/build.sh beside the
+#                    project; default /tmp/uws/uws-server), run as "uws" ("echo" mode, one loop):
+#                    in the default SERVERS when it is built, skipped with a line saying so if not
 #   BASE=path        an earlier volley binary, run as "bmio" and "buring" (add them to SERVERS):
 #                    before/after comparisons of a change, side by side in one run (ratios
 #                    vmio/bmio and vuring/buring)
@@ -42,13 +45,19 @@ MAX_OTHER=${MAX_OTHER:-0.10}
 ATTEMPTS=${ATTEMPTS:-3}
 ZC_MIN=${ZC_MIN:-4096}
 IDLE=${IDLE:-1}
-read -r -a SERVERS <<<"${SERVERS:-vmio vuring tt ttf}"
+UWS=${UWS:-/tmp/uws/uws-server}
+read -r -a SERVERS <<<"${SERVERS:-vmio vuring tt ttf uws}"
+if [ ! -x "$UWS" ]; then
+    for i in "${!SERVERS[@]}"; do [ "${SERVERS[$i]}" = uws ] && unset 'SERVERS[i]'; done
+    SERVERS=("${SERVERS[@]}")
+    echo "uws: skipped, $UWS is not built (../shared/peers/uws/README.md says how; UWS=path picks another)"
+fi
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
 . "$(dirname "$0")/lib.sh"
 need_bins "$BIN" volley tt_echo loadgen
 
-addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; bmio) echo 127.0.0.1:9011 ;; buring) echo 127.0.0.1:9012 ;; vuringzc) echo 127.0.0.1:9003 ;; vuringbig) echo 127.0.0.1:9004 ;;
+addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; bmio) echo 127.0.0.1:9011 ;; uws) echo 127.0.0.1:9201 ;; buring) echo 127.0.0.1:9012 ;; vuringzc) echo 127.0.0.1:9003 ;; vuringbig) echo 127.0.0.1:9004 ;;
     tt) echo 127.0.0.1:9101 ;; ttf) echo 127.0.0.1:9102 ;; esac; }
 start_server() { # name -> sets SPID
     local a; a=$(addr "$1")
@@ -56,6 +65,7 @@ start_server() { # name -> sets SPID
         vmio) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend mio >"$OUT/$1.log" 2>&1 & ;;
         vuring) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring >"$OUT/$1.log" 2>&1 & ;;
         bmio) taskset -c 0 "$BASE" serve --addr "$a" --workers 1 --backend mio >"$OUT/$1.log" 2>&1 & ;;
+        uws) taskset -c 0 "$UWS" --port "${a##*:}" echo >"$OUT/$1.log" 2>&1 & ;;
         buring) taskset -c 0 "$BASE" serve --addr "$a" --workers 1 --backend uring >"$OUT/$1.log" 2>&1 & ;;
         vuringzc) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring --send-zc-min "$ZC_MIN" >"$OUT/$1.log" 2>&1 & ;;
         vuringbig) taskset -c 0 "$VOLLEY" serve --addr "$a" --workers 1 --backend uring --uring-buffers "${BIG_BUFS:-1024x16384}" >"$OUT/$1.log" 2>&1 & ;;
@@ -134,6 +144,7 @@ pairs=()
 has vmio && has bmio && pairs+=("vmio/bmio")
 has vuring && has buring && pairs+=("vuring/buring")
 has vmio && has vuring && pairs+=("vuring/vmio")
+for a in vmio vuring; do has $a && has uws && pairs+=("$a/uws"); done
 has vuring && has vuringzc && pairs+=("vuringzc/vuring")
 has vmio && has vuringbig && pairs+=("vuringbig/vmio")
 has vuring && has vuringbig && pairs+=("vuringbig/vuring")

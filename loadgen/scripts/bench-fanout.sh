@@ -11,6 +11,9 @@
 #                    (default $CARGO_TARGET_DIR/release, or target/release)
 #   SERVERS="..."    servers to run, in this order (default "vmio vuring tt"); also "vuringzc":
 #                    io_uring with --send-zc-min $ZC_MIN (default 4096)
+#   UWS=path         the uWebSockets peer server (built by ../shared/peers/uws/build.sh beside the
+#                    project; default /tmp/uws/uws-server), run as "uws" ("broadcast" mode, one loop):
+#                    in the default SERVERS when it is built, skipped with a line saying so if not
 #   BASE=path        an earlier volley binary, run as "bmio" and "buring" (add them to SERVERS):
 #                    before/after comparisons of a change, side by side in one run (ratios
 #                    vmio/bmio and vuring/buring)
@@ -36,13 +39,19 @@ MAX_OTHER=${MAX_OTHER:-0.10}
 ATTEMPTS=${ATTEMPTS:-2}
 SIZE=${SIZE:-64}
 ZC_MIN=${ZC_MIN:-4096}
-read -r -a SERVERS <<<"${SERVERS:-vmio vuring tt}"
+UWS=${UWS:-/tmp/uws/uws-server}
+read -r -a SERVERS <<<"${SERVERS:-vmio vuring tt uws}"
+if [ ! -x "$UWS" ]; then
+    for i in "${!SERVERS[@]}"; do [ "${SERVERS[$i]}" = uws ] && unset 'SERVERS[i]'; done
+    SERVERS=("${SERVERS[@]}")
+    echo "uws: skipped, $UWS is not built (../shared/peers/uws/README.md says how; UWS=path picks another)"
+fi
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
 . "$(dirname "$0")/lib.sh"
 need_bins "$BIN" volley tt_broadcast loadgen
 
-addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; bmio) echo 127.0.0.1:9011 ;; buring) echo 127.0.0.1:9012 ;; vuringzc) echo 127.0.0.1:9003 ;;
+addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; bmio) echo 127.0.0.1:9011 ;; uws) echo 127.0.0.1:9201 ;; buring) echo 127.0.0.1:9012 ;; vuringzc) echo 127.0.0.1:9003 ;;
     tt) echo 127.0.0.1:9102 ;; esac; }
 start_server() { # name -> sets SPID
     local a; a=$(addr "$1")
@@ -50,6 +59,7 @@ start_server() { # name -> sets SPID
         vmio) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend mio --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
         vuring) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend uring --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
         bmio) taskset -c 0 "$BASE" serve --mode broadcast --backend mio --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
+        uws) taskset -c 0 "$UWS" --port "${a##*:}" broadcast >"$OUT/$1.log" 2>&1 & ;;
         buring) taskset -c 0 "$BASE" serve --mode broadcast --backend uring --workers 1 --pin --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
         vuringzc) taskset -c 0 "$VOLLEY" serve --mode broadcast --backend uring --workers 1 --pin --addr "$a" \
             --send-zc-min "$ZC_MIN" >"$OUT/$1.log" 2>&1 & ;;
@@ -113,6 +123,7 @@ pairs=()
 has vmio && has bmio && pairs+=("vmio/bmio")
 has vuring && has buring && pairs+=("vuring/buring")
 has vmio && has vuring && pairs+=("vuring/vmio")
+for a in vmio vuring; do has $a && has uws && pairs+=("$a/uws"); done
 has vuring && has vuringzc && pairs+=("vuringzc/vuring")
 for a in vmio vuring; do has $a && has tt && pairs+=("$a/tt"); done
 echo
