@@ -41,14 +41,10 @@ SIZE=${SIZE:-64}
 ZC_MIN=${ZC_MIN:-4096}
 UWS=${UWS:-/tmp/uws/uws-server}
 read -r -a SERVERS <<<"${SERVERS:-vmio vuring tt uws}"
-if [ ! -x "$UWS" ]; then
-    for i in "${!SERVERS[@]}"; do [ "${SERVERS[$i]}" = uws ] && unset 'SERVERS[i]'; done
-    SERVERS=("${SERVERS[@]}")
-    echo "uws: skipped, $UWS is not built (../shared/peers/uws/README.md says how; UWS=path picks another)"
-fi
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
 . "$(dirname "$0")/lib.sh"
+skip_unbuilt_uws
 need_bins "$BIN" volley tt_broadcast loadgen
 
 addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; bmio) echo 127.0.0.1:9011 ;; uws) echo 127.0.0.1:9201 ;; buring) echo 127.0.0.1:9012 ;; vuringzc) echo 127.0.0.1:9003 ;;

@@ -23,3 +23,11 @@ need_bins() { # BIN_DIR NAME... : every binary must be there
     for b in "$@"; do [ -x "$dir/$b" ] || { echo "no $dir/$b" >&2; exit 1; }; done
     echo "binaries from $dir"
 }
+
+skip_unbuilt_uws() { # takes "uws" out of SERVERS, with a line saying so, when $UWS is not built
+    [ -x "$UWS" ] && return 0
+    local i
+    for i in "${!SERVERS[@]}"; do [ "${SERVERS[$i]}" = uws ] && unset 'SERVERS[i]'; done
+    SERVERS=("${SERVERS[@]}")
+    echo "uws: skipped, $UWS is not built (../shared/peers/uws/README.md says how; UWS=path picks another)"
+}
