@@ -14,8 +14,8 @@
 //!   the chunks stay pinned until the completion; a short send re-queues the rest. Every send
 //!   of a turn (a whole fan-out) is submitted with one `io_uring_enter`.
 //! * **Wake-ups** from other threads: an eventfd read armed on the ring.
-//! * **Close**: cancel the receive, `IORING_OP_CLOSE` on the direct descriptor; the slab slot
-//!   is freed only when every completion for the connection has arrived.
+//! * **Close**: cancel every operation on the direct descriptor, `IORING_OP_CLOSE` it once
+//!   the last one has completed (see [`CloseState`]), free the slab slot when the close has.
 //!
 //! The connection logic is `runtime::core`, shared with the mio backend.
 #![allow(unsafe_code)]
@@ -82,7 +82,27 @@ pub(crate) struct UringIo {
     send: Option<u32>,
     /// A zero-copy send's result, held until its notification unpins the buffers.
     zc_written: Option<i32>,
-    closing: bool,
+    close: CloseState,
+}
+
+/// How far a connection's close has gone.
+///
+/// The kernel resolves a direct descriptor only when an operation runs, and an operation
+/// punted to io-wq (`SHUTDOWN` always is) runs later than its submission. Closing the slot
+/// while such an operation is pending would let the next accepted connection, which the
+/// kernel gives the same slot, receive it. So the `CLOSE` waits until every operation that
+/// names the slot has completed: first they are cancelled, then the slot is closed, then the
+/// connection (and the write queue its sends pinned) is freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseState {
+    /// In use: operations may be submitted.
+    Open,
+    /// Dead: nothing new is submitted; every operation of the slot is cancelled and the
+    /// close waits for their completions.
+    Cancelling,
+    /// The `CLOSE` is submitted (nothing else names the slot); its completion frees the
+    /// connection.
+    Closing,
 }
 
 /// The memory a `sendmsg` reads until its completion.
@@ -110,7 +130,7 @@ fn server_full_response() -> &'static [u8] {
 
 /// Whether this kernel (and sandbox) can run the backend; the reason if not.
 pub(crate) fn probe() -> Result<(), String> {
-    let ring = build_ring().map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let mut ring = build_ring().map_err(|e| format!("io_uring_setup failed: {e}"))?;
     let mut p = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut p)
@@ -135,7 +155,31 @@ pub(crate) fn probe() -> Result<(), String> {
     ring.submitter()
         .register_files_sparse(16)
         .map_err(|e| format!("sparse file table: {e}"))?;
+    probe_cancel_fixed_fd(&mut ring)?;
     BufRing::new(&ring, 16, 64, 0).map_err(|e| format!("provided-buffer ring: {e}"))?;
+    Ok(())
+}
+
+/// Whether `ASYNC_CANCEL` takes a direct descriptor and cancels every operation on it
+/// (`IORING_ASYNC_CANCEL_FD_FIXED | ALL`, Linux 6.0): closing a connection needs it. An empty
+/// slot answers `EBADF`; a kernel without the flags refuses them with `EINVAL`.
+fn probe_cancel_fixed_fd(ring: &mut IoUring) -> Result<(), String> {
+    let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(0)).all())
+        .build()
+        .user_data(1);
+    // SAFETY: the entry points to no memory.
+    unsafe { ring.submission().push(&e) }.map_err(|_| "probe: submission queue full")?;
+    ring.submit_and_wait(1)
+        .map_err(|e| format!("io_uring probe failed: {e}"))?;
+    let res = ring
+        .completion()
+        .next()
+        .map_or(-libc::EINVAL, |c| c.result());
+    if res == -libc::EINVAL {
+        return Err("the kernel cannot cancel by direct descriptor \
+                    (IORING_ASYNC_CANCEL_FD_FIXED, Linux 6.0)"
+            .into());
+    }
     Ok(())
 }
 
@@ -339,7 +383,7 @@ impl<H: Handler> Worker<H> {
         let Some(conn) = self.core.conns.get_mut(key) else {
             return;
         };
-        if conn.io.recv_armed || conn.io.closing {
+        if conn.io.recv_armed || conn.io.close != CloseState::Open {
             return;
         }
         conn.io.recv_armed = true;
@@ -529,7 +573,7 @@ impl<H: Handler> Worker<H> {
                 recv_armed: false,
                 send: None,
                 zc_written: None,
-                closing: false,
+                close: CloseState::Open,
             });
             self.arm_recv(key);
         }
@@ -616,29 +660,53 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// One operation of `key` completed; free the slot once closed and idle.
+    /// One operation of `key` completed. The last one of a dead connection lets its slot be
+    /// closed; the completion of that close frees the connection.
     fn op_done(&mut self, key: usize) {
         let Some(conn) = self.core.conns.get_mut(key) else {
             return;
         };
         conn.io.ops = conn.io.ops.saturating_sub(1);
-        let free = conn.io.closing && conn.io.ops == 0;
+        let (idle, close) = (conn.io.ops == 0, conn.io.close);
         let st = &self.core.shared.workers[self.core.worker as usize].stats;
         st.uring_ops.fetch_sub(1, Ordering::Relaxed);
-        if free {
-            st.uring_slots.fetch_sub(1, Ordering::Relaxed);
-            self.core.remove(key);
+        if !idle {
+            return;
+        }
+        match close {
+            CloseState::Open => {}
+            CloseState::Cancelling => self.submit_close(key),
+            CloseState::Closing => {
+                st.uring_slots.fetch_sub(1, Ordering::Relaxed);
+                self.core.remove(key);
+            }
         }
     }
 
+    /// Closes the slot of `key`, which no operation names any more.
+    fn submit_close(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        debug_assert_eq!(conn.io.ops, 0, "an operation still names the slot");
+        conn.io.close = CloseState::Closing;
+        conn.io.ops += 1;
+        let slot = conn.io.slot;
+        self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
+        let e = opcode::Close::new(types::Fixed(slot))
+            .build()
+            .user_data(ud(OP_CLOSE, key));
+        self.push(e);
+    }
+
     fn after_flush(&mut self, key: usize) {
-        // Once the close is submitted the direct descriptor's slot may already belong to a
-        // new connection: nothing may name it again (a late send completion lands here).
+        // Once the connection is dead nothing new may name its slot: the close waits for the
+        // operations in flight only (a late send completion lands here).
         if self
             .core
             .conns
             .get(key)
-            .map_or(true, |c| c.io.closing || c.is_dead())
+            .map_or(true, |c| c.io.close != CloseState::Open || c.is_dead())
         {
             return;
         }
@@ -671,7 +739,7 @@ impl<H: Handler> Worker<H> {
         let Some(conn) = self.core.conns.get_mut(key) else {
             return;
         };
-        if conn.is_dead() || conn.io.closing {
+        if conn.is_dead() || conn.io.close != CloseState::Open {
             return;
         }
         if conn.out.is_sending() {
@@ -745,33 +813,30 @@ impl<H: Handler> Worker<H> {
         self.push(e);
     }
 
-    /// Dead connections: cancel the receive, close the direct descriptor; the slot is freed
-    /// when the last completion arrives (`op_done`).
+    /// Dead connections: cancel every operation that names the slot (a receive, a send
+    /// waiting on a peer that does not read, a shutdown); the slot is closed once the last
+    /// of them completed (`op_done`), never before.
     fn reap(&mut self) {
         while let Some(key) = self.core.dead.pop() {
             let Some(conn) = self.core.conns.get_mut(key) else {
                 continue;
             };
-            if conn.io.closing {
+            if conn.io.close != CloseState::Open {
                 continue;
             }
-            conn.io.closing = true;
-            let slot = conn.io.slot;
-            let recv = conn.io.recv_armed;
-            conn.io.ops += 1 + recv as u32;
-            self.core.shared.workers[self.core.worker as usize]
-                .stats
-                .uring_ops
-                .fetch_add(1 + recv as u64, Ordering::Relaxed);
-            if recv {
-                let e = opcode::AsyncCancel::new(ud(OP_RECV, key))
-                    .build()
-                    .user_data(ud(OP_CANCEL, key));
-                self.push(e);
+            conn.io.close = CloseState::Cancelling;
+            if conn.io.ops == 0 {
+                self.submit_close(key);
+                continue;
             }
-            let e = opcode::Close::new(types::Fixed(slot))
+            conn.io.ops += 1;
+            let slot = conn.io.slot;
+            self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
+            // Matches by file: an operation whose file is not resolved yet (queued in io-wq)
+            // is not found, but it completes on its own, and the close waits for it.
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
                 .build()
-                .user_data(ud(OP_CLOSE, key));
+                .user_data(ud(OP_CANCEL, key));
             self.push(e);
         }
     }
