@@ -33,9 +33,19 @@ impl std::fmt::Debug for BufRing {
 }
 
 impl BufRing {
-    /// Allocates `count` (a power of two) buffers of `size` bytes and registers them.
+    /// Allocates `count` (a power of two, at most 32,768) buffers of `size` bytes and
+    /// registers them.
+    ///
+    /// # Errors
+    /// `InvalidInput` for another count (`Config::validate` refuses it first), or what
+    /// the allocation or the registration fails with.
     pub(crate) fn new(ring: &IoUring, count: u16, size: usize, bgid: u16) -> io::Result<BufRing> {
-        assert!(count.is_power_of_two());
+        if !count.is_power_of_two() || count > crate::Config::MAX_URING_BUFFERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{count} provided buffers: not a power of two from 1 to 32768"),
+            ));
+        }
         let layout =
             Layout::from_size_align(count as usize * std::mem::size_of::<BufRingEntry>(), 4096)
                 .map_err(|e| io::Error::other(e.to_string()))?;
