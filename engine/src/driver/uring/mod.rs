@@ -591,17 +591,23 @@ impl<H: Handler> Worker<H> {
             conn.io.recv_armed = false;
         }
         if res > 0 {
-            let Some(bid) = cqueue::buffer_select(flags) else {
-                tracing::error!("receive completion without a buffer");
-                return;
-            };
-            self.stats().uring_bufs_held.fetch_add(1, Ordering::Relaxed);
-            let buf = self.bufs.buf(bid);
-            self.core.on_data(key, &mut buf[..res as usize]);
-            self.bufs.recycle(bid);
-            self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
-            if !more {
-                self.rearm.push(key);
+            match cqueue::buffer_select(flags) {
+                Some(bid) => {
+                    self.stats().uring_bufs_held.fetch_add(1, Ordering::Relaxed);
+                    let buf = self.bufs.buf(bid);
+                    self.core.on_data(key, &mut buf[..res as usize]);
+                    self.bufs.recycle(bid);
+                    self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
+                    if !more {
+                        self.rearm.push(key);
+                    }
+                }
+                None => {
+                    // Bytes were taken from the socket but cannot be read: the stream is
+                    // broken. The completion still ends an operation (below) when final.
+                    tracing::error!("receive completion without a buffer");
+                    self.core.on_eof(key);
+                }
             }
         } else if res == -libc::ENOBUFS {
             self.stats().recv_enobufs.fetch_add(1, Ordering::Relaxed);
