@@ -330,10 +330,20 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Queues an SQE, submitting first if the submission queue is full.
-    fn push(&mut self, e: squeue::Entry) {
+    ///
+    /// # Safety
+    ///
+    /// The kernel reads (or writes) the memory `e` points to whenever the operation runs,
+    /// which may be long after this call: every buffer, iovec array and `msghdr` named by
+    /// `e` must stay valid, must not move and must not be freed or reused until the
+    /// operation's final completion has been reaped (a zero-copy send: its notification).
+    /// Buffers the kernel writes must not be read or written by us meanwhile.
+    ///
+    /// Not a memory-safety duty but the same kind of contract for direct descriptors: the
+    /// slot `e` names must not be closed before that completion either ([`CloseState`]).
+    unsafe fn push(&mut self, e: squeue::Entry) {
         loop {
-            // SAFETY: every buffer an entry points to (msghdr, iovecs, wake buffer) lives in
-            // this worker until the entry's completion is reaped (see SendSlot, wake_buf).
+            // SAFETY: the caller keeps what `e` points to alive until its completion.
             if unsafe { self.ring.submission().push(&e) }.is_ok() {
                 return;
             }
@@ -345,7 +355,11 @@ impl<H: Handler> Worker<H> {
 
     /// Queues the first entry of a linked pair: room for both is made first, so the pair
     /// is never split by a submission in between.
-    fn push_linked(&mut self, e: squeue::Entry) {
+    ///
+    /// # Safety
+    ///
+    /// As for [`Worker::push`].
+    unsafe fn push_linked(&mut self, e: squeue::Entry) {
         let room = {
             let sq = self.ring.submission();
             sq.capacity() - sq.len()
@@ -355,7 +369,8 @@ impl<H: Handler> Worker<H> {
                 tracing::warn!("io_uring submit failed: {err}");
             }
         }
-        self.push(e);
+        // SAFETY: the caller's duty.
+        unsafe { self.push(e) };
     }
 
     fn arm_accept(&mut self) {
@@ -364,7 +379,8 @@ impl<H: Handler> Worker<H> {
             .allocate_file_index(true)
             .build()
             .user_data(ud(OP_ACCEPT, 0));
-        self.push(e);
+        // SAFETY: an accept into the fixed-file table points to no memory (no address out).
+        unsafe { self.push(e) };
         self.accept_armed = true;
     }
 
@@ -376,7 +392,10 @@ impl<H: Handler> Worker<H> {
         )
         .build()
         .user_data(ud(OP_WAKE, 0));
-        self.push(e);
+        // SAFETY: the kernel writes 8 bytes into `wake_buf`, boxed (it does not move) and
+        // owned by this worker, which reads it only in the completion; `Worker` drops the
+        // ring before it (field order).
+        unsafe { self.push(e) };
     }
 
     fn arm_recv(&mut self, key: usize) {
@@ -395,7 +414,9 @@ impl<H: Handler> Worker<H> {
         let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), self.bufs.bgid)
             .build()
             .user_data(ud(OP_RECV, key));
-        self.push(e);
+        // SAFETY: the receive takes its buffers from the provided-buffer ring `bufs`, which
+        // stays registered while the ring has operations; the SQE points to no other memory.
+        unsafe { self.push(e) };
     }
 
     fn run_loop(mut self) -> io::Result<()> {
@@ -518,7 +539,8 @@ impl<H: Handler> Worker<H> {
             let e = opcode::AsyncCancel::new(ud(OP_ACCEPT, 0))
                 .build()
                 .user_data(ud(OP_CANCEL_ACCEPT, 0));
-            self.push(e);
+            // SAFETY: a cancel by user_data points to no memory.
+            unsafe { self.push(e) };
         }
         // The listening socket closes once the cancelled accept lets go of it.
         self.listener = None;
@@ -560,11 +582,14 @@ impl<H: Handler> Worker<H> {
                 .build()
                 .flags(squeue::Flags::IO_HARDLINK)
                 .user_data(ud(OP_CLOSE_REJECTED, 0));
-            self.push_linked(send);
+            // SAFETY: the send reads the static 503 response, alive for the whole process.
+            unsafe { self.push_linked(send) };
             let e = opcode::Close::new(slot)
                 .build()
                 .user_data(ud(OP_CLOSE_REJECTED, 0));
-            self.push(e);
+            // SAFETY: a close points to no memory; it runs after the linked send completed,
+            // so nothing names the slot when it is freed.
+            unsafe { self.push(e) };
         } else {
             self.stats().uring_slots.fetch_add(1, Ordering::Relaxed);
             let key = self.core.insert(UringIo {
@@ -702,7 +727,8 @@ impl<H: Handler> Worker<H> {
         let e = opcode::Close::new(types::Fixed(slot))
             .build()
             .user_data(ud(OP_CLOSE, key));
-        self.push(e);
+        // SAFETY: a close points to no memory.
+        unsafe { self.push(e) };
     }
 
     fn after_flush(&mut self, key: usize) {
@@ -726,7 +752,8 @@ impl<H: Handler> Worker<H> {
                 let e = opcode::Shutdown::new(types::Fixed(conn.io.slot), libc::SHUT_WR)
                     .build()
                     .user_data(ud(OP_SHUTDOWN, key));
-                self.push(e);
+                // SAFETY: a shutdown points to no memory.
+                unsafe { self.push(e) };
             }
         }
     }
@@ -816,7 +843,13 @@ impl<H: Handler> Worker<H> {
             .uring_ops
             .fetch_add(1, Ordering::Relaxed);
         let _ = self.core.after_flush(key);
-        self.push(e);
+        // SAFETY: a plain send reads the first queued chunk, and a sendmsg its `SendSlot`
+        // (boxed in `sends`, so it does not move) and the chunks its iovecs point into. The
+        // chunks are pinned by `begin_send` (never appended to, moved or freed, even by
+        // `WriteQueue::clear`) and the slot stays in `sends` until `on_send` runs for the
+        // final completion (a zero-copy send's notification); the connection, and so its
+        // queue, is freed only after that (`op_done`).
+        unsafe { self.push(e) };
     }
 
     /// Dead connections: cancel every operation that names the slot (a receive, a send
@@ -843,7 +876,8 @@ impl<H: Handler> Worker<H> {
             let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
                 .build()
                 .user_data(ud(OP_CANCEL, key));
-            self.push(e);
+            // SAFETY: a cancel by descriptor points to no memory.
+            unsafe { self.push(e) };
         }
     }
 }
