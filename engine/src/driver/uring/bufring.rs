@@ -63,8 +63,9 @@ impl BufRing {
             tail: 0,
             bgid,
         };
-        // SAFETY: `entries` is page aligned and holds `count` entries that live until the ring
-        // is unregistered in `Drop` (the ring itself outlives this struct: see the worker).
+        // SAFETY: `entries` is page aligned and holds `count` entries. The kernel uses them
+        // until the buffer ring is unregistered, which `Ring`'s `Drop` does before dropping
+        // this struct (on failure here nothing is registered).
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(entries as u64, count, bgid, 0)?
@@ -111,9 +112,8 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // The ring (and so the registration) is dropped by the worker after this struct only
-        // when the worker exits; freeing the entries while registered would be unsound, so the
-        // worker drops the ring first (see `Worker` field order).
+        // Only `Ring` drops a registered BufRing, after it stopped every operation and
+        // unregistered it (`ring.rs`); the kernel no longer reads the entries or buffers.
         // SAFETY: allocated in `new` with this layout.
         unsafe { dealloc(self.entries as *mut u8, self.layout) };
     }

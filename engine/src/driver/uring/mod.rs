@@ -21,12 +21,13 @@
 #![allow(unsafe_code)]
 
 mod bufring;
+mod ring;
 
 use crate::handler::Handler;
 use crate::runtime::core::{AfterFlush, Core};
 use crate::runtime::{Config, Handle, Shared, Wake, WorkerShared};
-use bufring::BufRing;
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types};
+use ring::Ring;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -48,7 +49,6 @@ const OP_CANCEL_ACCEPT: u64 = 9;
 /// kernel no longer reads the buffers.
 const OP_SEND_ZC: u64 = 10;
 
-const RING_ENTRIES: u32 = 4096;
 /// Iovecs per sendmsg.
 const MAX_IOV: usize = 64;
 /// Deliveries queued in one turn from which the turn first gathers what else has arrived
@@ -56,8 +56,6 @@ const MAX_IOV: usize = 64;
 const COALESCE_MIN: u64 = 64;
 /// At most this many extra entries per turn.
 const GATHER_ROUNDS: usize = 2;
-/// `IORING_ENTER_GETEVENTS`.
-const IORING_ENTER_GETEVENTS: u32 = 1;
 
 fn ud(op: u64, key: usize) -> u64 {
     op << 56 | key as u64
@@ -130,9 +128,12 @@ fn server_full_response() -> &'static [u8] {
 
 /// Whether this kernel (and sandbox) can run the backend; the reason if not.
 pub(crate) fn probe() -> Result<(), String> {
-    let mut ring = build_ring().map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    // A scratch ring with a small table and buffer ring; its `Drop` unregisters the buffer
+    // ring before freeing it.
+    let mut ring = Ring::new(16, (16, 64)).map_err(|e| e.to_string())?;
     let mut p = io_uring::Probe::new();
-    ring.submitter()
+    ring.uring()
+        .submitter()
         .register_probe(&mut p)
         .map_err(|e| format!("io_uring probe failed: {e}"))?;
     for (code, name) in [
@@ -149,54 +150,32 @@ pub(crate) fn probe() -> Result<(), String> {
             return Err(format!("the kernel lacks IORING_OP_{name}"));
         }
     }
-    if !ring.params().is_feature_ext_arg() {
+    if !ring.uring().params().is_feature_ext_arg() {
         return Err("the kernel lacks IORING_FEAT_EXT_ARG (wait with a timeout)".into());
     }
-    ring.submitter()
-        .register_files_sparse(16)
-        .map_err(|e| format!("sparse file table: {e}"))?;
-    probe_cancel_fixed_fd(&mut ring)?;
-    BufRing::new(&ring, 16, 64, 0).map_err(|e| format!("provided-buffer ring: {e}"))?;
-    Ok(())
+    probe_cancel_fixed_fd(&mut ring)
 }
 
 /// Whether `ASYNC_CANCEL` takes a direct descriptor and cancels every operation on it
 /// (`IORING_ASYNC_CANCEL_FD_FIXED | ALL`, Linux 6.0): closing a connection needs it. An empty
 /// slot answers `EBADF`; a kernel without the flags refuses them with `EINVAL`.
-fn probe_cancel_fixed_fd(ring: &mut IoUring) -> Result<(), String> {
+fn probe_cancel_fixed_fd(ring: &mut Ring) -> Result<(), String> {
     let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(0)).all())
         .build()
         .user_data(1);
-    // SAFETY: the entry points to no memory.
-    unsafe { ring.submission().push(&e) }.map_err(|_| "probe: submission queue full")?;
-    ring.submit_and_wait(1)
+    // SAFETY: a cancel points to no memory.
+    unsafe { ring.push(&e) };
+    ring.submit(true, None)
         .map_err(|e| format!("io_uring probe failed: {e}"))?;
-    let res = ring
-        .completion()
-        .next()
-        .map_or(-libc::EINVAL, |c| c.result());
+    let mut cqes = Vec::new();
+    ring.reap(&mut cqes);
+    let res = cqes.first().map_or(-libc::EINVAL, |c| c.1);
     if res == -libc::EINVAL {
         return Err("the kernel cannot cancel by direct descriptor \
                     (IORING_ASYNC_CANCEL_FD_FIXED, Linux 6.0)"
             .into());
     }
     Ok(())
-}
-
-fn build_ring() -> io::Result<IoUring> {
-    let mut b = IoUring::builder();
-    b.setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_cqsize(RING_ENTRIES * 4)
-        .setup_submit_all();
-    match b.build(RING_ENTRIES) {
-        Ok(r) => Ok(r),
-        // Older kernels: without DEFER_TASKRUN (6.1), with cooperative task running (5.19).
-        Err(_) => IoUring::builder()
-            .setup_coop_taskrun()
-            .setup_cqsize(RING_ENTRIES * 4)
-            .build(RING_ENTRIES),
-    }
 }
 
 struct EventFd(OwnedFd);
@@ -261,8 +240,7 @@ pub(crate) fn start<H: Handler>(
         move |core, (listener, wake_fd)| {
             // The ring is created on the worker's thread: with SINGLE_ISSUER only its creating
             // thread may use it.
-            let ring = build_ring()?;
-            ring.submitter().register_files_sparse(table)?;
+            let ring = Ring::new(table, core.cfg.uring_buffers)?;
             Worker::new(core, ring, listener, wake_fd)
         },
     )
@@ -270,9 +248,10 @@ pub(crate) fn start<H: Handler>(
 
 struct Worker<H: Handler> {
     core: Core<H, UringIo>,
-    /// Declared before `bufs`: the ring (and its buffer registration) goes first.
-    ring: IoUring,
-    bufs: BufRing,
+    /// The ring and its provided buffers. The kernel may use memory owned by the other
+    /// fields (the pinned write queues in `core`, `sends`, `wake_buf`) until an operation's
+    /// final completion: `Drop` stops every operation first.
+    ring: Ring,
     listener: Option<std::net::TcpListener>,
     wake_fd: OwnedFd,
     wake_buf: Box<[u8; 8]>,
@@ -289,6 +268,19 @@ struct Worker<H: Handler> {
     rearm: Vec<usize>,
 }
 
+impl<H: Handler> Drop for Worker<H> {
+    fn drop(&mut self) {
+        // Before any field goes: no operation may still read a pinned write queue, a
+        // `SendSlot` or `wake_buf` when they are freed.
+        if !self.ring.quiesce() {
+            tracing::error!("io_uring operations still in flight at exit; their memory is leaked");
+            std::mem::forget(std::mem::take(&mut self.core.conns));
+            std::mem::forget(std::mem::take(&mut self.sends));
+            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new([0; 8])));
+        }
+    }
+}
+
 impl<H: Handler> super::RunWorker for Worker<H> {
     fn run(self) -> io::Result<()> {
         Worker::run_loop(self)
@@ -298,18 +290,15 @@ impl<H: Handler> super::RunWorker for Worker<H> {
 impl<H: Handler> Worker<H> {
     fn new(
         core: Core<H, UringIo>,
-        ring: IoUring,
+        ring: Ring,
         listener: std::net::TcpListener,
         wake_fd: OwnedFd,
     ) -> io::Result<Self> {
         // Accepted sockets inherit TCP_NODELAY from the listener (there is no fd to set it on).
         socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
-        let (count, size) = core.cfg.uring_buffers;
-        let bufs = BufRing::new(&ring, count, size, 0)?;
         let mut w = Worker {
             core,
             ring,
-            bufs,
             listener: Some(listener),
             wake_fd,
             wake_buf: Box::new([0u8; 8]),
@@ -329,50 +318,6 @@ impl<H: Handler> Worker<H> {
         &self.core.shared.workers[self.core.worker as usize].stats
     }
 
-    /// Queues an SQE, submitting first if the submission queue is full.
-    ///
-    /// # Safety
-    ///
-    /// The kernel reads (or writes) the memory `e` points to whenever the operation runs,
-    /// which may be long after this call: every buffer, iovec array and `msghdr` named by
-    /// `e` must stay valid, must not move and must not be freed or reused until the
-    /// operation's final completion has been reaped (a zero-copy send: its notification).
-    /// Buffers the kernel writes must not be read or written by us meanwhile.
-    ///
-    /// Not a memory-safety duty but the same kind of contract for direct descriptors: the
-    /// slot `e` names must not be closed before that completion either ([`CloseState`]).
-    unsafe fn push(&mut self, e: squeue::Entry) {
-        loop {
-            // SAFETY: the caller keeps what `e` points to alive until its completion.
-            if unsafe { self.ring.submission().push(&e) }.is_ok() {
-                return;
-            }
-            if let Err(err) = self.ring.submit() {
-                tracing::warn!("io_uring submit failed: {err}");
-            }
-        }
-    }
-
-    /// Queues the first entry of a linked pair: room for both is made first, so the pair
-    /// is never split by a submission in between.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Worker::push`].
-    unsafe fn push_linked(&mut self, e: squeue::Entry) {
-        let room = {
-            let sq = self.ring.submission();
-            sq.capacity() - sq.len()
-        };
-        if room < 2 {
-            if let Err(err) = self.ring.submit() {
-                tracing::warn!("io_uring submit failed: {err}");
-            }
-        }
-        // SAFETY: the caller's duty.
-        unsafe { self.push(e) };
-    }
-
     fn arm_accept(&mut self) {
         let Some(l) = &self.listener else { return };
         let e = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
@@ -380,7 +325,7 @@ impl<H: Handler> Worker<H> {
             .build()
             .user_data(ud(OP_ACCEPT, 0));
         // SAFETY: an accept into the fixed-file table points to no memory (no address out).
-        unsafe { self.push(e) };
+        unsafe { self.ring.push(&e) };
         self.accept_armed = true;
     }
 
@@ -395,7 +340,7 @@ impl<H: Handler> Worker<H> {
         // SAFETY: the kernel writes 8 bytes into `wake_buf`, boxed (it does not move) and
         // owned by this worker, which reads it only in the completion; `Worker` drops the
         // ring before it (field order).
-        unsafe { self.push(e) };
+        unsafe { self.ring.push(&e) };
     }
 
     fn arm_recv(&mut self, key: usize) {
@@ -411,12 +356,12 @@ impl<H: Handler> Worker<H> {
             .stats
             .uring_ops
             .fetch_add(1, Ordering::Relaxed);
-        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), self.bufs.bgid)
+        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), self.ring.bufs().bgid)
             .build()
             .user_data(ud(OP_RECV, key));
         // SAFETY: the receive takes its buffers from the provided-buffer ring `bufs`, which
         // stays registered while the ring has operations; the SQE points to no other memory.
-        unsafe { self.push(e) };
+        unsafe { self.ring.push(&e) };
     }
 
     fn run_loop(mut self) -> io::Result<()> {
@@ -425,29 +370,9 @@ impl<H: Handler> Worker<H> {
                 Some(_) => Some(std::time::Duration::from_millis(100)),
                 None => self.core.poll_timeout(),
             };
-            let res = if self.ring.completion().is_empty() {
-                match timeout {
-                    Some(d) => {
-                        let ts = types::Timespec::new()
-                            .sec(d.as_secs())
-                            .nsec(d.subsec_nanos());
-                        let args = types::SubmitArgs::new().timespec(&ts);
-                        self.ring.submitter().submit_with_args(1, &args)
-                    }
-                    None => self.ring.submit_and_wait(1),
-                }
-            } else {
-                self.ring.submit()
-            };
-            match res {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                    ) => {}
-                Err(e) => return Err(e),
-            }
+            // Sleep only when nothing is waiting to be handled.
+            let wait = !self.ring.has_completions();
+            self.ring.submit(wait, timeout)?;
             self.core.update_now();
             let queued = self.stats().deliveries.load(Ordering::Relaxed);
             self.reap_completions();
@@ -472,11 +397,7 @@ impl<H: Handler> Worker<H> {
     /// Handles every completion posted so far, then re-arms the receives that ended.
     fn reap_completions(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
+        self.ring.reap(&mut cqes);
         for (u, res, flags) in cqes.drain(..) {
             self.complete(u, res, flags);
         }
@@ -496,14 +417,7 @@ impl<H: Handler> Worker<H> {
     fn gather_more(&mut self) {
         for _ in 0..GATHER_ROUNDS {
             let queued = self.stats().deliveries.load(Ordering::Relaxed);
-            // SAFETY: no submission, no argument: only runs pending task work and posts
-            // the completions that are ready.
-            let r = unsafe {
-                self.ring
-                    .submitter()
-                    .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
-            };
-            if r.is_err() || self.ring.completion().is_empty() {
+            if self.ring.get_events().is_err() || !self.ring.has_completions() {
                 return;
             }
             self.reap_completions();
@@ -540,7 +454,7 @@ impl<H: Handler> Worker<H> {
                 .build()
                 .user_data(ud(OP_CANCEL_ACCEPT, 0));
             // SAFETY: a cancel by user_data points to no memory.
-            unsafe { self.push(e) };
+            unsafe { self.ring.push(&e) };
         }
         // The listening socket closes once the cancelled accept lets go of it.
         self.listener = None;
@@ -583,13 +497,13 @@ impl<H: Handler> Worker<H> {
                 .flags(squeue::Flags::IO_HARDLINK)
                 .user_data(ud(OP_CLOSE_REJECTED, 0));
             // SAFETY: the send reads the static 503 response, alive for the whole process.
-            unsafe { self.push_linked(send) };
+            unsafe { self.ring.push_linked(&send) };
             let e = opcode::Close::new(slot)
                 .build()
                 .user_data(ud(OP_CLOSE_REJECTED, 0));
             // SAFETY: a close points to no memory; it runs after the linked send completed,
             // so nothing names the slot when it is freed.
-            unsafe { self.push(e) };
+            unsafe { self.ring.push(&e) };
         } else {
             self.stats().uring_slots.fetch_add(1, Ordering::Relaxed);
             let key = self.core.insert(UringIo {
@@ -619,9 +533,9 @@ impl<H: Handler> Worker<H> {
             match cqueue::buffer_select(flags) {
                 Some(bid) => {
                     self.stats().uring_bufs_held.fetch_add(1, Ordering::Relaxed);
-                    let buf = self.bufs.buf(bid);
+                    let buf = self.ring.bufs().buf(bid);
                     self.core.on_data(key, &mut buf[..res as usize]);
-                    self.bufs.recycle(bid);
+                    self.ring.bufs().recycle(bid);
                     self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
                     if !more {
                         self.rearm.push(key);
@@ -728,7 +642,7 @@ impl<H: Handler> Worker<H> {
             .build()
             .user_data(ud(OP_CLOSE, key));
         // SAFETY: a close points to no memory.
-        unsafe { self.push(e) };
+        unsafe { self.ring.push(&e) };
     }
 
     fn after_flush(&mut self, key: usize) {
@@ -753,7 +667,7 @@ impl<H: Handler> Worker<H> {
                     .build()
                     .user_data(ud(OP_SHUTDOWN, key));
                 // SAFETY: a shutdown points to no memory.
-                unsafe { self.push(e) };
+                unsafe { self.ring.push(&e) };
             }
         }
     }
@@ -849,7 +763,7 @@ impl<H: Handler> Worker<H> {
         // `WriteQueue::clear`) and the slot stays in `sends` until `on_send` runs for the
         // final completion (a zero-copy send's notification); the connection, and so its
         // queue, is freed only after that (`op_done`).
-        unsafe { self.push(e) };
+        unsafe { self.ring.push(&e) };
     }
 
     /// Dead connections: cancel every operation that names the slot (a receive, a send
@@ -877,7 +791,7 @@ impl<H: Handler> Worker<H> {
                 .build()
                 .user_data(ud(OP_CANCEL, key));
             // SAFETY: a cancel by descriptor points to no memory.
-            unsafe { self.push(e) };
+            unsafe { self.ring.push(&e) };
         }
     }
 }
