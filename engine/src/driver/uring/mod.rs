@@ -21,12 +21,14 @@
 #![allow(unsafe_code)]
 
 mod bufring;
+mod ops;
 mod ring;
 
 use crate::handler::Handler;
 use crate::runtime::core::{AfterFlush, Core};
 use crate::runtime::{Config, Handle, Shared, Wake, WorkerShared};
 use io_uring::{cqueue, opcode, squeue, types};
+use ops::Op;
 use ring::Ring;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -35,20 +37,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-const OP_ACCEPT: u64 = 1;
-const OP_RECV: u64 = 2;
-const OP_SEND: u64 = 3;
-const OP_CLOSE: u64 = 4;
-const OP_CANCEL: u64 = 5;
-const OP_SHUTDOWN: u64 = 6;
-const OP_WAKE: u64 = 7;
-/// Closing a direct descriptor that never became a connection (server full).
-const OP_CLOSE_REJECTED: u64 = 8;
-const OP_CANCEL_ACCEPT: u64 = 9;
-/// A zero-copy send: a result completion (flagged MORE), then a notification (NOTIF) once the
-/// kernel no longer reads the buffers.
-const OP_SEND_ZC: u64 = 10;
-
 /// Iovecs per sendmsg.
 const MAX_IOV: usize = 64;
 /// Deliveries queued in one turn from which the turn first gathers what else has arrived
@@ -56,18 +44,6 @@ const MAX_IOV: usize = 64;
 const COALESCE_MIN: u64 = 64;
 /// At most this many extra entries per turn.
 const GATHER_ROUNDS: usize = 2;
-
-fn ud(op: u64, key: usize) -> u64 {
-    op << 56 | key as u64
-}
-
-fn ud_op(ud: u64) -> u64 {
-    ud >> 56
-}
-
-fn ud_key(ud: u64) -> usize {
-    (ud & 0xFFFF_FFFF) as usize
-}
 
 /// A connection's handle in this backend: its direct descriptor and what is in flight.
 #[derive(Debug)]
@@ -322,10 +298,9 @@ impl<H: Handler> Worker<H> {
         let Some(l) = &self.listener else { return };
         let e = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
             .allocate_file_index(true)
-            .build()
-            .user_data(ud(OP_ACCEPT, 0));
+            .build();
         // SAFETY: an accept into the fixed-file table points to no memory (no address out).
-        unsafe { self.ring.push(&e) };
+        unsafe { self.submit(Op::Accept, e) };
         self.accept_armed = true;
     }
 
@@ -335,12 +310,11 @@ impl<H: Handler> Worker<H> {
             self.wake_buf.as_mut_ptr(),
             8,
         )
-        .build()
-        .user_data(ud(OP_WAKE, 0));
+        .build();
         // SAFETY: the kernel writes 8 bytes into `wake_buf`, boxed (it does not move) and
         // owned by this worker, which reads it only in the completion; `Worker` drops the
         // ring before it (field order).
-        unsafe { self.ring.push(&e) };
+        unsafe { self.submit(Op::Wake, e) };
     }
 
     fn arm_recv(&mut self, key: usize) {
@@ -351,17 +325,10 @@ impl<H: Handler> Worker<H> {
             return;
         }
         conn.io.recv_armed = true;
-        conn.io.ops += 1;
-        self.core.shared.workers[self.core.worker as usize]
-            .stats
-            .uring_ops
-            .fetch_add(1, Ordering::Relaxed);
-        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), self.ring.bufs().bgid)
-            .build()
-            .user_data(ud(OP_RECV, key));
-        // SAFETY: the receive takes its buffers from the provided-buffer ring `bufs`, which
-        // stays registered while the ring has operations; the SQE points to no other memory.
-        unsafe { self.ring.push(&e) };
+        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), self.ring.bufs().bgid).build();
+        // SAFETY: the receive takes its buffers from the provided-buffer ring, which stays
+        // registered while the ring has operations; the SQE points to no other memory.
+        unsafe { self.submit(Op::Recv(key), e) };
     }
 
     fn run_loop(mut self) -> io::Result<()> {
@@ -428,13 +395,15 @@ impl<H: Handler> Worker<H> {
     }
 
     fn complete(&mut self, u: u64, res: i32, flags: u32) {
-        let key = ud_key(u);
-        match ud_op(u) {
-            OP_ACCEPT => self.on_accept(res, flags),
-            OP_RECV => self.on_recv(key, res, flags),
-            OP_SEND => self.on_send(key, res),
-            OP_SEND_ZC => self.on_send_zc(key, res, flags),
-            OP_WAKE => {
+        let Some(op) = Op::decode(u) else {
+            return tracing::error!("unknown io_uring completion {u:#x}");
+        };
+        match op {
+            Op::Accept => self.on_accept(res, flags),
+            Op::Recv(key) => self.on_recv(key, res, flags),
+            Op::Send(key) => self.on_send(key, res),
+            Op::SendZc(key) => self.on_send_zc(key, res, flags),
+            Op::Wake => {
                 if self.core.drain_inbox() {
                     self.stop_accepting();
                 }
@@ -442,19 +411,16 @@ impl<H: Handler> Worker<H> {
                     self.arm_wake();
                 }
             }
-            OP_CLOSE | OP_CANCEL | OP_SHUTDOWN => self.op_done(key),
-            OP_CLOSE_REJECTED | OP_CANCEL_ACCEPT => {}
-            other => tracing::error!("unknown io_uring completion {other}"),
+            Op::Close(key) | Op::Cancel(key) | Op::Shutdown(key) => self.op_done(key),
+            Op::Rejected | Op::CancelAccept => {}
         }
     }
 
     fn stop_accepting(&mut self) {
         if self.accept_armed {
-            let e = opcode::AsyncCancel::new(ud(OP_ACCEPT, 0))
-                .build()
-                .user_data(ud(OP_CANCEL_ACCEPT, 0));
+            let e = opcode::AsyncCancel::new(Op::Accept.encode()).build();
             // SAFETY: a cancel by user_data points to no memory.
-            unsafe { self.ring.push(&e) };
+            unsafe { self.submit(Op::CancelAccept, e) };
         }
         // The listening socket closes once the cancelled accept lets go of it.
         self.listener = None;
@@ -495,15 +461,13 @@ impl<H: Handler> Worker<H> {
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
                 .flags(squeue::Flags::IO_HARDLINK)
-                .user_data(ud(OP_CLOSE_REJECTED, 0));
+                .user_data(Op::Rejected.encode());
             // SAFETY: the send reads the static 503 response, alive for the whole process.
             unsafe { self.ring.push_linked(&send) };
-            let e = opcode::Close::new(slot)
-                .build()
-                .user_data(ud(OP_CLOSE_REJECTED, 0));
+            let e = opcode::Close::new(slot).build();
             // SAFETY: a close points to no memory; it runs after the linked send completed,
             // so nothing names the slot when it is freed.
-            unsafe { self.ring.push(&e) };
+            unsafe { self.submit(Op::Rejected, e) };
         } else {
             self.stats().uring_slots.fetch_add(1, Ordering::Relaxed);
             let key = self.core.insert(UringIo {
@@ -605,8 +569,30 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// One operation of `key` completed. The last one of a dead connection lets its slot be
-    /// closed; the completion of that close frees the connection.
+    /// Submits `e` as `op`. An operation of a connection is counted in its `ops` and in the
+    /// `uring_ops` gauge until its final completion reaches [`Worker::op_done`]: the one
+    /// place both go up.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::push`].
+    unsafe fn submit(&mut self, op: Op, e: squeue::Entry) {
+        if let Some(key) = op.key() {
+            let conn = self.core.conns.get_mut(key);
+            debug_assert!(conn.is_some(), "{op:?} for a freed connection");
+            if let Some(conn) = conn {
+                conn.io.ops += 1;
+                self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let e = e.user_data(op.encode());
+        // SAFETY: the caller's duty.
+        unsafe { self.ring.push(&e) };
+    }
+
+    /// One operation of `key` completed: the one place `ops` and the `uring_ops` gauge go
+    /// down. The last one of a dead connection lets its slot be closed; the completion of
+    /// that close frees the connection.
     fn op_done(&mut self, key: usize) {
         let Some(conn) = self.core.conns.get_mut(key) else {
             return;
@@ -635,14 +621,9 @@ impl<H: Handler> Worker<H> {
         };
         debug_assert_eq!(conn.io.ops, 0, "an operation still names the slot");
         conn.io.close = CloseState::Closing;
-        conn.io.ops += 1;
-        let slot = conn.io.slot;
-        self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
-        let e = opcode::Close::new(types::Fixed(slot))
-            .build()
-            .user_data(ud(OP_CLOSE, key));
+        let e = opcode::Close::new(types::Fixed(conn.io.slot)).build();
         // SAFETY: a close points to no memory.
-        unsafe { self.ring.push(&e) };
+        unsafe { self.submit(Op::Close(key), e) };
     }
 
     fn after_flush(&mut self, key: usize) {
@@ -657,17 +638,10 @@ impl<H: Handler> Worker<H> {
             return;
         }
         if self.core.after_flush(key) == AfterFlush::ShutdownWrite {
-            if let Some(conn) = self.core.conns.get_mut(key) {
-                conn.io.ops += 1;
-                self.core.shared.workers[self.core.worker as usize]
-                    .stats
-                    .uring_ops
-                    .fetch_add(1, Ordering::Relaxed);
-                let e = opcode::Shutdown::new(types::Fixed(conn.io.slot), libc::SHUT_WR)
-                    .build()
-                    .user_data(ud(OP_SHUTDOWN, key));
+            if let Some(conn) = self.core.conns.get(key) {
+                let e = opcode::Shutdown::new(types::Fixed(conn.io.slot), libc::SHUT_WR).build();
                 // SAFETY: a shutdown points to no memory.
-                unsafe { self.ring.push(&e) };
+                unsafe { self.submit(Op::Shutdown(key), e) };
             }
         }
     }
@@ -716,12 +690,10 @@ impl<H: Handler> Worker<H> {
                 opcode::SendZc::new(fd, ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
-                    .user_data(ud(OP_SEND_ZC, key))
             } else {
                 opcode::Send::new(fd, ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
-                    .user_data(ud(OP_SEND, key))
             }
         } else {
             let fresh = self.send_pool.pop().unwrap_or_else(|| {
@@ -743,19 +715,13 @@ impl<H: Handler> Worker<H> {
                 opcode::SendMsgZc::new(fd, hdr)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
-                    .user_data(ud(OP_SEND_ZC, key))
             } else {
                 opcode::SendMsg::new(fd, hdr)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
-                    .user_data(ud(OP_SEND, key))
             }
         };
-        conn.io.ops += 1;
-        self.core.shared.workers[self.core.worker as usize]
-            .stats
-            .uring_ops
-            .fetch_add(1, Ordering::Relaxed);
+        let op = if zc { Op::SendZc(key) } else { Op::Send(key) };
         let _ = self.core.after_flush(key);
         // SAFETY: a plain send reads the first queued chunk, and a sendmsg its `SendSlot`
         // (boxed in `sends`, so it does not move) and the chunks its iovecs point into. The
@@ -763,7 +729,7 @@ impl<H: Handler> Worker<H> {
         // `WriteQueue::clear`) and the slot stays in `sends` until `on_send` runs for the
         // final completion (a zero-copy send's notification); the connection, and so its
         // queue, is freed only after that (`op_done`).
-        unsafe { self.ring.push(&e) };
+        unsafe { self.submit(op, e) };
     }
 
     /// Dead connections: cancel every operation that names the slot (a receive, a send
@@ -782,16 +748,12 @@ impl<H: Handler> Worker<H> {
                 self.submit_close(key);
                 continue;
             }
-            conn.io.ops += 1;
-            let slot = conn.io.slot;
-            self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
+            let slot = types::Fixed(conn.io.slot);
             // Matches by file: an operation whose file is not resolved yet (queued in io-wq)
             // is not found, but it completes on its own, and the close waits for it.
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
-                .build()
-                .user_data(ud(OP_CANCEL, key));
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(slot).all()).build();
             // SAFETY: a cancel by descriptor points to no memory.
-            unsafe { self.ring.push(&e) };
+            unsafe { self.submit(Op::Cancel(key), e) };
         }
     }
 }
