@@ -59,6 +59,13 @@ pub(crate) struct UringIo {
 /// kernel gives the same slot, receive it. So the `CLOSE` waits until every operation that
 /// names the slot has completed: first they are cancelled, then the slot is closed, then the
 /// connection (and the write queue its sends pinned) is freed.
+///
+/// The operations that name a connection's slot, each counted in `UringIo::ops`: the
+/// multishot receive, `SEND`/`SENDMSG` and their zero-copy forms (any may be punted to
+/// io-wq), `SHUTDOWN` (always io-wq), and the `ASYNC_CANCEL` by descriptor (resolved when it
+/// is issued, counted all the same). The 503 answer to a connection refused as the server is
+/// full names its slot in a `SEND` hard-linked to the `CLOSE`: the kernel runs the close only
+/// after the send completed, wherever the send ran. Accept and the wake-up read name no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CloseState {
     /// In use: operations may be submitted.

@@ -191,7 +191,11 @@ impl Ring {
             .iter()
             .filter(|(_, _, flags)| !cqueue::more(*flags))
             .count();
-        self.inflight -= done;
+        debug_assert!(
+            done <= self.inflight,
+            "a completion for an SQE never pushed"
+        );
+        self.inflight = self.inflight.saturating_sub(done);
     }
 
     /// Cancels every operation in flight and waits (up to `QUIESCE_TIMEOUT`) for their
