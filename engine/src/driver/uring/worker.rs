@@ -56,6 +56,9 @@ pub(super) struct Worker<H: Handler> {
     pub(super) cqes: Vec<(u64, i32, u32)>,
     /// Keys whose multishot receive ended and must be re-armed after this batch.
     pub(super) rearm: Vec<usize>,
+    /// The result of the wake-up read completed in this batch: the inbox is drained after
+    /// the batch's other completions (see `reap_completions`).
+    pub(super) woken: Option<i32>,
 }
 
 impl<H: Handler> Drop for Worker<H> {
@@ -98,6 +101,7 @@ impl<H: Handler> Worker<H> {
             accept_retry_at: None,
             cqes: Vec::with_capacity(1024),
             rearm: Vec::new(),
+            woken: None,
         };
         w.arm_accept();
         w.arm_wake();
@@ -183,6 +187,18 @@ impl<H: Handler> Worker<H> {
             self.complete(u, res, flags);
         }
         self.cqes = cqes;
+        // Commands from other threads (publishes above all) last: the send completions of
+        // this batch have released what the kernel took, so the write budget is checked
+        // against what is really still queued, as the mio backend's synchronous writes do.
+        // A wake-up handled first saw every queue one completion stale.
+        if let Some(res) = self.woken.take() {
+            if self.core.drain_inbox() {
+                self.stop_accepting();
+            }
+            if res >= 0 || res == -libc::EAGAIN {
+                self.arm_wake();
+            }
+        }
         let mut rearm = std::mem::take(&mut self.rearm);
         for key in rearm.drain(..) {
             self.arm_recv(key);
@@ -217,14 +233,7 @@ impl<H: Handler> Worker<H> {
             Op::Recv(key) => self.on_recv(key, res, flags),
             Op::Send(key) => self.on_send(key, res),
             Op::SendZc(key) => self.on_send_zc(key, res, flags),
-            Op::Wake => {
-                if self.core.drain_inbox() {
-                    self.stop_accepting();
-                }
-                if res >= 0 || res == -libc::EAGAIN {
-                    self.arm_wake();
-                }
-            }
+            Op::Wake => self.woken = Some(res),
             Op::Close(key) | Op::Cancel(key) | Op::Shutdown(key) => self.op_done(key),
             Op::Rejected | Op::CancelAccept => {}
         }
