@@ -281,3 +281,31 @@ fn uring_serves_3000_connections_with_an_open_files_limit_of_1024() {
     // The server's own file table stayed small: the sockets are direct descriptors.
     assert!(srv.fd_count() < 100, "server fds: {}", srv.fd_count());
 }
+
+/// A receive-buffer count past the kernel's limit for a provided-buffer ring (32,768) is a
+/// start error naming the limit, on the command line and through `Server::start`, not a
+/// panic on a worker thread (issue 13: `u16::next_power_of_two` of 40000 wrapped to 0).
+#[test]
+fn too_many_uring_buffers_is_a_clear_start_error() {
+    let cfg = volley::Config::new("127.0.0.1:0")
+        .workers(1)
+        .backend(Backend::Uring)
+        .uring_buffers(40000, 4096);
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let rec = Recorder {
+        tx: std::sync::Arc::new(std::sync::Mutex::new(tx)),
+    };
+    let err = volley::Server::start(cfg, rec).expect_err("40000 buffers are refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("32768"), "{err}");
+    for arg in ["40000x4096", "65535x4096", "70000x4096"] {
+        let out = std::process::Command::new(volley_bin())
+            .args(["serve", "--addr", "127.0.0.1:0", "--uring-buffers", arg])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{arg}: {stderr}");
+        assert!(stderr.contains("32768"), "{arg}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{arg}: {stderr}");
+    }
+}

@@ -185,10 +185,41 @@ impl Config {
         self
     }
 
-    /// Sets the io_uring provided buffers: `count` (a power of two) of `size` bytes.
+    /// Sets the io_uring provided buffers: `count` (rounded up to a power of two, at most
+    /// [`Config::MAX_URING_BUFFERS`]; [`Server::start`] refuses more) of `size` bytes.
     pub fn uring_buffers(mut self, count: u16, size: usize) -> Self {
-        self.uring_buffers = (count.max(1).next_power_of_two(), size.max(64));
+        let count = count.max(1);
+        // Past 32,768 there is no u16 power of two to round up to: keep the count as given,
+        // for `validate` to refuse with the reason.
+        let count = count.checked_next_power_of_two().unwrap_or(count);
+        self.uring_buffers = (count, size.max(64));
         self
+    }
+
+    /// Most provided buffers in one io_uring buffer ring: the kernel takes a power of two
+    /// below 65,536 (its ring head and tail are 16-bit and must tell full from empty).
+    pub const MAX_URING_BUFFERS: u16 = 1 << 15;
+
+    /// Checks the settings that cannot be checked by the builder methods.
+    ///
+    /// # Errors
+    /// `InvalidInput`, naming the setting and its allowed range: `uring_buffers` with a
+    /// count that is not a power of two from 1 to [`Config::MAX_URING_BUFFERS`], or buffers
+    /// smaller than 64 bytes.
+    pub fn validate(&self) -> io::Result<()> {
+        let (count, size) = self.uring_buffers;
+        if !count.is_power_of_two() || count > Self::MAX_URING_BUFFERS || size < 64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "uring_buffers {count}x{size}: the count must be a power of two from 1 to \
+                     {} (the kernel's limit for a provided-buffer ring) and the size at \
+                     least 64 bytes",
+                    Self::MAX_URING_BUFFERS
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// io_uring: use zero-copy sends for batches of at least `min` bytes (`None`: never).
@@ -660,8 +691,10 @@ impl Server {
     /// Binds one listener per worker and starts the workers.
     ///
     /// # Errors
-    /// The address does not resolve, cannot be bound, or a poller cannot be created.
+    /// The configuration is invalid ([`Config::validate`]), the address does not resolve,
+    /// cannot be bound, or a poller cannot be created.
     pub fn start<H: Handler>(config: Config, handler: H) -> io::Result<Server> {
+        config.validate()?;
         let addr = config.addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;

@@ -187,12 +187,15 @@ fn main() {
 fn parse_buffers(s: &str) -> Result<(u16, usize), String> {
     let bad = || format!("expected COUNTxSIZE such as 1024x4096, not {s:?}");
     let (c, z) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-    let count: u16 = c.trim().parse().map_err(|_| bad())?;
+    // Parsed wide so that 40000 or 70000 get the range message, not a parse error.
+    let count: u32 = c.trim().parse().map_err(|_| bad())?;
     let size: usize = z.trim().parse().map_err(|_| bad())?;
-    if count == 0 || !(64..=1 << 20).contains(&size) {
+    let max = Config::MAX_URING_BUFFERS;
+    if !(1..=u32::from(max)).contains(&count) || !(64..=1 << 20).contains(&size) {
         return Err(format!(
-            "{s:?}: COUNT must be at least 1 and SIZE from 64 to 1048576 bytes"
+            "{s:?}: COUNT must be from 1 to {max} (the kernel's limit for a provided-buffer \
+             ring; rounded up to a power of two) and SIZE from 64 to 1048576 bytes"
         ));
     }
-    Ok((count, size))
+    Ok((count as u16, size))
 }

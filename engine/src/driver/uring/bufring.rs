@@ -33,9 +33,19 @@ impl std::fmt::Debug for BufRing {
 }
 
 impl BufRing {
-    /// Allocates `count` (a power of two) buffers of `size` bytes and registers them.
+    /// Allocates `count` (a power of two, at most 32,768) buffers of `size` bytes and
+    /// registers them.
+    ///
+    /// # Errors
+    /// `InvalidInput` for another count (`Config::validate` refuses it first), or what
+    /// the allocation or the registration fails with.
     pub(crate) fn new(ring: &IoUring, count: u16, size: usize, bgid: u16) -> io::Result<BufRing> {
-        assert!(count.is_power_of_two());
+        if !count.is_power_of_two() || count > crate::Config::MAX_URING_BUFFERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{count} provided buffers: not a power of two from 1 to 32768"),
+            ));
+        }
         let layout =
             Layout::from_size_align(count as usize * std::mem::size_of::<BufRingEntry>(), 4096)
                 .map_err(|e| io::Error::other(e.to_string()))?;
@@ -53,8 +63,9 @@ impl BufRing {
             tail: 0,
             bgid,
         };
-        // SAFETY: `entries` is page aligned and holds `count` entries that live until the ring
-        // is unregistered in `Drop` (the ring itself outlives this struct: see the worker).
+        // SAFETY: `entries` is page aligned and holds `count` entries. The kernel uses them
+        // until the buffer ring is unregistered, which `Ring`'s `Drop` does before dropping
+        // this struct (on failure here nothing is registered).
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(entries as u64, count, bgid, 0)?
@@ -101,9 +112,8 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // The ring (and so the registration) is dropped by the worker after this struct only
-        // when the worker exits; freeing the entries while registered would be unsound, so the
-        // worker drops the ring first (see `Worker` field order).
+        // Only `Ring` drops a registered BufRing, after it stopped every operation and
+        // unregistered it (`ring.rs`); the kernel no longer reads the entries or buffers.
         // SAFETY: allocated in `new` with this layout.
         unsafe { dealloc(self.entries as *mut u8, self.layout) };
     }

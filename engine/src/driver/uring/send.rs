@@ -1,0 +1,176 @@
+//! Sends: the chunks queued for a connection go out as one SQE per turn (a plain `send` of
+//! one chunk, or a `sendmsg` whose iovecs point into the pinned chunks), and their
+//! completions release what was written.
+#![allow(unsafe_code)]
+
+use super::ops::Op;
+use super::worker::Worker;
+use super::CloseState;
+use crate::handler::Handler;
+use crate::runtime::core::AfterFlush;
+use io_uring::{cqueue, opcode, types};
+use std::io::IoSlice;
+use std::sync::atomic::Ordering;
+
+/// Iovecs per sendmsg.
+const MAX_IOV: usize = 64;
+
+/// The memory a `sendmsg` reads until its completion.
+pub(super) struct SendSlot {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; MAX_IOV],
+}
+
+impl<H: Handler> Worker<H> {
+    pub(super) fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.core.dirty);
+        for key in dirty.drain(..) {
+            self.flush_one(key);
+        }
+        if self.core.dirty.is_empty() {
+            self.core.dirty = dirty;
+        }
+    }
+
+    fn flush_one(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if conn.is_dead() || conn.io.close != CloseState::Open {
+            return;
+        }
+        if conn.out.is_sending() {
+            // The completion flushes the rest.
+            let _ = self.core.after_flush(key);
+            return;
+        }
+        if conn.out.is_empty() {
+            return self.after_flush(key);
+        }
+        let n = conn.out.begin_send(MAX_IOV);
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let filled = conn.out.io_slices(&mut iov[..n]);
+        let bytes = conn.out.len();
+        let zc = self
+            .core
+            .cfg
+            .uring_send_zc_min
+            .is_some_and(|min| bytes >= min);
+        let fd = types::Fixed(conn.io.slot);
+        let e = if filled == 1 {
+            // One chunk (a lone broadcast frame, or a turn's frames coalesced): a plain send
+            // of that buffer, no msghdr to keep alive, so a fan-out to N sockets holds no
+            // per-recipient memory while its sends are in flight.
+            let (ptr, len) = (iov[0].as_ptr(), iov[0].len() as u32);
+            if zc {
+                opcode::SendZc::new(fd, ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            } else {
+                opcode::Send::new(fd, ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+        } else {
+            let fresh = self.send_pool.pop().unwrap_or_else(|| {
+                // SAFETY: msghdr and iovec are plain C structs; all-zero is a valid value.
+                Box::new(unsafe { std::mem::zeroed::<SendSlot>() })
+            });
+            let entry = self.sends.vacant_entry();
+            let slot_id = entry.key();
+            let slot = entry.insert(fresh);
+            for (dst, src) in slot.iov.iter_mut().zip(&iov[..filled]) {
+                dst.iov_base = src.as_ptr() as *mut _;
+                dst.iov_len = src.len();
+            }
+            slot.hdr.msg_iov = slot.iov.as_mut_ptr();
+            slot.hdr.msg_iovlen = filled as _;
+            let hdr: *const libc::msghdr = &slot.hdr;
+            conn.io.send = Some(slot_id as u32);
+            if zc {
+                opcode::SendMsgZc::new(fd, hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            } else {
+                opcode::SendMsg::new(fd, hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            }
+        };
+        let op = if zc { Op::SendZc(key) } else { Op::Send(key) };
+        let _ = self.core.after_flush(key);
+        // SAFETY: a plain send reads the first queued chunk, and a sendmsg its `SendSlot`
+        // (boxed in `sends`, so it does not move) and the chunks its iovecs point into. The
+        // chunks are pinned by `begin_send` (never appended to, moved or freed, even by
+        // `WriteQueue::clear`) and the slot stays in `sends` until `on_send` runs for the
+        // final completion (a zero-copy send's notification); the connection, and so its
+        // queue, is freed only after that (`op_done`).
+        unsafe { self.submit(op, e) };
+    }
+
+    /// A zero-copy send completes twice: its result (flagged MORE), then a notification once
+    /// the kernel let go of the buffers; the chunks stay pinned until then.
+    pub(super) fn on_send_zc(&mut self, key: usize, res: i32, flags: u32) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if cqueue::notif(flags) {
+            let written = conn.io.zc_written.take().unwrap_or(0);
+            return self.on_send(key, written);
+        }
+        if cqueue::more(flags) {
+            conn.io.zc_written = Some(res);
+        } else {
+            self.on_send(key, res);
+        }
+    }
+
+    pub(super) fn on_send(&mut self, key: usize, res: i32) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(s) = conn.io.send.take() {
+            let slot = self.sends.remove(s as usize);
+            self.send_pool.push(slot);
+        }
+        let written = res.max(0) as usize;
+        conn.out.end_send(written, &mut self.core.env.pool);
+        if res > 0 {
+            self.core.shared.workers[self.core.worker as usize]
+                .stats
+                .bytes_out
+                .fetch_add(res as u64, Ordering::Relaxed);
+        }
+        let failed = res < 0;
+        self.op_done(key);
+        if failed {
+            self.core.on_eof(key);
+        } else {
+            // More may have been queued meanwhile, or a short send left a rest.
+            self.core.want_flush(key);
+            if self.core.conns.get(key).is_some_and(|c| c.out.is_empty()) {
+                self.after_flush(key);
+            }
+        }
+    }
+
+    fn after_flush(&mut self, key: usize) {
+        // Once the connection is dead nothing new may name its slot: the close waits for the
+        // operations in flight only (a late send completion lands here).
+        if self
+            .core
+            .conns
+            .get(key)
+            .map_or(true, |c| c.io.close != CloseState::Open || c.is_dead())
+        {
+            return;
+        }
+        if self.core.after_flush(key) == AfterFlush::ShutdownWrite {
+            if let Some(conn) = self.core.conns.get(key) {
+                let e = opcode::Shutdown::new(types::Fixed(conn.io.slot), libc::SHUT_WR).build();
+                // SAFETY: a shutdown points to no memory.
+                unsafe { self.submit(Op::Shutdown(key), e) };
+            }
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! A worker's loop on its ring: accepts, receives, wake-ups, completions, and the close of a
+//! connection (see [`CloseState`]).
+#![allow(unsafe_code)]
+
+use super::ops::Op;
+use super::ring::Ring;
+use super::send::SendSlot;
+use super::{CloseState, UringIo};
+use crate::handler::Handler;
+use crate::runtime::core::Core;
+use io_uring::{cqueue, opcode, squeue, types};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+/// Deliveries queued in one turn from which the turn first gathers what else has arrived
+/// ([`Worker::gather_more`]).
+const COALESCE_MIN: u64 = 64;
+/// At most this many extra entries per turn.
+const GATHER_ROUNDS: usize = 2;
+
+/// The answer to a connection past `max_connections` (the mio backend writes the same).
+fn server_full_response() -> &'static [u8] {
+    static RESP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    RESP.get_or_init(|| {
+        let mut out = Vec::new();
+        crate::proto::handshake::write_http_response(
+            &mut out,
+            503,
+            "text/plain",
+            &[],
+            b"server full\n",
+        )
+        .expect("static");
+        out
+    })
+}
+
+pub(super) struct Worker<H: Handler> {
+    pub(super) core: Core<H, UringIo>,
+    /// The ring and its provided buffers. The kernel may use memory owned by the other
+    /// fields (the pinned write queues in `core`, `sends`, `wake_buf`) until an operation's
+    /// final completion: `Drop` stops every operation first.
+    pub(super) ring: Ring,
+    pub(super) listener: Option<std::net::TcpListener>,
+    pub(super) wake_fd: OwnedFd,
+    pub(super) wake_buf: Box<[u8; 8]>,
+    pub(super) sends: slab::Slab<Box<SendSlot>>,
+    /// Send slots kept for reuse: a send allocates nothing once warm. Boxed because the
+    /// kernel reads a slot's msghdr by address until the completion: it must not move.
+    #[allow(clippy::vec_box)]
+    pub(super) send_pool: Vec<Box<SendSlot>>,
+    pub(super) accept_armed: bool,
+    /// After a failed accept (table full, out of files): when to try again (ms).
+    pub(super) accept_retry_at: Option<u64>,
+    pub(super) cqes: Vec<(u64, i32, u32)>,
+    /// Keys whose multishot receive ended and must be re-armed after this batch.
+    pub(super) rearm: Vec<usize>,
+    /// The result of the wake-up read completed in this batch: the inbox is drained after
+    /// the batch's other completions (see `reap_completions`).
+    pub(super) woken: Option<i32>,
+}
+
+impl<H: Handler> Drop for Worker<H> {
+    fn drop(&mut self) {
+        // Before any field goes: no operation may still read a pinned write queue, a
+        // `SendSlot` or `wake_buf` when they are freed.
+        if !self.ring.quiesce() {
+            tracing::error!("io_uring operations still in flight at exit; their memory is leaked");
+            std::mem::forget(std::mem::take(&mut self.core.conns));
+            std::mem::forget(std::mem::take(&mut self.sends));
+            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new([0; 8])));
+        }
+    }
+}
+
+impl<H: Handler> crate::driver::RunWorker for Worker<H> {
+    fn run(self) -> io::Result<()> {
+        Worker::run_loop(self)
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    pub(super) fn new(
+        core: Core<H, UringIo>,
+        ring: Ring,
+        listener: std::net::TcpListener,
+        wake_fd: OwnedFd,
+    ) -> io::Result<Self> {
+        // Accepted sockets inherit TCP_NODELAY from the listener (there is no fd to set it on).
+        socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+        let mut w = Worker {
+            core,
+            ring,
+            listener: Some(listener),
+            wake_fd,
+            wake_buf: Box::new([0u8; 8]),
+            sends: slab::Slab::new(),
+            send_pool: Vec::new(),
+            accept_armed: false,
+            accept_retry_at: None,
+            cqes: Vec::with_capacity(1024),
+            rearm: Vec::new(),
+            woken: None,
+        };
+        w.arm_accept();
+        w.arm_wake();
+        Ok(w)
+    }
+
+    pub(super) fn stats(&self) -> &crate::runtime::WorkerStats {
+        &self.core.shared.workers[self.core.worker as usize].stats
+    }
+
+    fn arm_accept(&mut self) {
+        let Some(l) = &self.listener else { return };
+        let e = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+            .allocate_file_index(true)
+            .build();
+        // SAFETY: an accept into the fixed-file table points to no memory (no address out).
+        unsafe { self.submit(Op::Accept, e) };
+        self.accept_armed = true;
+    }
+
+    fn arm_wake(&mut self) {
+        let e = opcode::Read::new(
+            types::Fd(self.wake_fd.as_raw_fd()),
+            self.wake_buf.as_mut_ptr(),
+            8,
+        )
+        .build();
+        // SAFETY: the kernel writes 8 bytes into `wake_buf`, boxed (it does not move) and
+        // owned by this worker, which reads it only in the completion; `Worker` drops the
+        // ring before it (field order).
+        unsafe { self.submit(Op::Wake, e) };
+    }
+
+    fn arm_recv(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if conn.io.recv_armed || conn.io.close != CloseState::Open {
+            return;
+        }
+        conn.io.recv_armed = true;
+        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), self.ring.bufs().bgid).build();
+        // SAFETY: the receive takes its buffers from the provided-buffer ring, which stays
+        // registered while the ring has operations; the SQE points to no other memory.
+        unsafe { self.submit(Op::Recv(key), e) };
+    }
+
+    fn run_loop(mut self) -> io::Result<()> {
+        loop {
+            let timeout = match self.accept_retry_at {
+                Some(_) => Some(std::time::Duration::from_millis(100)),
+                None => self.core.poll_timeout(),
+            };
+            // Sleep only when nothing is waiting to be handled.
+            let wait = !self.ring.has_completions();
+            self.ring.submit(wait, timeout)?;
+            self.core.update_now();
+            let queued = self.stats().deliveries.load(Ordering::Relaxed);
+            self.reap_completions();
+            if self.stats().deliveries.load(Ordering::Relaxed) - queued >= COALESCE_MIN {
+                self.gather_more();
+            }
+            if self.accept_retry_at.is_some_and(|t| self.core.now_ms >= t) {
+                self.accept_retry_at = None;
+                if !self.accept_armed && self.listener.is_some() && !self.core.shutting_down {
+                    self.arm_accept();
+                }
+            }
+            self.core.run_timers();
+            self.flush();
+            self.reap();
+            if self.core.finished() && self.sends.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles every completion posted so far, then re-arms the receives that ended.
+    fn reap_completions(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.ring.reap(&mut cqes);
+        for (u, res, flags) in cqes.drain(..) {
+            self.complete(u, res, flags);
+        }
+        self.cqes = cqes;
+        // Commands from other threads (publishes above all) last: the send completions of
+        // this batch have released what the kernel took, so the write budget is checked
+        // against what is really still queued, as the mio backend's synchronous writes do.
+        // A wake-up handled first saw every queue one completion stale.
+        if let Some(res) = self.woken.take() {
+            if self.core.drain_inbox() {
+                self.stop_accepting();
+            }
+            if res >= 0 || res == -libc::EAGAIN {
+                self.arm_wake();
+            }
+        }
+        let mut rearm = std::mem::take(&mut self.rearm);
+        for key in rearm.drain(..) {
+            self.arm_recv(key);
+        }
+        self.rearm = rearm;
+    }
+
+    /// A fan-out was queued this turn. Before sending it, take in what else has arrived
+    /// meanwhile (with `DEFER_TASKRUN` completions are posted only when the ring is entered):
+    /// the other events of a burst from other connections then go to each recipient in the
+    /// same send, not in a second one behind its completion. One extra `io_uring_enter` per
+    /// fan-out turn, against up to one send per recipient.
+    fn gather_more(&mut self) {
+        for _ in 0..GATHER_ROUNDS {
+            let queued = self.stats().deliveries.load(Ordering::Relaxed);
+            if self.ring.get_events().is_err() || !self.ring.has_completions() {
+                return;
+            }
+            self.reap_completions();
+            if self.stats().deliveries.load(Ordering::Relaxed) == queued {
+                return;
+            }
+        }
+    }
+
+    fn complete(&mut self, u: u64, res: i32, flags: u32) {
+        let Some(op) = Op::decode(u) else {
+            return tracing::error!("unknown io_uring completion {u:#x}");
+        };
+        match op {
+            Op::Accept => self.on_accept(res, flags),
+            Op::Recv(key) => self.on_recv(key, res, flags),
+            Op::Send(key) => self.on_send(key, res),
+            Op::SendZc(key) => self.on_send_zc(key, res, flags),
+            Op::Wake => self.woken = Some(res),
+            Op::Close(key) | Op::Cancel(key) | Op::Shutdown(key) => self.op_done(key),
+            Op::Rejected | Op::CancelAccept => {}
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        if self.accept_armed {
+            let e = opcode::AsyncCancel::new(Op::Accept.encode()).build();
+            // SAFETY: a cancel by user_data points to no memory.
+            unsafe { self.submit(Op::CancelAccept, e) };
+        }
+        // The listening socket closes once the cancelled accept lets go of it.
+        self.listener = None;
+        self.accept_armed = false;
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if res < 0 {
+            if res != -libc::ECANCELED {
+                // ENFILE: the fixed-file table is full; EMFILE/ENOBUFS/ENOMEM: out of
+                // resources. The pending connections wait in the backlog; retry shortly
+                // rather than spin on a failing accept.
+                if res == -libc::ENFILE {
+                    tracing::warn!(
+                        "accept failed: this worker's ring has no free direct descriptor (its \
+                         fixed-file table is full); the kernel reset the connection it accepted. \
+                         Raise --max-connections (more rings) or the soft open-files limit"
+                    );
+                } else {
+                    tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
+                }
+                self.accept_retry_at = Some(self.core.now_ms + 100);
+                self.stats().accept_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if !cqueue::more(flags) {
+                return;
+            }
+        } else if !self.core.can_accept() {
+            self.core.count_rejected();
+            // 503, then close: a send of a static response linked to the close of the
+            // direct descriptor (nothing to keep per rejected connection).
+            let slot = types::Fixed(res as u32);
+            let resp = server_full_response();
+            let send = opcode::Send::new(slot, resp.as_ptr(), resp.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK)
+                .user_data(Op::Rejected.encode());
+            // SAFETY: the send reads the static 503 response, alive for the whole process.
+            unsafe { self.ring.push_linked(&send) };
+            let e = opcode::Close::new(slot).build();
+            // SAFETY: a close points to no memory; it runs after the linked send completed,
+            // so nothing names the slot when it is freed.
+            unsafe { self.submit(Op::Rejected, e) };
+        } else {
+            self.stats().uring_slots.fetch_add(1, Ordering::Relaxed);
+            let key = self.core.insert(UringIo {
+                slot: res as u32,
+                ops: 0,
+                recv_armed: false,
+                send: None,
+                zc_written: None,
+                close: CloseState::Open,
+            });
+            self.arm_recv(key);
+        }
+        if !self.accept_armed && self.listener.is_some() && !self.core.shutting_down {
+            self.arm_accept();
+        }
+    }
+
+    fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if !more {
+            conn.io.recv_armed = false;
+        }
+        if res > 0 {
+            match cqueue::buffer_select(flags) {
+                Some(bid) => {
+                    self.stats().uring_bufs_held.fetch_add(1, Ordering::Relaxed);
+                    let buf = self.ring.bufs().buf(bid);
+                    self.core.on_data(key, &mut buf[..res as usize]);
+                    self.ring.bufs().recycle(bid);
+                    self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
+                    if !more {
+                        self.rearm.push(key);
+                    }
+                }
+                None => {
+                    // Bytes were taken from the socket but cannot be read: the stream is
+                    // broken. The completion still ends an operation (below) when final.
+                    tracing::error!("receive completion without a buffer");
+                    self.core.on_eof(key);
+                }
+            }
+        } else if res == -libc::ENOBUFS {
+            self.stats().recv_enobufs.fetch_add(1, Ordering::Relaxed);
+            self.rearm.push(key);
+        } else if res == 0 || res != -libc::ECANCELED {
+            self.core.on_eof(key);
+        }
+        if !more {
+            self.op_done(key);
+        }
+    }
+
+    /// Submits `e` as `op`. An operation of a connection is counted in its `ops` and in the
+    /// `uring_ops` gauge until its final completion reaches [`Worker::op_done`]: the one
+    /// place both go up.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::push`].
+    pub(super) unsafe fn submit(&mut self, op: Op, e: squeue::Entry) {
+        if let Some(key) = op.key() {
+            let conn = self.core.conns.get_mut(key);
+            debug_assert!(conn.is_some(), "{op:?} for a freed connection");
+            if let Some(conn) = conn {
+                conn.io.ops += 1;
+                self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let e = e.user_data(op.encode());
+        // SAFETY: the caller's duty.
+        unsafe { self.ring.push(&e) };
+    }
+
+    /// One operation of `key` completed: the one place `ops` and the `uring_ops` gauge go
+    /// down. The last one of a dead connection lets its slot be closed; the completion of
+    /// that close frees the connection.
+    pub(super) fn op_done(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        conn.io.ops = conn.io.ops.saturating_sub(1);
+        let (idle, close) = (conn.io.ops == 0, conn.io.close);
+        let st = &self.core.shared.workers[self.core.worker as usize].stats;
+        st.uring_ops.fetch_sub(1, Ordering::Relaxed);
+        if !idle {
+            return;
+        }
+        match close {
+            CloseState::Open => {}
+            CloseState::Cancelling => self.submit_close(key),
+            CloseState::Closing => {
+                st.uring_slots.fetch_sub(1, Ordering::Relaxed);
+                self.core.remove(key);
+            }
+        }
+    }
+
+    /// Closes the slot of `key`, which no operation names any more.
+    fn submit_close(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        debug_assert_eq!(conn.io.ops, 0, "an operation still names the slot");
+        conn.io.close = CloseState::Closing;
+        let e = opcode::Close::new(types::Fixed(conn.io.slot)).build();
+        // SAFETY: a close points to no memory.
+        unsafe { self.submit(Op::Close(key), e) };
+    }
+
+    /// Dead connections: cancel every operation that names the slot (a receive, a send
+    /// waiting on a peer that does not read, a shutdown); the slot is closed once the last
+    /// of them completed (`op_done`), never before.
+    fn reap(&mut self) {
+        while let Some(key) = self.core.dead.pop() {
+            let Some(conn) = self.core.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.io.close != CloseState::Open {
+                continue;
+            }
+            conn.io.close = CloseState::Cancelling;
+            if conn.io.ops == 0 {
+                self.submit_close(key);
+                continue;
+            }
+            let slot = types::Fixed(conn.io.slot);
+            // Matches by file: an operation whose file is not resolved yet (queued in io-wq)
+            // is not found, but it completes on its own, and the close waits for it.
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(slot).all()).build();
+            // SAFETY: a cancel by descriptor points to no memory.
+            unsafe { self.submit(Op::Cancel(key), e) };
+        }
+    }
+}
