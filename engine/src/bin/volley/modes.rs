@@ -52,6 +52,8 @@ fn valid_name(s: &str) -> bool {
 #[derive(Clone)]
 pub struct Reference {
     pub mode: Mode,
+    /// notify: most keys one event may list (0: no limit), also the engine's cap.
+    pub max_keys_per_event: usize,
 }
 
 /// Per-connection state.
@@ -105,6 +107,9 @@ impl Reference {
         let Some(serde_json::Value::Array(to)) = obj.get("to") else {
             return reply_err(ctx, "\"to\" must be an array of keys");
         };
+        if self.too_many(to.len()) {
+            return reply_err(ctx, &self.too_many_keys());
+        }
         let keys: Option<Vec<&str>> = to
             .iter()
             .map(|v| v.as_str().filter(|k| valid_name(k)))
@@ -117,19 +122,36 @@ impl Reference {
             Some(v) => v.to_string(),
             None => return reply_err(ctx, "\"data\" is missing"),
         };
-        ctx.publish_tracked(Target::Keys(&keys), Message::Text(&data), TAG_JSON);
+        if !ctx.publish_tracked(Target::Keys(&keys), Message::Text(&data), TAG_JSON) {
+            reply_err(ctx, &self.too_many_keys());
+        }
+    }
+
+    fn too_many(&self, keys: usize) -> bool {
+        self.max_keys_per_event != 0 && keys > self.max_keys_per_event
+    }
+
+    fn too_many_keys(&self) -> String {
+        format!(
+            "too many keys (at most {} per event)",
+            self.max_keys_per_event
+        )
     }
 
     fn notify_binary(&mut self, ctx: &mut Ctx<'_>, b: &[u8]) {
+        let reply_err = |ctx: &mut Ctx<'_>, e: &str| {
+            let mut reply = vec![NOTIFY_ERROR];
+            reply.extend_from_slice(e.as_bytes());
+            ctx.send_binary(&reply);
+        };
         match parse_binary_envelope(b) {
+            Ok((keys, _)) if self.too_many(keys.len()) => reply_err(ctx, &self.too_many_keys()),
             Ok((keys, payload)) => {
-                ctx.publish_tracked(Target::Keys(&keys), Message::Binary(payload), TAG_BINARY)
+                if !ctx.publish_tracked(Target::Keys(&keys), Message::Binary(payload), TAG_BINARY) {
+                    reply_err(ctx, &self.too_many_keys());
+                }
             }
-            Err(e) => {
-                let mut reply = vec![NOTIFY_ERROR];
-                reply.extend_from_slice(e.as_bytes());
-                ctx.send_binary(&reply);
-            }
+            Err(e) => reply_err(ctx, e),
         }
     }
 
@@ -141,13 +163,13 @@ impl Reference {
         };
         let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
         match cmd {
-            "SUB" | "UNSUB" if valid_name(rest) => {
-                if cmd == "SUB" {
-                    ctx.subscribe(rest);
-                } else {
-                    ctx.unsubscribe(rest);
-                }
-                ctx.send_text(&format!("+{cmd} {rest}"));
+            "SUB" if valid_name(rest) => match ctx.try_subscribe(rest) {
+                Ok(_) => ctx.send_text(&format!("+SUB {rest}")),
+                Err(e) => ctx.send_text(&format!("-ERR too many subscriptions ({e})")),
+            },
+            "UNSUB" if valid_name(rest) => {
+                ctx.unsubscribe(rest);
+                ctx.send_text(&format!("+UNSUB {rest}"));
             }
             "PUB" => {
                 let (topic, payload) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -158,6 +180,7 @@ impl Reference {
                     return ctx.close(CloseCode::POLICY_VIOLATION, "too many publishes in flight");
                 }
                 state.pending_pubs.push_back(topic.into());
+                // A topic target is never refused (only key lists are capped).
                 ctx.publish_tracked(Target::Topic(topic), Message::Text(payload), TAG_PUB);
             }
             "SUB" | "UNSUB" => ctx.send_text("-ERR invalid topic"),
@@ -216,7 +239,9 @@ impl Handler for Reference {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, state: &mut State, msg: Message<'_>) {
         match self.mode {
             Mode::Echo => ctx.send(msg),
-            Mode::Broadcast => ctx.publish(Target::All, msg),
+            Mode::Broadcast => {
+                ctx.publish(Target::All, msg);
+            }
             Mode::Notify => match msg {
                 Message::Text(t) => self.notify_json(ctx, t),
                 Message::Binary(b) => self.notify_binary(ctx, b),
