@@ -73,8 +73,8 @@ fn json_event(key: &str, n: usize, data: &str) -> String {
 /// One event lists a key bound to 200 connections 300,000 times (1.2 MB). Expanding every
 /// listed key before de-duplicating held 60 million slots (about 256 MB) in the workers'
 /// scratch vectors, kept for their lives. With the key list de-duplicated first, the
-/// server's peak grows by the JSON parse only (about 30 MB), the receipt counts each
-/// connection once, and the memory is back afterwards.
+/// server's peak grows by the JSON parse only (20-30 MiB measured), the receipt counts each
+/// connection once, and the scratch memory is freed afterwards (RSS back within 32 MiB).
 fn repeated_keys_cost_one_lookup_not_one_expansion_each(b: Backend) {
     let srv = ChildServer::spawn(&[
         "--backend",
@@ -101,16 +101,17 @@ fn repeated_keys_cost_one_lookup_not_one_expansion_each(b: Backend) {
         assert_eq!(c.recv(), Got::Text("hi".into()));
     }
     let peak = status_kib(pid, "VmHWM");
+    let after = status_kib(pid, "VmRSS");
+    eprintln!("RSS before {before} KiB, peak {peak} KiB, after {after} KiB");
     assert!(
-        peak.saturating_sub(before) < 100 * 1024,
+        peak.saturating_sub(before) < 64 * 1024,
         "server RSS peaked {} MiB above its {} MiB before one event",
         (peak - before) / 1024,
         before / 1024
     );
     // The delivery's scratch memory is given back (it used to stay at its peak).
-    let after = status_kib(pid, "VmRSS");
     assert!(
-        after.saturating_sub(before) < 48 * 1024,
+        after.saturating_sub(before) < 32 * 1024,
         "server RSS stayed {} MiB above its {} MiB after one event",
         (after - before) / 1024,
         before / 1024
@@ -139,8 +140,9 @@ fn notify_refuses_an_event_over_its_key_cap(b: Backend) {
     sender.send_text(&json_event("k", 300_000, "hi"));
     let answer = sender.recv();
     let peak = status_kib(pid, "VmHWM");
+    eprintln!("RSS before {before} KiB, peak {peak} KiB");
     assert!(
-        peak.saturating_sub(before) < 100 * 1024,
+        peak.saturating_sub(before) < 64 * 1024,
         "server RSS peaked {} MiB above its {} MiB",
         (peak - before) / 1024,
         before / 1024
@@ -204,7 +206,10 @@ fn subscribe_many(addr: SocketAddr, n: usize) -> (usize, usize, Option<String>) 
         if ok + err == n {
             break;
         }
-        let got = c.stream.read(&mut tmp).expect("answers keep coming");
+        let got = match c.stream.read(&mut tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("answers keep coming"),
+        };
         assert!(got > 0, "server closed after {ok} +SUB and {err} -ERR");
         buf.extend_from_slice(&tmp[..got]);
     }
@@ -229,6 +234,7 @@ fn fifty_thousand_subscriptions_cost_linear_cpu(b: Backend) {
     let cpu0 = cpu_ticks(srv.pid());
     let (ok, err, _) = subscribe_many(srv.addr, 50_000);
     let cpu = cpu_ticks(srv.pid()) - cpu0;
+    eprintln!("server CPU for 50,000 SUB: {} ms", cpu * 10);
     assert_eq!((ok, err), (50_000, 0));
     assert!(
         cpu < 300,
@@ -251,6 +257,7 @@ fn pubsub_answers_err_past_the_subscription_cap(b: Backend) {
     let cpu0 = cpu_ticks(srv.pid());
     let (ok, err, first_err) = subscribe_many(srv.addr, 50_000);
     let cpu = cpu_ticks(srv.pid()) - cpu0;
+    eprintln!("server CPU for 50,000 SUB: {} ms", cpu * 10);
     assert!(cpu < 300, "the SUB flood cost {} ms of CPU", cpu * 10);
     assert_eq!((ok, err), (256, 50_000 - 256));
     let first_err = first_err.unwrap();

@@ -103,12 +103,17 @@ pub(crate) struct MetricsServer {
 const MAX_HEAD: usize = 8 * 1024;
 
 impl MetricsServer {
-    /// Binds `addr` and starts the thread.
-    pub(crate) fn start(addr: &str, handle: Handle) -> io::Result<MetricsServer> {
+    /// Binds `addr` (before the workers start, so the address is taken, or the start fails,
+    /// before the WebSocket port accepts anything).
+    pub(crate) fn bind(addr: &str) -> io::Result<TcpListener> {
         let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;
-        let listener = TcpListener::bind(addr)?;
+        TcpListener::bind(addr)
+    }
+
+    /// Starts the thread answering on `listener`.
+    pub(crate) fn start(listener: TcpListener, handle: Handle) -> io::Result<MetricsServer> {
         let addr = listener.local_addr()?;
         let thread = std::thread::Builder::new()
             .name("volley-metrics".into())

@@ -760,7 +760,13 @@ impl Server {
     /// The address (or `metrics_addr`) does not resolve, cannot be bound, or a poller cannot
     /// be created.
     pub fn start<H: Handler>(config: Config, handler: H) -> io::Result<Server> {
-        let metrics_addr = config.metrics_addr.clone();
+        let metrics = match &config.metrics_addr {
+            Some(a) => Some(
+                metrics::MetricsServer::bind(a)
+                    .map_err(|e| io::Error::new(e.kind(), format!("metrics address {a}: {e}")))?,
+            ),
+            None => None,
+        };
         let addr = config.addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;
@@ -824,15 +830,12 @@ impl Server {
             backend,
             metrics: None,
         };
-        if let Some(a) = metrics_addr {
-            match metrics::MetricsServer::start(&a, server.handle()) {
+        if let Some(listener) = metrics {
+            match metrics::MetricsServer::start(listener, server.handle()) {
                 Ok(m) => server.metrics = Some(m),
                 Err(e) => {
                     server.shutdown();
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("metrics address {a}: {e}"),
-                    ));
+                    return Err(e);
                 }
             }
         }
