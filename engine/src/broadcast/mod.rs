@@ -149,6 +149,18 @@ fn distinct_keys(ks: &[&str]) -> Box<[Box<str>]> {
     v.into_iter().map(Box::<str>::from).collect()
 }
 
+/// Slots a worker's delivery scratch vector keeps between events whatever its connection
+/// count (16 KiB).
+const SCRATCH_KEEP: usize = 4096;
+
+/// Whether a delivery scratch vector of `capacity` slots grew past what a worker with
+/// `conns` connections needs (a recipient list never holds more than one slot per
+/// connection once de-duplicated): then it is freed rather than kept at its peak for the
+/// worker's life.
+pub(crate) fn scratch_spike(capacity: usize, conns: usize) -> bool {
+    capacity > SCRATCH_KEEP.max(2 * conns)
+}
+
 /// Splits a list of connections by owning worker: `out[w]` gets worker `w`'s recipients.
 pub(crate) fn group_by_worker(ids: &[ConnId], workers: usize) -> Vec<Vec<ConnId>> {
     let mut out = vec![Vec::new(); workers];
@@ -184,6 +196,14 @@ mod tests {
         };
         let k: Vec<&str> = k.iter().map(|s| &**s).collect();
         assert_eq!(k, ["alice", "bob", "carol"]);
+    }
+
+    #[test]
+    fn scratch_is_freed_past_twice_the_connections() {
+        assert!(!scratch_spike(4096, 0));
+        assert!(scratch_spike(4097, 0));
+        assert!(!scratch_spike(20_000, 10_000));
+        assert!(scratch_spike(20_001, 10_000));
     }
 
     #[test]

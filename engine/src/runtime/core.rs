@@ -13,10 +13,12 @@
 //! `Closing` for good.
 
 use super::queue::{BufPool, WriteQueue};
-use super::timer::TimerWheel;
+use super::timer::{millis, TimerWheel};
 use super::{Command, Config, ConnId, Handle, SlowConsumerPolicy, WorkerShared};
 use crate::broadcast::registry::{Added, Caps, Registry, Subs};
-use crate::broadcast::{encode_shared, group_by_worker, Event, OwnedTarget, Target, Tracker};
+use crate::broadcast::{
+    encode_shared, group_by_worker, scratch_spike, Event, OwnedTarget, Target, Tracker,
+};
 use crate::handler::{Ctx, Handler, HttpResponse, Message, Upgrade};
 use crate::proto::encode::encode_close_frame;
 use crate::proto::frame::encode_header;
@@ -32,16 +34,6 @@ use std::time::Instant;
 
 /// Timer granularity.
 const TICK_MS: u64 = 100;
-
-/// Slots the delivery scratch vector keeps between events whatever the connection count
-/// (16 KiB): beyond it and beyond twice the worker's connections, it is freed after use.
-const SCRATCH_KEEP: usize = 4096;
-
-/// A duration in milliseconds, saturating: `Duration::MAX` (or any "never" too large for
-/// a u64 of milliseconds) stays far in the future instead of wrapping into the past.
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 /// Where a connection is in its life.
 #[derive(Debug)]
@@ -1060,9 +1052,7 @@ impl<H: Handler, Io> Core<H, Io> {
                 reached += 1;
             }
         }
-        // Give a spike back: a delivery may gather up to every connection's slot, so keep
-        // what the worker's connections can need and no more.
-        if slots.capacity() > SCRATCH_KEEP.max(2 * self.conns.len()) {
+        if scratch_spike(slots.capacity(), self.conns.len()) {
             slots = Vec::new();
         }
         self.scratch = slots;
