@@ -138,6 +138,7 @@ impl Default for ServeArgs {
     }
 }
 
+mod envelope;
 mod modes;
 
 use modes::{Mode, Reference};

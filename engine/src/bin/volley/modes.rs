@@ -1,5 +1,6 @@
 //! The reference modes' handlers and wire formats (documented in docs/modes.md).
 
+use crate::envelope::parse_json_envelope;
 use volley::{CloseCode, Ctx, Handler, HttpResponse, Message, Reject, Request, Target, Upgrade};
 
 /// Which behaviour the server runs.
@@ -94,35 +95,15 @@ pub fn parse_binary_envelope(b: &[u8]) -> Result<(Vec<&str>, &[u8]), &'static st
 
 impl Reference {
     fn notify_json(&mut self, ctx: &mut Ctx<'_>, text: &str) {
-        let parsed: Result<serde_json::Value, _> = serde_json::from_str(text);
         let reply_err = |ctx: &mut Ctx<'_>, e: &str| {
             ctx.send_text(&serde_json::json!({ "error": e }).to_string())
         };
-        let Ok(serde_json::Value::Object(obj)) = parsed else {
-            return reply_err(
-                ctx,
-                "expected a JSON object {\"to\": [keys], \"data\": ...}",
-            );
+        let event = match parse_json_envelope(text, self.max_keys_per_event, valid_name) {
+            Ok(e) => e,
+            Err(why) => return reply_err(ctx, &why),
         };
-        let Some(serde_json::Value::Array(to)) = obj.get("to") else {
-            return reply_err(ctx, "\"to\" must be an array of keys");
-        };
-        if self.too_many(to.len()) {
-            return reply_err(ctx, &self.too_many_keys());
-        }
-        let keys: Option<Vec<&str>> = to
-            .iter()
-            .map(|v| v.as_str().filter(|k| valid_name(k)))
-            .collect();
-        let Some(keys) = keys else {
-            return reply_err(ctx, "every key must be a valid name");
-        };
-        let data = match obj.get("data") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v) => v.to_string(),
-            None => return reply_err(ctx, "\"data\" is missing"),
-        };
-        if !ctx.publish_tracked(Target::Keys(&keys), Message::Text(&data), TAG_JSON) {
+        let keys: Vec<&str> = event.to.iter().map(|k| &**k).collect();
+        if !ctx.publish_tracked(Target::Keys(&keys), Message::Text(&event.data), TAG_JSON) {
             reply_err(ctx, &self.too_many_keys());
         }
     }
