@@ -1026,7 +1026,7 @@ impl<H: Handler, Io> Core<H, Io> {
             }
             OwnedTarget::Keys(keys) => {
                 for k in keys.iter() {
-                    slots.extend_from_slice(self.env.registry.key(k));
+                    slots.extend(self.env.registry.key(k));
                 }
                 if keys.len() > 1 {
                     slots.sort_unstable();
