@@ -163,6 +163,23 @@ fn notify_refuses_an_event_over_its_key_cap(b: Backend) {
         keys[..100].join(",")
     ));
     assert_eq!(sender.recv(), Got::Text("{\"reached\":0}".into()));
+    // The binary envelope: 101 keys are refused with its error message (0x03, reason).
+    let mut env = vec![0x01];
+    env.extend_from_slice(&101u16.to_be_bytes());
+    for i in 0..101 {
+        let k = format!("u{i}");
+        env.push(k.len() as u8);
+        env.extend_from_slice(k.as_bytes());
+    }
+    env.extend_from_slice(b"payload");
+    sender.send_frame(volley::proto::OpCode::Binary, true, &env);
+    match sender.recv() {
+        Got::Binary(b) => {
+            assert_eq!(b[0], 0x03);
+            assert!(String::from_utf8_lossy(&b[1..]).contains("too many keys"));
+        }
+        other => panic!("expected a binary error, got {other:?}"),
+    }
 }
 
 // ---- many subscriptions ----
@@ -525,6 +542,17 @@ fn origin_allow_list_refuses_other_sites(b: Backend) {
     assert!(srv.handle().stats().handshake_failures >= 1);
 }
 
+/// An embedder's publish listing more keys than `Config::max_keys_per_event` is refused
+/// (false, nothing delivered, counted), from a callback or from another thread.
+fn publish_over_the_key_cap_is_refused(b: Backend) {
+    let srv = TestServer::start(TestServer::config(b).max_keys_per_event(2));
+    let h = srv.handle();
+    assert!(!h.publish(volley::Target::Keys(&["a", "b", "a"]), Message::Text("x")));
+    assert!(h.publish(volley::Target::Keys(&["a", "b"]), Message::Text("x")));
+    assert!(h.publish(volley::Target::All, Message::Text("x")));
+    assert_eq!(h.stats().publishes_refused, 1);
+}
+
 /// The same list from the command line.
 #[test]
 fn binary_allowed_origin_flag() {
@@ -566,4 +594,5 @@ both_backends!(
     metrics_are_opt_in_on_their_own_address,
     metrics_path_comes_after_on_http,
     origin_allow_list_refuses_other_sites,
+    publish_over_the_key_cap_is_refused,
 );

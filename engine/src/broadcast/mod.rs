@@ -66,12 +66,17 @@ pub(crate) fn over_key_cap(
     if max == 0 || keys.len() <= max {
         return false;
     }
-    refused.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(
-        listed = keys.len(),
-        max,
-        "publish refused: more keys than max_keys_per_event"
-    );
+    // Logged at the 1st, 2nd, 4th, 8th... refusal of this worker, so a client that repeats
+    // them cannot flood the log; the counter has the exact number.
+    let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::info!(
+            listed = keys.len(),
+            max,
+            refused = n,
+            "publish refused: more keys than max_keys_per_event"
+        );
+    }
     true
 }
 

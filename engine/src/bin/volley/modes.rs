@@ -125,8 +125,13 @@ impl Reference {
             reply.extend_from_slice(e.as_bytes());
             ctx.send_binary(&reply);
         };
+        // The key count comes first: refuse before reading the keys.
+        if let [NOTIFY_V1, n0, n1, ..] = b {
+            if self.too_many(u16::from_be_bytes([*n0, *n1]) as usize) {
+                return reply_err(ctx, &self.too_many_keys());
+            }
+        }
         match parse_binary_envelope(b) {
-            Ok((keys, _)) if self.too_many(keys.len()) => reply_err(ctx, &self.too_many_keys()),
             Ok((keys, payload)) => {
                 if !ctx.publish_tracked(Target::Keys(&keys), Message::Binary(payload), TAG_BINARY) {
                     reply_err(ctx, &self.too_many_keys());
