@@ -3,7 +3,8 @@
 //! Each worker thread owns a clone of the handler (thread-per-core: no lock between workers
 //! on the hot path); share application state between them through an `Arc` inside it.
 
-use crate::broadcast::Target;
+use crate::broadcast::registry::Added;
+use crate::broadcast::{LimitReached, Target};
 use crate::proto::handshake::Request;
 use crate::proto::CloseCode;
 use crate::runtime::core::Outbox;
@@ -203,36 +204,87 @@ impl Ctx<'_> {
 
     /// Publishes a message to `target` on every worker (see [`Target`]). The frame is
     /// encoded once and shared by every recipient.
-    pub fn publish(&mut self, target: Target<'_>, msg: Message<'_>) {
+    ///
+    /// Returns false, and delivers nothing, if `target` lists more keys than
+    /// `Config::max_keys_per_event` (logged and counted in `publishes_refused`).
+    pub fn publish(&mut self, target: Target<'_>, msg: Message<'_>) -> bool {
+        if self.handle.over_key_cap(&target, self.id().worker()) {
+            return false;
+        }
         self.out.publish(target, msg, None);
+        true
     }
 
     /// Like [`Ctx::publish`], and once every worker has delivered it,
     /// [`Handler::on_published`] runs on this connection with `tag` and the number of
-    /// connections reached.
-    pub fn publish_tracked(&mut self, target: Target<'_>, msg: Message<'_>, tag: u64) {
+    /// connections reached. A refused publish (false) gets no `on_published`.
+    pub fn publish_tracked(&mut self, target: Target<'_>, msg: Message<'_>, tag: u64) -> bool {
+        if self.handle.over_key_cap(&target, self.id().worker()) {
+            return false;
+        }
         self.out.publish(target, msg, Some(tag));
+        true
     }
 
-    /// Binds this connection to an application key; false if it already was (or closing).
+    /// Binds this connection to an application key; false if it already was, if the
+    /// connection is closing, or if it holds `Config::max_keys_per_conn` keys already
+    /// ([`Ctx::try_bind_key`] tells these apart).
     pub fn bind_key(&mut self, key: &str) -> bool {
-        self.out.bindings(|r, s, slot| r.bind(s, slot, key))
+        self.try_bind_key(key) == Ok(true)
+    }
+
+    /// Binds this connection to an application key: `Ok(true)` if newly bound, `Ok(false)`
+    /// if it already was (or the connection is closing), `Err` if it holds
+    /// `Config::max_keys_per_conn` keys already (logged once per connection and counted in
+    /// `bindings_refused`).
+    pub fn try_bind_key(&mut self, key: &str) -> Result<bool, LimitReached> {
+        let limit = self.handle.max_bindings().0;
+        let added = self
+            .out
+            .bindings(Added::Already, |r, s, slot| r.bind(s, slot, key));
+        self.added(added, limit)
     }
 
     /// Unbinds this connection from an application key; false if it was not bound.
     pub fn unbind_key(&mut self, key: &str) -> bool {
-        self.out.bindings(|r, s, slot| r.unbind(s, slot, key))
+        self.out
+            .bindings(false, |r, s, slot| r.unbind(s, slot, key))
     }
 
-    /// Subscribes this connection to a topic; false if it already was (or closing).
+    /// Subscribes this connection to a topic; false if it already was, if the connection is
+    /// closing, or if it holds `Config::max_topics_per_conn` topics already
+    /// ([`Ctx::try_subscribe`] tells these apart).
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        self.out.bindings(|r, s, slot| r.subscribe(s, slot, topic))
+        self.try_subscribe(topic) == Ok(true)
+    }
+
+    /// Subscribes this connection to a topic: `Ok(true)` if newly subscribed, `Ok(false)` if
+    /// it already was (or the connection is closing), `Err` if it holds
+    /// `Config::max_topics_per_conn` topics already (logged once per connection and counted
+    /// in `bindings_refused`).
+    pub fn try_subscribe(&mut self, topic: &str) -> Result<bool, LimitReached> {
+        let limit = self.handle.max_bindings().1;
+        let added = self
+            .out
+            .bindings(Added::Already, |r, s, slot| r.subscribe(s, slot, topic));
+        self.added(added, limit)
+    }
+
+    fn added(&self, added: Added, limit: usize) -> Result<bool, LimitReached> {
+        match added {
+            Added::Yes => Ok(true),
+            Added::Already => Ok(false),
+            Added::Full => {
+                self.handle.count_binding_refused(self.id().worker());
+                Err(LimitReached { limit })
+            }
+        }
     }
 
     /// Unsubscribes this connection from a topic; false if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
         self.out
-            .bindings(|r, s, slot| r.unsubscribe(s, slot, topic))
+            .bindings(false, |r, s, slot| r.unsubscribe(s, slot, topic))
     }
 
     /// The server's handle (stats, shutdown, other threads' entry point).

@@ -45,7 +45,7 @@ pub mod handler;
 pub mod proto;
 pub mod runtime;
 
-pub use broadcast::Target;
+pub use broadcast::{LimitReached, Target};
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;

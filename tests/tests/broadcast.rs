@@ -44,9 +44,13 @@ impl Handler for Router {
         let Message::Text(t) = msg else { return };
         let mut parts = t.splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some("all"), Some(x), None) => ctx.publish(Target::All, Message::Text(x)),
-            (Some("key"), Some(k), Some(x)) => ctx.publish(Target::Key(k), Message::Text(x)),
-            (Some("topic"), Some(tp), Some(x)) => ctx.publish(Target::Topic(tp), Message::Text(x)),
+            (Some("all"), Some(x), None) => assert!(ctx.publish(Target::All, Message::Text(x))),
+            (Some("key"), Some(k), Some(x)) => {
+                assert!(ctx.publish(Target::Key(k), Message::Text(x)))
+            }
+            (Some("topic"), Some(tp), Some(x)) => {
+                assert!(ctx.publish(Target::Topic(tp), Message::Text(x)))
+            }
             (Some("unsub"), Some(tp), None) => {
                 ctx.unsubscribe(tp);
                 ctx.send_text("unsubscribed");
@@ -228,9 +232,9 @@ fn events_from_one_thread_arrive_in_publish_order_on_every_worker(b: Backend) {
     // Interleave targets and direct sends; each recipient must see them in this order.
     for i in 0..300 {
         match i % 4 {
-            0 => h.publish(Target::All, Message::Text(&i.to_string())),
-            1 => h.publish(Target::Key("k"), Message::Text(&i.to_string())),
-            2 => h.publish(Target::Conns(&ids), Message::Text(&i.to_string())),
+            0 => assert!(h.publish(Target::All, Message::Text(&i.to_string()))),
+            1 => assert!(h.publish(Target::Key("k"), Message::Text(&i.to_string()))),
+            2 => assert!(h.publish(Target::Conns(&ids), Message::Text(&i.to_string()))),
             _ => {
                 for id in &ids {
                     h.send_text(*id, &i.to_string());

@@ -1,5 +1,5 @@
 //! The reference modes of the `volley` binary, over their documented wire formats
-//! (docs/modes.md), and its `/metrics` endpoint.
+//! (docs/modes.md), and its `/metrics` endpoint (`--metrics ADDR`).
 
 mod common;
 
@@ -212,11 +212,21 @@ fn broadcast_relays_every_message_to_every_connection(b: Backend) {
 }
 
 fn metrics_endpoint_speaks_prometheus_text(b: Backend) {
-    let srv = ChildServer::spawn(&["--backend", backend(b), "--mode", "echo", "--workers", "2"]);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let srv = ChildServer::spawn(&[
+        "--backend",
+        backend(b),
+        "--mode",
+        "echo",
+        "--workers",
+        "2",
+        "--metrics",
+        &maddr,
+    ]);
     let mut c = RawClient::connect(srv.addr, "/");
     c.send_text("x");
     assert_eq!(c.recv(), Got::Text("x".into()));
-    let mut s = TcpStream::connect(srv.addr).unwrap();
+    let mut s = TcpStream::connect(&maddr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut out = String::new();
@@ -229,8 +239,8 @@ fn metrics_endpoint_speaks_prometheus_text(b: Backend) {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum()
     };
-    assert_eq!(sum("messages_in"), 1);
-    assert_eq!(sum("opened"), 1);
+    assert_eq!(sum("messages_in_total"), 1);
+    assert_eq!(sum("opened_total"), 1);
     assert!(sum("connections") >= 1);
 }
 

@@ -37,11 +37,56 @@ pub enum Target<'a> {
     All,
 }
 
+/// A bind or subscribe refused because the connection already holds as many keys (or
+/// topics) as `Config::max_keys_per_conn` (or `max_topics_per_conn`) allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitReached {
+    /// The cap that was reached.
+    pub limit: usize,
+}
+
+impl std::fmt::Display for LimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at most {} per connection", self.limit)
+    }
+}
+
+impl std::error::Error for LimitReached {}
+
+/// Whether `target` lists more keys than `max` allows (0: no limit); logs and counts the
+/// refusal in `refused` if so.
+pub(crate) fn over_key_cap(
+    target: &Target<'_>,
+    max: usize,
+    refused: &std::sync::atomic::AtomicU64,
+) -> bool {
+    let Target::Keys(keys) = target else {
+        return false;
+    };
+    if max == 0 || keys.len() <= max {
+        return false;
+    }
+    // Logged at the 1st, 2nd, 4th, 8th... refusal of this worker, so a client that repeats
+    // them cannot flood the log; the counter has the exact number.
+    let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::info!(
+            listed = keys.len(),
+            max,
+            refused = n,
+            "publish refused: more keys than max_keys_per_event"
+        );
+    }
+    true
+}
+
 /// The target as it travels to other workers.
 #[derive(Debug)]
 pub(crate) enum OwnedTarget {
     /// Already grouped: the recipients on the receiving worker.
     Conns(Vec<ConnId>),
+    /// INVARIANT: distinct keys (made by [`OwnedTarget::from_target`]), so a worker looks
+    /// each up once however often the publisher listed it.
     Keys(Box<[Box<str>]>),
     Topic(Box<str>),
     All,
@@ -92,13 +137,33 @@ impl OwnedTarget {
             Target::Conn(id) => OwnedTarget::Conns(vec![id]),
             Target::Conns(ids) => OwnedTarget::Conns(ids.to_vec()),
             Target::Key(k) => OwnedTarget::Keys(Box::new([k.into()])),
-            Target::Keys(ks) => {
-                OwnedTarget::Keys(ks.iter().map(|k| Box::<str>::from(*k)).collect())
-            }
+            Target::Keys(ks) => OwnedTarget::Keys(distinct_keys(ks)),
             Target::Topic(t) => OwnedTarget::Topic(t.into()),
             Target::All => OwnedTarget::All,
         }
     }
+}
+
+/// The distinct keys of a list, owned. Duplicates go before anything is expanded: a key
+/// listed 400,000 times is looked up once, not turned into 400,000 copies of its
+/// connections. Sorting borrowed `&str`s costs one pointer pair per listed key, transiently.
+fn distinct_keys(ks: &[&str]) -> Box<[Box<str>]> {
+    let mut v: Vec<&str> = ks.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v.into_iter().map(Box::<str>::from).collect()
+}
+
+/// Slots a worker's delivery scratch vector keeps between events whatever its connection
+/// count (16 KiB).
+const SCRATCH_KEEP: usize = 4096;
+
+/// Whether a delivery scratch vector of `capacity` slots grew past what a worker with
+/// `conns` connections needs (a recipient list never holds more than one slot per
+/// connection once de-duplicated): then it is freed rather than kept at its peak for the
+/// worker's life.
+pub(crate) fn scratch_spike(capacity: usize, conns: usize) -> bool {
+    capacity > SCRATCH_KEEP.max(2 * conns)
 }
 
 /// Splits a list of connections by owning worker: `out[w]` gets worker `w`'s recipients.
@@ -124,6 +189,37 @@ mod tests {
         let f = encode_shared(Message::Binary(&big));
         assert_eq!(f.len(), 10 + 70_000);
         assert_eq!(&f[..2], &[0x82, 127]);
+    }
+
+    #[test]
+    fn keys_are_deduplicated_before_they_travel() {
+        let listed = vec!["bob"; 10_000];
+        let mut listed = listed;
+        listed.extend(["alice", "bob", "carol", "alice"]);
+        let OwnedTarget::Keys(k) = OwnedTarget::from_target(&Target::Keys(&listed)) else {
+            panic!("keys stay keys");
+        };
+        let k: Vec<&str> = k.iter().map(|s| &**s).collect();
+        assert_eq!(k, ["alice", "bob", "carol"]);
+    }
+
+    #[test]
+    fn scratch_is_freed_past_twice_the_connections() {
+        assert!(!scratch_spike(4096, 0));
+        assert!(scratch_spike(4097, 0));
+        assert!(!scratch_spike(20_000, 10_000));
+        assert!(scratch_spike(20_001, 10_000));
+    }
+
+    #[test]
+    fn key_cap_counts_listed_keys() {
+        let refused = std::sync::atomic::AtomicU64::new(0);
+        let three = ["a", "a", "b"];
+        assert!(!over_key_cap(&Target::Keys(&three), 3, &refused));
+        assert!(!over_key_cap(&Target::Keys(&three), 0, &refused));
+        assert!(!over_key_cap(&Target::All, 1, &refused));
+        assert!(over_key_cap(&Target::Keys(&three), 2, &refused));
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
     }
 
     #[test]

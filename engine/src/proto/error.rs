@@ -123,8 +123,15 @@ pub enum HandshakeError {
     HttpVersion,
     /// No `Host` header. 400.
     MissingHost,
-    /// No `websocket` token in `Upgrade` (a plain HTTP request). 426.
+    /// No `websocket` token in `Upgrade` and no `Sec-WebSocket-Key` or
+    /// `Sec-WebSocket-Version` either: a plain HTTP request (the server may answer it through
+    /// `Handler::on_http`). 426.
     NotUpgrade,
+    /// `Sec-WebSocket-Key` or `Sec-WebSocket-Version` present (a WebSocket handshake), but
+    /// `Upgrade` is missing or does not name `websocket` (RFC 6455 4.2.1 item 3). 400.
+    UpgradeNotWebSocket,
+    /// The `Origin` is not in the server's allow-list (`Config::allowed_origins`). 403.
+    OriginNotAllowed,
     /// No `upgrade` token in `Connection`. 400.
     MissingConnectionUpgrade,
     /// `Sec-WebSocket-Key` absent or not base64 of 16 bytes. 400.
@@ -142,6 +149,7 @@ impl HandshakeError {
     pub fn status(&self) -> u16 {
         match self {
             HandshakeError::MethodNotGet => 405,
+            HandshakeError::OriginNotAllowed => 403,
             HandshakeError::NotUpgrade | HandshakeError::UnsupportedVersion => 426,
             HandshakeError::HeadTooLarge => 431,
             _ => 400,
@@ -156,6 +164,8 @@ impl HandshakeError {
             HandshakeError::HttpVersion => "HTTP/1.1 or later required",
             HandshakeError::MissingHost => "missing Host header",
             HandshakeError::NotUpgrade => "expected Upgrade: websocket",
+            HandshakeError::UpgradeNotWebSocket => "a WebSocket handshake needs Upgrade: websocket",
+            HandshakeError::OriginNotAllowed => "origin not allowed",
             HandshakeError::MissingConnectionUpgrade => "expected Connection: upgrade",
             HandshakeError::InvalidKey => "Sec-WebSocket-Key must be base64 of 16 bytes",
             HandshakeError::UnsupportedVersion => "Sec-WebSocket-Version must be 13",

@@ -208,6 +208,34 @@ impl<'a> Request<'a> {
         self.any_has_token("upgrade", "websocket")
     }
 
+    /// Whether the request carries `Sec-WebSocket-Key` or `Sec-WebSocket-Version`: the
+    /// client means a WebSocket handshake, whatever its `Upgrade` says.
+    pub fn has_websocket_headers(&self) -> bool {
+        self.header("sec-websocket-key").is_some() || self.header("sec-websocket-version").is_some()
+    }
+
+    fn version_is_13(&self) -> bool {
+        self.header("sec-websocket-version")
+            .is_some_and(|v| v.trim_ascii() == b"13")
+    }
+
+    /// Whether the request's `Origin` is in `allowed` (ASCII case ignored). True when
+    /// `allowed` is empty (no list) or the request has no `Origin` (not from a browser, so
+    /// not a cross-site request a browser was tricked into; authenticate such clients in
+    /// `Handler::on_upgrade`).
+    pub fn origin_allowed(&self, allowed: &[String]) -> bool {
+        if allowed.is_empty() {
+            return true;
+        }
+        match self.header("origin") {
+            None => true,
+            Some(o) => {
+                let o = o.trim_ascii();
+                allowed.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(o))
+            }
+        }
+    }
+
     /// Whether any header called `name` lists `token` (a list may span several header
     /// lines: `Connection: keep-alive` then `Connection: Upgrade`).
     fn any_has_token(&self, name: &str, token: &str) -> bool {
@@ -233,15 +261,22 @@ impl<'a> Request<'a> {
             _ => return Err(HandshakeError::DuplicateHeader),
         }
         if !self.is_upgrade() {
-            return Err(HandshakeError::NotUpgrade);
+            // A request with WebSocket handshake headers is a failed handshake, never a
+            // plain HTTP request to be served a page (RFC 6455 4.2.1: 400, or 426 with the
+            // version we speak when its version is not 13).
+            let version = self.header("sec-websocket-version");
+            return Err(if !self.has_websocket_headers() {
+                HandshakeError::NotUpgrade
+            } else if version.is_some() && !self.version_is_13() {
+                HandshakeError::UnsupportedVersion
+            } else {
+                HandshakeError::UpgradeNotWebSocket
+            });
         }
         if !self.any_has_token("connection", "upgrade") {
             return Err(HandshakeError::MissingConnectionUpgrade);
         }
-        if !self
-            .header("sec-websocket-version")
-            .is_some_and(|v| v.trim_ascii() == b"13")
-        {
+        if !self.version_is_13() {
             return Err(HandshakeError::UnsupportedVersion);
         }
         if self.header_count("sec-websocket-key") > 1 {
@@ -631,6 +666,24 @@ Sec-WebSocket-Protocol: v2\r\nSec-WebSocket-Version: 13\r\n\r\n";
             ),
             (
                 with("Upgrade: websocket", "Upgrade: h2c"),
+                HandshakeError::UpgradeNotWebSocket,
+                400,
+            ),
+            (
+                with("Upgrade: websocket\r\n", ""),
+                HandshakeError::UpgradeNotWebSocket,
+                400,
+            ),
+            (
+                String::from_utf8(with("Upgrade: websocket", "Upgrade: h2c"))
+                    .unwrap()
+                    .replace("Version: 13", "Version: 8")
+                    .into_bytes(),
+                HandshakeError::UnsupportedVersion,
+                426,
+            ),
+            (
+                b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n".to_vec(),
                 HandshakeError::NotUpgrade,
                 426,
             ),
@@ -678,6 +731,17 @@ Sec-WebSocket-Protocol: v2\r\nSec-WebSocket-Version: 13\r\n\r\n";
                 assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
             }
         }
+    }
+
+    #[test]
+    fn origin_allow_list() {
+        let (_, req) = parse_ok(RFC_REQ).unwrap();
+        assert!(req.origin_allowed(&[]));
+        assert!(req.origin_allowed(&["HTTP://Example.com".into()]));
+        assert!(!req.origin_allowed(&["https://example.com".into()]));
+        let no_origin = with("Origin: http://example.com\r\n", "");
+        let (_, req) = parse_ok(&no_origin).unwrap();
+        assert!(req.origin_allowed(&["https://example.com".into()]));
     }
 
     #[test]

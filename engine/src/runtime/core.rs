@@ -13,10 +13,12 @@
 //! `Closing` for good.
 
 use super::queue::{BufPool, WriteQueue};
-use super::timer::TimerWheel;
+use super::timer::{millis, TimerWheel};
 use super::{Command, Config, ConnId, Handle, SlowConsumerPolicy, WorkerShared};
-use crate::broadcast::registry::{Registry, Subs};
-use crate::broadcast::{encode_shared, group_by_worker, Event, OwnedTarget, Target, Tracker};
+use crate::broadcast::registry::{Added, Caps, Registry, Subs};
+use crate::broadcast::{
+    encode_shared, group_by_worker, scratch_spike, Event, OwnedTarget, Target, Tracker,
+};
 use crate::handler::{Ctx, Handler, HttpResponse, Message, Upgrade};
 use crate::proto::encode::encode_close_frame;
 use crate::proto::frame::encode_header;
@@ -183,18 +185,19 @@ impl<'a> Outbox<'a> {
         ));
     }
 
-    /// Applies `f` to the own connection's bindings; false if it cannot (closing).
-    pub(crate) fn bindings(
+    /// Applies `f` to the own connection's bindings; `closed` if it cannot (closing).
+    pub(crate) fn bindings<R>(
         &mut self,
-        f: impl FnOnce(&mut Registry, &mut Subs, u32) -> bool,
-    ) -> bool {
+        closed: R,
+        f: impl FnOnce(&mut Registry, &mut Subs, u32) -> R,
+    ) -> R {
         let slot = self.own_id.key() as u32;
         match self.own.as_mut() {
             Some(own) => {
                 let subs = own.subs.get_or_insert_with(Default::default);
                 f(&mut self.env.registry, subs, slot)
             }
-            None => false,
+            None => closed,
         }
     }
 }
@@ -259,6 +262,10 @@ impl<H: Handler, Io> Core<H, Io> {
             m => m,
         };
         let budget = cfg.write_budget;
+        let caps = Caps {
+            keys: cfg.max_keys_per_conn,
+            topics: cfg.max_topics_per_conn,
+        };
         Core {
             handler,
             conns: Slab::new(),
@@ -277,6 +284,7 @@ impl<H: Handler, Io> Core<H, Io> {
             dead: Vec::new(),
             env: Env {
                 budget,
+                registry: Registry::with_caps(caps),
                 ..Env::default()
             },
             scratch: Vec::new(),
@@ -452,25 +460,23 @@ impl<H: Handler, Io> Core<H, Io> {
         };
         let client_key = match req.validate() {
             Ok(k) => k,
-            Err(HandshakeError::NotUpgrade)
-                if req.method == "GET" && self.cfg.metrics_path.as_deref() == Some(req.path) =>
-            {
-                let body = self.handle.prometheus().into_bytes();
-                let resp = HttpResponse {
-                    status: 200,
-                    content_type: "text/plain; version=0.0.4",
-                    body,
-                };
-                return self.http_response(key, &resp);
-            }
+            // A plain request (no WebSocket handshake headers): the application answers it
+            // first, then the metrics path if configured on this port, else 426.
             Err(HandshakeError::NotUpgrade) if req.method == "GET" => {
-                match self.handler.on_http(&req) {
-                    Some(resp) => return self.http_response(key, &resp),
-                    None => return self.http_error(key, &HandshakeError::NotUpgrade),
-                }
+                return match self.handler.on_http(&req) {
+                    Some(resp) => self.http_response(key, &resp),
+                    None if self.cfg.metrics_path.as_deref() == Some(req.path) => {
+                        let resp = crate::runtime::metrics::response(&self.handle);
+                        self.http_response(key, &resp)
+                    }
+                    None => self.http_error(key, &HandshakeError::NotUpgrade),
+                };
             }
             Err(e) => return self.http_error(key, &e),
         };
+        if !req.origin_allowed(&self.cfg.allowed_origins) {
+            return self.http_error(key, &HandshakeError::OriginNotAllowed);
+        }
         let mut upgrade = Upgrade::default();
         let state = match self.handler.on_upgrade(&req, &mut upgrade) {
             Ok(s) => s,
@@ -1020,7 +1026,7 @@ impl<H: Handler, Io> Core<H, Io> {
             }
             OwnedTarget::Keys(keys) => {
                 for k in keys.iter() {
-                    slots.extend_from_slice(self.env.registry.key(k));
+                    slots.extend(self.env.registry.key(k));
                 }
                 if keys.len() > 1 {
                     slots.sort_unstable();
@@ -1045,6 +1051,9 @@ impl<H: Handler, Io> Core<H, Io> {
             if self.push_shared_to(slot as usize, &ev.frame) {
                 reached += 1;
             }
+        }
+        if scratch_spike(slots.capacity(), self.conns.len()) {
+            slots = Vec::new();
         }
         self.scratch = slots;
         self.me()
@@ -1116,35 +1125,47 @@ impl<H: Handler, Io> Core<H, Io> {
         let Core { conns, env, .. } = self;
         let subs = conns[key].subs.get_or_insert_with(Default::default);
         let slot = key as u32;
-        match op {
+        let added = match op {
             BindOp::Bind => env.registry.bind(subs, slot, name),
-            BindOp::Unbind => env.registry.unbind(subs, slot, name),
             BindOp::Subscribe => env.registry.subscribe(subs, slot, name),
-            BindOp::Unsubscribe => env.registry.unsubscribe(subs, slot, name),
+            BindOp::Unbind => {
+                env.registry.unbind(subs, slot, name);
+                return;
+            }
+            BindOp::Unsubscribe => {
+                env.registry.unsubscribe(subs, slot, name);
+                return;
+            }
         };
+        if added == Added::Full {
+            self.me()
+                .stats
+                .bindings_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     // ---- timers ----
 
     fn deadline(&self, conn: &Conn<H::State, Io>) -> u64 {
         let cfg = &self.cfg;
-        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        let after = |t: u64, d: std::time::Duration| t.saturating_add(millis(d));
         match conn.phase {
-            Phase::Handshake(_) => conn.since + ms(cfg.handshake_timeout),
+            Phase::Handshake(_) => after(conn.since, cfg.handshake_timeout),
             Phase::Open => {
                 let mut d = u64::MAX;
                 if let Some(p) = cfg.ping_interval {
                     d = match conn.ping_sent {
-                        Some(t) => t + ms(cfg.pong_timeout),
-                        None => conn.last_rx + ms(p),
+                        Some(t) => after(t, cfg.pong_timeout),
+                        None => after(conn.last_rx, p),
                     };
                 }
                 if let Some(i) = cfg.idle_timeout {
-                    d = d.min(conn.last_rx + ms(i));
+                    d = d.min(after(conn.last_rx, i));
                 }
                 d
             }
-            Phase::Closing | Phase::Draining { .. } => conn.since + ms(cfg.close_timeout),
+            Phase::Closing | Phase::Draining { .. } => after(conn.since, cfg.close_timeout),
         }
     }
 
@@ -1214,7 +1235,7 @@ impl<H: Handler, Io> Core<H, Io> {
             Phase::Open => {
                 let idle = cfg
                     .idle_timeout
-                    .is_some_and(|i| now >= conn.last_rx + i.as_millis() as u64);
+                    .is_some_and(|i| now >= conn.last_rx.saturating_add(millis(i)));
                 if idle {
                     self.me().stats.idle_closes.fetch_add(1, Ordering::Relaxed);
                     self.start_close(key, CloseCode::GOING_AWAY, "idle timeout");
@@ -1275,7 +1296,9 @@ impl<H: Handler, Io> Core<H, Io> {
             return;
         }
         self.shutting_down = true;
-        self.shutdown_deadline = self.now_ms + self.cfg.shutdown_timeout.as_millis() as u64;
+        self.shutdown_deadline = self
+            .now_ms
+            .saturating_add(millis(self.cfg.shutdown_timeout));
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             match self.conns[key].phase {

@@ -6,6 +6,7 @@
 //! nothing on the hot path; other threads reach them through their inboxes.
 
 pub(crate) mod core;
+pub(crate) mod metrics;
 pub(crate) mod queue;
 pub(crate) mod timer;
 
@@ -68,8 +69,31 @@ pub struct Config {
     /// What happens to a connection whose unsent output is over the write budget when more
     /// comes for it.
     pub slow_consumer: SlowConsumerPolicy,
-    /// Path answered with the counters in the Prometheus text format (`None`: off).
+    /// Most application keys one connection may be bound to; past it `Ctx::bind_key`
+    /// returns false (`Ctx::try_bind_key` says why) and the refusal is logged and counted
+    /// (`bindings_refused`). 0: no limit.
+    pub max_keys_per_conn: usize,
+    /// Most topics one connection may subscribe to; past it `Ctx::subscribe` returns false
+    /// (`Ctx::try_subscribe` says why), logged and counted (`bindings_refused`). 0: no limit.
+    pub max_topics_per_conn: usize,
+    /// Most keys one `Target::Keys` event may list (counted as listed, before duplicates are
+    /// removed); a publish listing more is refused: `publish` returns false, nothing is
+    /// delivered, and it is logged and counted (`publishes_refused`). 0: no limit.
+    pub max_keys_per_event: usize,
+    /// Path answered on the WebSocket port with the counters in the Prometheus text format
+    /// (`None`, the default: not served there). `Handler::on_http` sees the request first
+    /// and can answer it (to guard or hide the path); only when it returns `None` are the
+    /// counters served. See also `metrics_addr`.
     pub metrics_path: Option<String>,
+    /// Serve `GET /metrics` on this address of its own (a small plain HTTP listener thread,
+    /// such as `127.0.0.1:9091`), apart from the WebSocket port (`None`, the default: off).
+    pub metrics_addr: Option<String>,
+    /// Origins allowed to open WebSocket connections, as the browser sends them
+    /// (`https://app.example.com`, compared ignoring ASCII case). A request whose `Origin`
+    /// is not listed is refused with 403 before `Handler::on_upgrade`, against cross-site
+    /// WebSocket hijacking. A request without `Origin` (not from a browser) is let through.
+    /// Empty (the default): every origin.
+    pub allowed_origins: Vec<String>,
     /// The I/O backend.
     pub backend: Backend,
 }
@@ -128,7 +152,12 @@ impl Config {
             uring_buffers: (1024, 4096),
             uring_send_zc_min: None,
             slow_consumer: SlowConsumerPolicy::Close,
-            metrics_path: Some("/metrics".to_owned()),
+            max_keys_per_conn: 1024,
+            max_topics_per_conn: 1024,
+            max_keys_per_event: 1024,
+            metrics_path: None,
+            metrics_addr: None,
+            allowed_origins: Vec::new(),
             backend: Backend::Auto,
         }
     }
@@ -246,6 +275,42 @@ impl Config {
         self
     }
 
+    /// Sets the per-connection caps on keys and topics (0: no limit).
+    pub fn max_bindings(mut self, keys: usize, topics: usize) -> Self {
+        self.max_keys_per_conn = keys;
+        self.max_topics_per_conn = topics;
+        self
+    }
+
+    /// Sets the most keys one event may list (0: no limit).
+    pub fn max_keys_per_event(mut self, n: usize) -> Self {
+        self.max_keys_per_event = n;
+        self
+    }
+
+    /// Serves the Prometheus counters at `path` on the WebSocket port (after
+    /// `Handler::on_http` declined the request).
+    pub fn metrics_path(mut self, path: Option<String>) -> Self {
+        self.metrics_path = path;
+        self
+    }
+
+    /// Serves `GET /metrics` on an address of its own.
+    pub fn metrics_addr(mut self, addr: Option<String>) -> Self {
+        self.metrics_addr = addr;
+        self
+    }
+
+    /// Sets the origins allowed to open WebSocket connections (empty: any).
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
     fn worker_count(&self) -> usize {
         if self.workers > 0 {
             self.workers
@@ -307,7 +372,7 @@ impl fmt::Display for ConnId {
 }
 
 macro_rules! stats {
-    ($( $(#[$doc:meta])* $name:ident, )*) => {
+    ($( #[doc = $help:literal] $name:ident, )*) => {
         /// Counters of one worker, updated by that worker only.
         #[derive(Debug, Default)]
         pub(crate) struct WorkerStats {
@@ -320,32 +385,26 @@ macro_rules! stats {
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct Stats {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( #[doc = $help] pub $name: u64, )*
             /// Closes sent for protocol errors, as (code, count), codes with a count only.
             pub protocol_closes: Vec<(u16, u64)>,
         }
 
         impl WorkerStats {
-            /// Appends this worker's counters in the Prometheus text format (no HELP/TYPE).
-            fn write_prometheus(&self, worker: usize, out: &mut String) {
-                use std::fmt::Write as _;
+            /// Every worker's counters in the Prometheus text format (0.0.4): one family per
+            /// counter, `# HELP` and `# TYPE` once, then one sample per worker. Counters end
+            /// in `_total`; the gauges (connections, io_uring slots, operations, buffers)
+            /// do not; byte counts are in bytes, the base unit.
+            fn write_prometheus(workers: &[WorkerShared], out: &mut String) {
                 $(
-                    let _ = writeln!(out, "volley_{}{{worker=\"{worker}\"}} {}",
-                        stringify!($name), self.$name.load(Ordering::Relaxed));
+                    metrics::family(
+                        out,
+                        stringify!($name),
+                        $help,
+                        workers.iter().map(|w| w.stats.$name.load(Ordering::Relaxed)),
+                    );
                 )*
-                for (i, c) in self.protocol_closes.iter().enumerate() {
-                    let _ = writeln!(out, "volley_protocol_closes{{worker=\"{worker}\",code=\"{}\"}} {}",
-                        1000 + i, c.load(Ordering::Relaxed));
-                }
-            }
-
-            fn prometheus_types(out: &mut String) {
-                use std::fmt::Write as _;
-                $(
-                    let kind = if matches!(stringify!($name), "connections" | "uring_slots" | "uring_ops" | "uring_bufs_held") { "gauge" } else { "counter" };
-                    let _ = writeln!(out, "# TYPE volley_{} {kind}", stringify!($name));
-                )*
-                let _ = writeln!(out, "# TYPE volley_protocol_closes counter");
+                metrics::protocol_closes(out, workers.iter().map(|w| &w.stats.protocol_closes));
             }
         }
 
@@ -403,6 +462,10 @@ stats! {
     deliveries,
     /// Messages dropped for slow consumers under `SlowConsumerPolicy::Drop`.
     drops,
+    /// Binds and subscribes refused at a connection's cap of keys or topics.
+    bindings_refused,
+    /// Publishes refused for listing more keys than `Config::max_keys_per_event`.
+    publishes_refused,
     /// Accepts that failed (out of files or fixed-file slots); retried shortly.
     accept_errors,
     /// io_uring: multishot receives that ran out of provided buffers (re-armed).
@@ -493,6 +556,10 @@ pub(crate) struct Shared {
     pub(crate) shutdown: AtomicBool,
     /// Connections held by all workers together, kept only when `max_connections` is set.
     pub(crate) open_conns: std::sync::atomic::AtomicUsize,
+    /// `Config::max_keys_per_event`, checked where a publish is made.
+    pub(crate) max_keys_per_event: usize,
+    /// `Config::max_keys_per_conn` and `max_topics_per_conn`, to report a refusal.
+    pub(crate) max_bindings: (usize, usize),
 }
 
 /// A cloneable, `Send + Sync` handle to a running server, for any thread of the host.
@@ -540,7 +607,13 @@ impl Handle {
     /// Publishes a message to `target` (connections, keys, a topic, everyone), on every
     /// worker. The frame is encoded once; each worker gets one queue item, not one per
     /// recipient. Events published by one thread reach each recipient in order.
-    pub fn publish(&self, target: Target<'_>, msg: Message<'_>) {
+    ///
+    /// Returns false, and delivers nothing, if `target` lists more keys than
+    /// `Config::max_keys_per_event` (logged and counted in `publishes_refused`).
+    pub fn publish(&self, target: Target<'_>, msg: Message<'_>) -> bool {
+        if self.over_key_cap(&target, 0) {
+            return false;
+        }
         let frame = crate::broadcast::encode_shared(msg);
         let workers = &self.shared.workers;
         match target {
@@ -580,6 +653,31 @@ impl Handle {
         if let Some(w) = workers.first() {
             w.stats.events_published.fetch_add(1, Ordering::Relaxed);
         }
+        true
+    }
+
+    /// The per-connection caps on keys and topics.
+    pub(crate) fn max_bindings(&self) -> (usize, usize) {
+        self.shared.max_bindings
+    }
+
+    /// Counts a bind or subscribe refused at its cap.
+    pub(crate) fn count_binding_refused(&self, worker: usize) {
+        if let Some(w) = self.shared.workers.get(worker) {
+            w.stats.bindings_refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `target` lists more keys than allowed; counted on `worker`'s stats if so.
+    pub(crate) fn over_key_cap(&self, target: &Target<'_>, worker: usize) -> bool {
+        let Some(w) = self.shared.workers.get(worker) else {
+            return false;
+        };
+        crate::broadcast::over_key_cap(
+            target,
+            self.shared.max_keys_per_event,
+            &w.stats.publishes_refused,
+        )
     }
 
     fn bind_op(&self, id: ConnId, name: &str, op: core::BindOp) {
@@ -623,13 +721,11 @@ impl Handle {
         self.shared.local_addr
     }
 
-    /// Every worker's counters in the Prometheus text format (what `GET /metrics` answers).
+    /// Every worker's counters in the Prometheus text format (what `GET /metrics` answers on
+    /// `Config::metrics_addr`, or on `Config::metrics_path`).
     pub fn prometheus(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        WorkerStats::prometheus_types(&mut out);
-        for (i, w) in self.shared.workers.iter().enumerate() {
-            w.stats.write_prometheus(i, &mut out);
-        }
+        let mut out = String::with_capacity(8192);
+        WorkerStats::write_prometheus(&self.shared.workers, &mut out);
         out
     }
 
@@ -685,16 +781,24 @@ pub struct Server {
     handle: Handle,
     threads: Vec<JoinHandle<()>>,
     backend: Backend,
+    metrics: Option<metrics::MetricsServer>,
 }
 
 impl Server {
     /// Binds one listener per worker and starts the workers.
     ///
     /// # Errors
-    /// The configuration is invalid ([`Config::validate`]), the address does not resolve,
-    /// cannot be bound, or a poller cannot be created.
+    /// The configuration is invalid ([`Config::validate`]), the address (or `metrics_addr`)
+    /// does not resolve, cannot be bound, or a poller cannot be created.
     pub fn start<H: Handler>(config: Config, handler: H) -> io::Result<Server> {
         config.validate()?;
+        let metrics = match &config.metrics_addr {
+            Some(a) => Some(
+                metrics::MetricsServer::bind(a)
+                    .map_err(|e| io::Error::new(e.kind(), format!("metrics address {a}: {e}")))?,
+            ),
+            None => None,
+        };
         let addr = config.addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;
@@ -752,11 +856,22 @@ impl Server {
             Backend::Uring => driver::uring::start(config, addr, n, handler)?,
             _ => driver::mio::start(config, addr, n, handler)?,
         };
-        Ok(Server {
+        let mut server = Server {
             handle,
             threads,
             backend,
-        })
+            metrics: None,
+        };
+        if let Some(listener) = metrics {
+            match metrics::MetricsServer::start(listener, server.handle()) {
+                Ok(m) => server.metrics = Some(m),
+                Err(e) => {
+                    server.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(server)
     }
 
     /// The backend the workers run on (`Uring` or `Mio`, never `Auto`).
@@ -779,12 +894,20 @@ impl Server {
         self.handle.local_addr()
     }
 
+    /// The address `GET /metrics` is served on (`Config::metrics_addr`), if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
+    }
+
     /// Waits until every worker has stopped (after [`Handle::shutdown`]).
     pub fn join(self) {
         for t in self.threads {
             if t.join().is_err() {
                 tracing::error!("a worker thread panicked");
             }
+        }
+        if let Some(m) = self.metrics {
+            m.stop();
         }
     }
 

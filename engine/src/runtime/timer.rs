@@ -6,6 +6,13 @@
 //! schedules again. So the per-message cost is one store, and the wheel holds one entry per
 //! connection, as uWebSockets' 1-byte tick does, without sweeping every socket.
 
+/// A duration in milliseconds, saturating: `Duration::MAX` (or any "never" too large for a
+/// u64 of milliseconds) stays far in the future instead of wrapping into the past. Add it to
+/// a time with `saturating_add`.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Slots in the wheel; with 100 ms ticks one revolution is 51.2 s.
 const SLOTS: usize = 512;
 
@@ -75,6 +82,17 @@ impl TimerWheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn millis_saturate() {
+        use std::time::Duration;
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        assert_eq!(millis(Duration::from_secs(u64::MAX)), u64::MAX);
+        assert_eq!(millis(Duration::from_millis(u64::MAX)), u64::MAX);
+        // What deadline() does with a "never": the sum stays in the future.
+        assert_eq!(7_000u64.saturating_add(millis(Duration::MAX)), u64::MAX);
+    }
 
     #[test]
     fn fires_in_order_of_ticks_and_across_revolutions() {

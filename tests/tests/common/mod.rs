@@ -249,6 +249,7 @@ impl RawClient {
                 Ok(0) => return Got::Eof,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Got::Eof,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("read failed: {e}"),
             }
         }

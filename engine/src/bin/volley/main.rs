@@ -24,7 +24,29 @@ enum Command {
     Serve(ServeArgs),
 }
 
+/// The longest timeout accepted on the command line, in seconds (a year). Use 0 for
+/// "never" where a timeout can be off; a larger number is refused rather than wrapped.
+const MAX_SECS: u64 = 365 * 24 * 3600;
+
+/// Seconds, 0 to a year.
+fn secs_arg() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(0..=MAX_SECS)
+}
+
+/// Seconds, 1 to a year.
+fn secs_arg_nonzero() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=MAX_SECS)
+}
+
 #[derive(Parser, Debug, Clone)]
+#[command(
+    after_help = "SECURITY: the reference modes authenticate nobody. Anyone who can \
+reach the port can connect, as any `?id=` in notify mode (connecting as `/?id=alice` reads \
+alice's events), subscribe to any topic and publish to anyone. Run them on a trusted network \
+or behind a proxy that authenticates; embed the engine with your own `on_upgrade` for \
+anything else. `--allowed-origin` stops other web sites' pages from connecting through a \
+visitor's browser; it does not authenticate."
+)]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9001")]
@@ -58,22 +80,43 @@ struct ServeArgs {
     /// Unsent bytes a connection may hold before it is closed as a slow consumer.
     #[arg(long, default_value_t = 4 << 20)]
     write_budget: usize,
-    /// Seconds between server pings on quiet connections (0: off).
-    #[arg(long, default_value_t = 30)]
+    /// Seconds between server pings on quiet connections (0: off; at most a year).
+    #[arg(long, default_value_t = 30, value_parser = secs_arg())]
     ping_interval: u64,
-    /// Seconds a pinged connection has to answer before it is dropped (1006).
-    #[arg(long, default_value_t = 20)]
+    /// Seconds a pinged connection has to answer before it is dropped (1006; 1 to a year).
+    #[arg(long, default_value_t = 20, value_parser = secs_arg_nonzero())]
     pong_timeout: u64,
-    /// Seconds of silence after which a connection is closed (0: never).
-    #[arg(long, default_value_t = 120)]
+    /// Seconds of silence after which a connection is closed (0: never; at most a year).
+    #[arg(long, default_value_t = 120, value_parser = secs_arg())]
     idle_timeout: u64,
     /// When a connection's unsent output is over the write budget: close it (1008) or drop
     /// what is sent to it until it catches up.
     #[arg(long, value_enum, default_value_t = SlowPolicy::Close)]
     slow_consumer: SlowPolicy,
-    /// Seconds a client has to finish its handshake.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds a client has to finish its handshake (1 to a year).
+    #[arg(long, default_value_t = 10, value_parser = secs_arg_nonzero())]
     handshake_timeout: u64,
+    /// Serve the Prometheus counters as `GET /metrics` on this address of their own, such as
+    /// 127.0.0.1:9091 (default: not served). Keep it private: the WebSocket port never
+    /// serves them.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Allow WebSocket connections from pages of this origin only, such as
+    /// https://app.example.com (repeatable; default: any origin). Others get 403; clients
+    /// that send no Origin (not browsers) are let through.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Most keys one notify event may list (0: no limit); an event listing more is
+    /// answered with an error and not delivered.
+    #[arg(long, default_value_t = 100)]
+    max_keys_per_event: usize,
+    /// Most topics one pubsub connection may subscribe to (0: no limit); past it `SUB` is
+    /// answered `-ERR`.
+    #[arg(long, default_value_t = 256)]
+    max_topics_per_conn: usize,
+    /// Most keys one connection may be bound to (0: no limit).
+    #[arg(long, default_value_t = 16)]
+    max_keys_per_conn: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +138,7 @@ impl Default for ServeArgs {
     }
 }
 
+mod envelope;
 mod modes;
 
 use modes::{Mode, Reference};
@@ -123,12 +167,16 @@ fn main() {
         .max_connections(args.max_connections)
         .uring_send_zc((args.send_zc_min > 0).then_some(args.send_zc_min))
         .uring_buffers(args.uring_buffers.0, args.uring_buffers.1)
-        .handshake_timeout(Duration::from_secs(args.handshake_timeout.max(1)))
+        .handshake_timeout(Duration::from_secs(args.handshake_timeout))
         .idle_timeout(secs(args.idle_timeout))
         .ping(
             secs(args.ping_interval),
-            Duration::from_secs(args.pong_timeout.max(1)),
+            Duration::from_secs(args.pong_timeout),
         )
+        .max_bindings(args.max_keys_per_conn, args.max_topics_per_conn)
+        .max_keys_per_event(args.max_keys_per_event)
+        .metrics_addr(args.metrics.clone())
+        .allowed_origins(args.allowed_origins.clone())
         .backend(match args.backend {
             BackendArg::Auto => Backend::Auto,
             BackendArg::Uring => Backend::Uring,
@@ -138,7 +186,11 @@ fn main() {
             SlowPolicy::Close => SlowConsumerPolicy::Close,
             SlowPolicy::Drop => SlowConsumerPolicy::Drop,
         });
-    let server = match Server::start(cfg, Reference { mode: args.mode }) {
+    let reference = Reference {
+        mode: args.mode,
+        max_keys_per_event: args.max_keys_per_event,
+    };
+    let server = match Server::start(cfg, reference) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("volley: cannot listen on {}: {e}", args.addr);
@@ -164,6 +216,9 @@ fn main() {
         server.local_addr(),
         args.mode.name(),
     );
+    if let Some(m) = server.metrics_addr() {
+        println!("metrics on http://{m}/metrics");
+    }
     tracing::info!(addr = %server.local_addr(), mode = args.mode.name(), workers, backend, "listening");
     server.join();
     let s = handle.stats();

@@ -1,5 +1,6 @@
 //! The reference modes' handlers and wire formats (documented in docs/modes.md).
 
+use crate::envelope::parse_json_envelope;
 use volley::{CloseCode, Ctx, Handler, HttpResponse, Message, Reject, Request, Target, Upgrade};
 
 /// Which behaviour the server runs.
@@ -52,6 +53,8 @@ fn valid_name(s: &str) -> bool {
 #[derive(Clone)]
 pub struct Reference {
     pub mode: Mode,
+    /// notify: most keys one event may list (0: no limit), also the engine's cap.
+    pub max_keys_per_event: usize,
 }
 
 /// Per-connection state.
@@ -92,44 +95,49 @@ pub fn parse_binary_envelope(b: &[u8]) -> Result<(Vec<&str>, &[u8]), &'static st
 
 impl Reference {
     fn notify_json(&mut self, ctx: &mut Ctx<'_>, text: &str) {
-        let parsed: Result<serde_json::Value, _> = serde_json::from_str(text);
         let reply_err = |ctx: &mut Ctx<'_>, e: &str| {
             ctx.send_text(&serde_json::json!({ "error": e }).to_string())
         };
-        let Ok(serde_json::Value::Object(obj)) = parsed else {
-            return reply_err(
-                ctx,
-                "expected a JSON object {\"to\": [keys], \"data\": ...}",
-            );
+        let event = match parse_json_envelope(text, self.max_keys_per_event, valid_name) {
+            Ok(e) => e,
+            Err(why) => return reply_err(ctx, &why),
         };
-        let Some(serde_json::Value::Array(to)) = obj.get("to") else {
-            return reply_err(ctx, "\"to\" must be an array of keys");
-        };
-        let keys: Option<Vec<&str>> = to
-            .iter()
-            .map(|v| v.as_str().filter(|k| valid_name(k)))
-            .collect();
-        let Some(keys) = keys else {
-            return reply_err(ctx, "every key must be a valid name");
-        };
-        let data = match obj.get("data") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v) => v.to_string(),
-            None => return reply_err(ctx, "\"data\" is missing"),
-        };
-        ctx.publish_tracked(Target::Keys(&keys), Message::Text(&data), TAG_JSON);
+        let keys: Vec<&str> = event.to.iter().map(|k| &**k).collect();
+        if !ctx.publish_tracked(Target::Keys(&keys), Message::Text(&event.data), TAG_JSON) {
+            reply_err(ctx, &self.too_many_keys());
+        }
+    }
+
+    fn too_many(&self, keys: usize) -> bool {
+        self.max_keys_per_event != 0 && keys > self.max_keys_per_event
+    }
+
+    fn too_many_keys(&self) -> String {
+        format!(
+            "too many keys (at most {} per event)",
+            self.max_keys_per_event
+        )
     }
 
     fn notify_binary(&mut self, ctx: &mut Ctx<'_>, b: &[u8]) {
+        let reply_err = |ctx: &mut Ctx<'_>, e: &str| {
+            let mut reply = vec![NOTIFY_ERROR];
+            reply.extend_from_slice(e.as_bytes());
+            ctx.send_binary(&reply);
+        };
+        // The key count comes first: refuse before reading the keys.
+        if let [NOTIFY_V1, n0, n1, ..] = b {
+            if self.too_many(u16::from_be_bytes([*n0, *n1]) as usize) {
+                return reply_err(ctx, &self.too_many_keys());
+            }
+        }
         match parse_binary_envelope(b) {
             Ok((keys, payload)) => {
-                ctx.publish_tracked(Target::Keys(&keys), Message::Binary(payload), TAG_BINARY)
+                if !ctx.publish_tracked(Target::Keys(&keys), Message::Binary(payload), TAG_BINARY) {
+                    reply_err(ctx, &self.too_many_keys());
+                }
             }
-            Err(e) => {
-                let mut reply = vec![NOTIFY_ERROR];
-                reply.extend_from_slice(e.as_bytes());
-                ctx.send_binary(&reply);
-            }
+            Err(e) => reply_err(ctx, e),
         }
     }
 
@@ -141,13 +149,13 @@ impl Reference {
         };
         let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
         match cmd {
-            "SUB" | "UNSUB" if valid_name(rest) => {
-                if cmd == "SUB" {
-                    ctx.subscribe(rest);
-                } else {
-                    ctx.unsubscribe(rest);
-                }
-                ctx.send_text(&format!("+{cmd} {rest}"));
+            "SUB" if valid_name(rest) => match ctx.try_subscribe(rest) {
+                Ok(_) => ctx.send_text(&format!("+SUB {rest}")),
+                Err(e) => ctx.send_text(&format!("-ERR too many subscriptions ({e})")),
+            },
+            "UNSUB" if valid_name(rest) => {
+                ctx.unsubscribe(rest);
+                ctx.send_text(&format!("+UNSUB {rest}"));
             }
             "PUB" => {
                 let (topic, payload) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -158,6 +166,7 @@ impl Reference {
                     return ctx.close(CloseCode::POLICY_VIOLATION, "too many publishes in flight");
                 }
                 state.pending_pubs.push_back(topic.into());
+                // A topic target is never refused (only key lists are capped).
                 ctx.publish_tracked(Target::Topic(topic), Message::Text(payload), TAG_PUB);
             }
             "SUB" | "UNSUB" => ctx.send_text("-ERR invalid topic"),
@@ -216,7 +225,9 @@ impl Handler for Reference {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, state: &mut State, msg: Message<'_>) {
         match self.mode {
             Mode::Echo => ctx.send(msg),
-            Mode::Broadcast => ctx.publish(Target::All, msg),
+            Mode::Broadcast => {
+                ctx.publish(Target::All, msg);
+            }
             Mode::Notify => match msg {
                 Message::Text(t) => self.notify_json(ctx, t),
                 Message::Binary(b) => self.notify_binary(ctx, b),
