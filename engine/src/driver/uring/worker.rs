@@ -139,7 +139,8 @@ impl<H: Handler> Worker<H> {
         let Some(conn) = self.core.conns.get_mut(key) else {
             return;
         };
-        if conn.io.recv_armed || conn.io.close != CloseState::Open {
+        // A dead connection waits for its cancel and close: nothing new names its slot.
+        if conn.io.recv_armed || conn.io.close != CloseState::Open || conn.is_dead() {
             return;
         }
         conn.io.recv_armed = true;
