@@ -102,6 +102,7 @@ pub(crate) struct Env {
     deferred: Vec<Deferred>,
     pub(crate) registry: Registry,
     budget: usize,
+    policy: SlowConsumerPolicy,
 }
 
 /// The callback's own connection, when it can still send.
@@ -121,8 +122,11 @@ pub(crate) struct Outbox<'a> {
     own: Option<Own<'a>>,
     env: &'a mut Env,
     sent: u64,
-    /// A send found the own queue over the write budget: the message was not queued and the
-    /// connection is handled as a slow consumer after the callback.
+    /// Sends to the own connection dropped over the write budget (`SlowConsumerPolicy::Drop`).
+    dropped: u64,
+    /// A send found the own queue over the write budget under `SlowConsumerPolicy::Close`:
+    /// the message was not queued and the connection is closed as a slow consumer after the
+    /// callback.
     over: bool,
 }
 
@@ -133,6 +137,7 @@ impl<'a> Outbox<'a> {
             own,
             env,
             sent: 0,
+            dropped: 0,
             over: false,
         }
     }
@@ -153,7 +158,10 @@ impl<'a> Outbox<'a> {
         if id == self.own_id && self.env.deferred.is_empty() {
             if let Some(own) = self.own.as_mut() {
                 if own.out.len() > self.env.budget {
-                    self.over = true;
+                    match self.env.policy {
+                        SlowConsumerPolicy::Close => self.over = true,
+                        SlowConsumerPolicy::Drop => self.dropped += 1,
+                    }
                     return;
                 }
                 own.out.push_parts(&mut self.env.pool, &[&header, payload]);
@@ -259,6 +267,7 @@ impl<H: Handler, Io> Core<H, Io> {
             m => m,
         };
         let budget = cfg.write_budget;
+        let policy = cfg.slow_consumer;
         Core {
             handler,
             conns: Slab::new(),
@@ -277,6 +286,7 @@ impl<H: Handler, Io> Core<H, Io> {
             dead: Vec::new(),
             env: Env {
                 budget,
+                policy,
                 ..Env::default()
             },
             scratch: Vec::new(),
@@ -604,6 +614,7 @@ impl<H: Handler, Io> Core<H, Io> {
                     stats
                         .messages_out
                         .fetch_add(ctx.out.sent, Ordering::Relaxed);
+                    stats.drops.fetch_add(ctx.out.dropped, Ordering::Relaxed);
                     over = ctx.out.over;
                 }
                 proto::Message::Ping(p) if open => {
@@ -778,6 +789,10 @@ impl<H: Handler, Io> Core<H, Io> {
                 .stats
                 .messages_out
                 .fetch_add(ctx.out.sent, Ordering::Relaxed);
+            shared.workers[*worker as usize]
+                .stats
+                .drops
+                .fetch_add(ctx.out.dropped, Ordering::Relaxed);
             over = ctx.out.over;
         }
         if over {
