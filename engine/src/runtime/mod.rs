@@ -238,6 +238,21 @@ impl Config {
         self
     }
 
+    /// The limits and deadlines each connection's machine runs under.
+    pub(crate) fn conn_config(&self) -> crate::proto::conn::ConnConfig {
+        crate::proto::conn::ConnConfig {
+            limits: self.limits,
+            max_head: self.max_head,
+            write_budget: self.write_budget,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            close_timeout: self.close_timeout,
+            message_timeout: self.message_timeout,
+        }
+    }
+
     fn worker_count(&self) -> usize {
         if self.workers > 0 {
             self.workers
@@ -387,6 +402,11 @@ stats! {
     pong_timeouts,
     /// Connections closed for idleness.
     idle_closes,
+    /// Connections closed (1008) because a message did not complete within `message_timeout`.
+    message_timeouts,
+    /// Connections closed (1013) because the worker's incomplete messages were over
+    /// `incomplete_budget`.
+    incomplete_budget_closes,
     /// Messages addressed to connections that no longer exist.
     unknown_target,
     /// Events published (counted by the publishing worker).

@@ -78,11 +78,18 @@ pub(crate) struct UringIo {
     /// Operations submitted and not completed; the slab slot is freed only at 0 after close.
     ops: u32,
     recv_armed: bool,
+    /// The receive was cancelled for read backpressure (its last completion not yet seen).
+    recv_paused: bool,
     /// The send slot (msghdr + iovecs) of the send in flight.
     send: Option<u32>,
     /// A zero-copy send's result, held until its notification unpins the buffers.
     zc_written: Option<i32>,
     closing: bool,
+    /// A write-side shutdown is in flight: it names the direct descriptor, so the close
+    /// waits for it (else it could land on the next connection given the same slot).
+    shut_inflight: bool,
+    /// The connection died while its shutdown was in flight: close it on that completion.
+    close_after_shut: bool,
 }
 
 /// The memory a `sendmsg` reads until its completion.
@@ -336,6 +343,11 @@ impl<H: Handler> Worker<H> {
     }
 
     fn arm_recv(&mut self, key: usize) {
+        // Not while the queue is over its budget (read backpressure): `on_send` re-arms once
+        // it has drained.
+        if !self.core.wants_read(key) {
+            return;
+        }
         let Some(conn) = self.core.conns.get_mut(key) else {
             return;
         };
@@ -343,6 +355,7 @@ impl<H: Handler> Worker<H> {
             return;
         }
         conn.io.recv_armed = true;
+        conn.io.recv_paused = false;
         conn.io.ops += 1;
         self.core.shared.workers[self.core.worker as usize]
             .stats
@@ -463,7 +476,17 @@ impl<H: Handler> Worker<H> {
                     self.arm_wake();
                 }
             }
-            OP_CLOSE | OP_CANCEL | OP_SHUTDOWN => self.op_done(key),
+            OP_SHUTDOWN => {
+                let close = self.core.conns.get_mut(key).is_some_and(|c| {
+                    c.io.shut_inflight = false;
+                    std::mem::take(&mut c.io.close_after_shut)
+                });
+                self.op_done(key);
+                if close {
+                    self.close_conn(key);
+                }
+            }
+            OP_CLOSE | OP_CANCEL => self.op_done(key),
             OP_CLOSE_REJECTED | OP_CANCEL_ACCEPT => {}
             other => tracing::error!("unknown io_uring completion {other}"),
         }
@@ -527,9 +550,12 @@ impl<H: Handler> Worker<H> {
                 slot: res as u32,
                 ops: 0,
                 recv_armed: false,
+                recv_paused: false,
                 send: None,
                 zc_written: None,
                 closing: false,
+                shut_inflight: false,
+                close_after_shut: false,
             });
             self.arm_recv(key);
         }
@@ -558,16 +584,45 @@ impl<H: Handler> Worker<H> {
             self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
             if !more {
                 self.rearm.push(key);
+            } else if !self.core.wants_read(key) {
+                self.pause_recv(key);
             }
         } else if res == -libc::ENOBUFS {
             self.stats().recv_enobufs.fetch_add(1, Ordering::Relaxed);
             self.rearm.push(key);
-        } else if res == 0 || res != -libc::ECANCELED {
+        } else if res == 0 {
             self.core.on_eof(key);
+        } else if res == -libc::ECANCELED {
+            // Cancelled for backpressure: re-armed if the queue drained meanwhile.
+            if let Some(conn) = self.core.conns.get_mut(key) {
+                if conn.io.recv_paused && !more {
+                    conn.io.recv_paused = false;
+                    self.rearm.push(key);
+                }
+            }
+        } else {
+            self.core.on_error(key);
         }
         if !more {
             self.op_done(key);
         }
+    }
+
+    /// Cancels `key`'s multishot receive: its queue is over the budget (read backpressure).
+    fn pause_recv(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.io.recv_armed || conn.io.recv_paused || conn.io.closing {
+            return;
+        }
+        conn.io.recv_paused = true;
+        conn.io.ops += 1;
+        self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
+        let e = opcode::AsyncCancel::new(ud(OP_RECV, key))
+            .build()
+            .user_data(ud(OP_CANCEL, key));
+        self.push(e);
     }
 
     /// A zero-copy send completes twice: its result (flagged MORE), then a notification once
@@ -606,8 +661,11 @@ impl<H: Handler> Worker<H> {
         let failed = res < 0;
         self.op_done(key);
         if failed {
-            self.core.on_eof(key);
+            self.core.on_error(key);
         } else {
+            if self.core.take_resume(key) {
+                self.arm_recv(key);
+            }
             // More may have been queued meanwhile, or a short send left a rest.
             self.core.want_flush(key);
             if self.core.conns.get(key).is_some_and(|c| c.out.is_empty()) {
@@ -643,7 +701,10 @@ impl<H: Handler> Worker<H> {
             return;
         }
         if self.core.after_flush(key) == AfterFlush::ShutdownWrite {
-            if let Some(conn) = self.core.conns.get_mut(key) {
+            // A connection that died with it (the peer had shut its side already) gets no
+            // shutdown: its close sends our FIN behind what is queued in the kernel.
+            if let Some(conn) = self.core.conns.get_mut(key).filter(|c| !c.is_dead()) {
+                conn.io.shut_inflight = true;
                 conn.io.ops += 1;
                 self.core.shared.workers[self.core.worker as usize]
                     .stats
@@ -658,13 +719,11 @@ impl<H: Handler> Worker<H> {
     }
 
     fn flush(&mut self) {
-        let mut dirty = std::mem::take(&mut self.core.dirty);
+        let mut dirty = self.core.take_dirty();
         for key in dirty.drain(..) {
             self.flush_one(key);
         }
-        if self.core.dirty.is_empty() {
-            self.core.dirty = dirty;
-        }
+        self.core.give_dirty(dirty);
     }
 
     fn flush_one(&mut self, key: usize) {
@@ -749,11 +808,21 @@ impl<H: Handler> Worker<H> {
     /// when the last completion arrives (`op_done`).
     fn reap(&mut self) {
         while let Some(key) = self.core.dead.pop() {
+            self.close_conn(key);
+        }
+    }
+
+    fn close_conn(&mut self, key: usize) {
+        {
             let Some(conn) = self.core.conns.get_mut(key) else {
-                continue;
+                return;
             };
             if conn.io.closing {
-                continue;
+                return;
+            }
+            if conn.io.shut_inflight {
+                conn.io.close_after_shut = true;
+                return;
             }
             conn.io.closing = true;
             let slot = conn.io.slot;
