@@ -6,7 +6,9 @@
 //! * **Accept**: one multishot accept straight into direct descriptors (a sparse registered
 //!   file table whose slots the kernel allocates).
 //! * **Receive**: one multishot receive per connection with a provided-buffer ring per worker
-//!   ([`bufring`]); `ENOBUFS` re-arms the receive and is counted.
+//!   ([`bufring`]); `ENOBUFS` re-arms the receive and is counted. While the connection's
+//!   write queue is over its budget (`Core::wants_read`) the receive is cancelled and not
+//!   re-armed until a send completion has drained it (read backpressure).
 //! * **Send**: the frames corked for a connection during a turn go out as one SQE: a plain
 //!   `send` of the buffer when they are one chunk (a lone broadcast frame: nothing per
 //!   recipient but the SQE), else a `sendmsg` whose iovecs point into the queued chunks
@@ -653,10 +655,7 @@ impl<H: Handler> Worker<H> {
         let written = res.max(0) as usize;
         conn.out.end_send(written, &mut self.core.env.pool);
         if res > 0 {
-            self.core.shared.workers[self.core.worker as usize]
-                .stats
-                .bytes_out
-                .fetch_add(res as u64, Ordering::Relaxed);
+            self.core.count_written(res as usize);
         }
         let failed = res < 0;
         self.op_done(key);
@@ -813,35 +812,33 @@ impl<H: Handler> Worker<H> {
     }
 
     fn close_conn(&mut self, key: usize) {
-        {
-            let Some(conn) = self.core.conns.get_mut(key) else {
-                return;
-            };
-            if conn.io.closing {
-                return;
-            }
-            if conn.io.shut_inflight {
-                conn.io.close_after_shut = true;
-                return;
-            }
-            conn.io.closing = true;
-            let slot = conn.io.slot;
-            let recv = conn.io.recv_armed;
-            conn.io.ops += 1 + recv as u32;
-            self.core.shared.workers[self.core.worker as usize]
-                .stats
-                .uring_ops
-                .fetch_add(1 + recv as u64, Ordering::Relaxed);
-            if recv {
-                let e = opcode::AsyncCancel::new(ud(OP_RECV, key))
-                    .build()
-                    .user_data(ud(OP_CANCEL, key));
-                self.push(e);
-            }
-            let e = opcode::Close::new(types::Fixed(slot))
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if conn.io.closing {
+            return;
+        }
+        if conn.io.shut_inflight {
+            conn.io.close_after_shut = true;
+            return;
+        }
+        conn.io.closing = true;
+        let slot = conn.io.slot;
+        let recv = conn.io.recv_armed;
+        conn.io.ops += 1 + recv as u32;
+        self.core.shared.workers[self.core.worker as usize]
+            .stats
+            .uring_ops
+            .fetch_add(1 + recv as u64, Ordering::Relaxed);
+        if recv {
+            let e = opcode::AsyncCancel::new(ud(OP_RECV, key))
                 .build()
-                .user_data(ud(OP_CLOSE, key));
+                .user_data(ud(OP_CANCEL, key));
             self.push(e);
         }
+        let e = opcode::Close::new(types::Fixed(slot))
+            .build()
+            .user_data(ud(OP_CLOSE, key));
+        self.push(e);
     }
 }
