@@ -751,7 +751,8 @@ pub enum ConnOp {
     Read(Vec<u8>),
     /// The request head: a valid upgrade (`true`) or a bad request.
     Head(bool),
-    /// A masked client frame (control payloads cut to 125 bytes).
+    /// A masked client frame (control payloads cut to 125 bytes), `times` times over in
+    /// one read (delivered only while the machine wants to read).
     Frame {
         /// Its opcode.
         opcode: OpCode,
@@ -759,6 +760,8 @@ pub enum ConnOp {
         fin: bool,
         /// Its payload.
         payload: Vec<u8>,
+        /// Copies in the read (at least 1).
+        times: u8,
     },
     /// The clock moves on by this many milliseconds and due deadlines fire.
     Tick(u32),
@@ -923,6 +926,7 @@ pub fn drive_conn(ops: &[ConnOp], small: bool, drop_policy: bool) {
                 opcode,
                 fin,
                 payload,
+                times,
             } => {
                 let mut payload = payload.clone();
                 if opcode.is_control() {
@@ -934,7 +938,9 @@ pub fn drive_conn(ops: &[ConnOp], small: bool, drop_policy: bool) {
                     payload,
                 };
                 let mut b = Vec::new();
-                encode_frame_for(Role::Server, &spec, &mut keys, &mut b);
+                for _ in 0..(*times).max(1) {
+                    encode_frame_for(Role::Server, &spec, &mut keys, &mut b);
+                }
                 if conn.wants_read(ev.queued(), &cfg) {
                     conn.handle_read(now, &mut b, &cfg, &mut ev);
                 }

@@ -22,10 +22,13 @@ fn op() -> impl Strategy<Value = ConnOp> {
     prop_oneof![
         1 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(ConnOp::Read),
         1 => any::<bool>().prop_map(ConnOp::Head),
-        6 => (opcode, any::<bool>(), 0usize..3000).prop_map(|(opcode, fin, n)| ConnOp::Frame {
-            opcode,
-            fin,
-            payload: vec![b'a'; n],
+        6 => (opcode, any::<bool>(), 0usize..3000, 1u8..8).prop_map(|(opcode, fin, n, times)| {
+            ConnOp::Frame {
+                opcode,
+                fin,
+                payload: vec![b'a'; n],
+                times,
+            }
         }),
         3 => (0u32..2000).prop_map(ConnOp::Tick),
         1 => Just(ConnOp::Eof),
@@ -67,6 +70,7 @@ fn a_ping_flood_without_flushes_keeps_the_bound() {
             opcode: OpCode::Ping,
             fin: true,
             payload: vec![b'p'; 125],
+            times: 3,
         });
         if i % 7 == 0 {
             ops.push(ConnOp::Flush(0));
@@ -85,6 +89,7 @@ fn a_closed_connection_ignores_everything_after() {
             opcode: OpCode::Text,
             fin: true,
             payload: b"late".to_vec(),
+            times: 1,
         },
         ConnOp::Tick(100_000),
         ConnOp::Close(1000),

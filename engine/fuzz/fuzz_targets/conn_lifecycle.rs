@@ -27,11 +27,12 @@ enum Kind {
 enum Op {
     Read(Vec<u8>),
     Head(bool),
-    /// A frame of `len` bytes (`len` up to 16 Ki).
+    /// A frame of `len` bytes (`len` up to 16 Ki), `times` times over in one read.
     Frame {
         kind: Kind,
         fin: bool,
         len: u16,
+        times: u8,
     },
     Tick(u16),
     Eof,
@@ -55,7 +56,12 @@ fuzz_target!(|input: Input| {
         .map(|op| match op {
             Op::Read(b) => ConnOp::Read(b),
             Op::Head(v) => ConnOp::Head(v),
-            Op::Frame { kind, fin, len } => ConnOp::Frame {
+            Op::Frame {
+                kind,
+                fin,
+                len,
+                times,
+            } => ConnOp::Frame {
                 opcode: match kind {
                     Kind::Text => OpCode::Text,
                     Kind::Binary => OpCode::Binary,
@@ -66,6 +72,7 @@ fuzz_target!(|input: Input| {
                 },
                 fin,
                 payload: vec![b'a'; (len & 0x3fff) as usize],
+                times: times % 8,
             },
             Op::Tick(ms) => ConnOp::Tick(ms as u32),
             Op::Eof => ConnOp::Eof,
