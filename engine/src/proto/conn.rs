@@ -650,8 +650,9 @@ impl<S> Conn<S> {
     }
 
     /// Frees what reading needed: the unfinished bytes and the assembly buffer, returned to
-    /// the worker's budget.
+    /// the worker's budget; and a pong not sent yet (no pong follows a close).
     fn release<E: Events<S>>(&mut self, ev: &mut E) {
+        self.pong = None;
         self.tail = Vec::new();
         self.decoder.release();
         self.msg_start = None;
