@@ -741,3 +741,253 @@ fn finish_handshake(head: &[u8]) -> Handshake {
         parsed_len: req.head_len,
     }
 }
+
+// ---- the connection machine (`proto::conn`) under operation sequences ----
+
+/// One step of a connection's life, as a test or fuzzer drives it.
+#[derive(Clone, Debug)]
+pub enum ConnOp {
+    /// Raw bytes from the peer.
+    Read(Vec<u8>),
+    /// The request head: a valid upgrade (`true`) or a bad request.
+    Head(bool),
+    /// A masked client frame (control payloads cut to 125 bytes), `times` times over in
+    /// one read (delivered only while the machine wants to read).
+    Frame {
+        /// Its opcode.
+        opcode: OpCode,
+        /// The FIN bit.
+        fin: bool,
+        /// Its payload.
+        payload: Vec<u8>,
+        /// Copies in the read (at least 1).
+        times: u8,
+    },
+    /// The clock moves on by this many milliseconds and due deadlines fire.
+    Tick(u32),
+    /// The peer shuts its write side.
+    Eof,
+    /// The socket fails.
+    Error,
+    /// The application closes with this code.
+    Close(u16),
+    /// The peer reads up to this many queued bytes; the caller reports the flush.
+    Flush(u32),
+    /// Output for the connection found its queue over the budget (close policy).
+    SlowConsumer,
+}
+
+/// What the caller of a machine saw, for [`drive_conn`]'s checks.
+#[derive(Debug)]
+struct ConnEv {
+    queue: usize,
+    budget: usize,
+    held: volley::proto::conn::Held,
+    opened: u32,
+    closes: u32,
+    closed_machine: bool,
+    /// The echo handler drops over the budget (`true`) or asks for a slow-consumer close.
+    drop_policy: bool,
+    largest_frame: usize,
+}
+
+impl volley::proto::conn::Events<u32> for ConnEv {
+    fn queued(&self) -> usize {
+        self.queue
+    }
+    fn at_frame_boundary(&self) -> bool {
+        true
+    }
+    fn send(&mut self, header: &[u8], payload: &[u8]) {
+        let close = header[0] & 0x0f == OpCode::Close.as_u8();
+        assert!(
+            close || self.queue <= self.budget,
+            "a {:#x} frame queued over the budget ({} > {})",
+            header[0],
+            self.queue,
+            self.budget
+        );
+        let n = header.len() + payload.len();
+        self.largest_frame = self.largest_frame.max(n);
+        self.queue += n;
+    }
+    fn discard(&mut self) {
+        self.queue = 0;
+    }
+    fn held(&mut self) -> &mut volley::proto::conn::Held {
+        &mut self.held
+    }
+    fn request(&mut self, head: &[u8]) -> Option<u32> {
+        assert!(!self.closed_machine);
+        if head.starts_with(b"GET ") {
+            self.queue += 129;
+            Some(7)
+        } else {
+            self.queue += 80;
+            None
+        }
+    }
+    fn refuse(&mut self, _e: &HandshakeError) {
+        self.queue += 80;
+    }
+    fn open(&mut self, app: &mut u32) -> volley::proto::conn::Verdict {
+        assert_eq!(*app, 7);
+        self.opened += 1;
+        assert_eq!(self.opened, 1, "opened twice");
+        volley::proto::conn::Verdict::Continue
+    }
+    fn message(&mut self, app: &mut u32, msg: Message<'_>) -> volley::proto::conn::Verdict {
+        assert_eq!(*app, 7);
+        assert_eq!(self.closes, 0, "a message after on_close");
+        let len = match msg {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            other => panic!("{other:?} reached the handler"),
+        };
+        if self.queue > self.budget {
+            return if self.drop_policy {
+                volley::proto::conn::Verdict::Continue
+            } else {
+                volley::proto::conn::Verdict::SlowConsumer
+            };
+        }
+        let h = encode_header(true, OpCode::Binary, len as u64, None);
+        self.queue += h.len() + len;
+        self.largest_frame = self.largest_frame.max(h.len() + len);
+        volley::proto::conn::Verdict::Continue
+    }
+    fn close(&mut self, app: u32, _code: volley::CloseCode, _reason: &str) {
+        assert_eq!(app, 7);
+        self.closes += 1;
+        assert_eq!(self.closes, 1, "on_close twice");
+    }
+}
+
+/// Replays `ops` against one `proto::conn::Conn` and checks, after every step:
+/// no panic; `on_open` at most once and `on_close` exactly once for an opened connection
+/// that ended (at most once before); no handler call after `on_close`; nothing but a close
+/// frame queued over the write budget, so the queue never holds more than the budget plus
+/// one frame plus a close frame; the worker's incomplete-message count equals the
+/// machine's share and is back to 0 once it ended; a closed machine reports no deadline,
+/// and a deadline that fires moves the machine on (no timer that fires for ever).
+/// `small` picks small limits and budgets so that every bound is reachable.
+pub fn drive_conn(ops: &[ConnOp], small: bool, drop_policy: bool) {
+    use std::time::{Duration, Instant};
+    use volley::proto::conn::{Conn, ConnConfig, Events, Held};
+    let cfg = if small {
+        ConnConfig {
+            limits: Limits {
+                max_frame: 4096,
+                max_message: 8192,
+            },
+            max_head: 512,
+            write_budget: 1024,
+            handshake_timeout: Duration::from_millis(1000),
+            idle_timeout: Some(Duration::from_millis(5000)),
+            ping_interval: Some(Duration::from_millis(700)),
+            pong_timeout: Duration::from_millis(300),
+            close_timeout: Duration::from_millis(200),
+            message_timeout: Some(Duration::from_millis(1500)),
+        }
+    } else {
+        ConnConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut ev = ConnEv {
+        queue: 0,
+        budget: cfg.write_budget,
+        held: Held::new(if small { 3000 } else { 64 << 20 }),
+        opened: 0,
+        closes: 0,
+        closed_machine: false,
+        drop_policy,
+        largest_frame: 0,
+    };
+    let mut conn: Conn<u32> = Conn::new(now, cfg.limits);
+    let mut keys = KeyGen::new(0x5eed);
+    // A close frame holds at most 2 + 125 bytes.
+    let bound = |ev: &ConnEv| cfg.write_budget + ev.largest_frame + 127;
+    for op in ops {
+        match op {
+            ConnOp::Read(bytes) => {
+                let mut b = bytes.clone();
+                conn.handle_read(now, &mut b, &cfg, &mut ev);
+            }
+            ConnOp::Head(valid) => {
+                let mut b = if *valid {
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n".to_vec()
+                } else {
+                    b"BREW / HTCPCP/1.0\r\n\r\n".to_vec()
+                };
+                conn.handle_read(now, &mut b, &cfg, &mut ev);
+            }
+            ConnOp::Frame {
+                opcode,
+                fin,
+                payload,
+                times,
+            } => {
+                let mut payload = payload.clone();
+                if opcode.is_control() {
+                    payload.truncate(125);
+                }
+                let spec = FrameSpec {
+                    fin: *fin || opcode.is_control(),
+                    opcode: *opcode,
+                    payload,
+                };
+                let mut b = Vec::new();
+                for _ in 0..(*times).max(1) {
+                    encode_frame_for(Role::Server, &spec, &mut keys, &mut b);
+                }
+                if conn.wants_read(ev.queued(), &cfg) {
+                    conn.handle_read(now, &mut b, &cfg, &mut ev);
+                }
+            }
+            ConnOp::Tick(ms) => {
+                now += Duration::from_millis(*ms as u64);
+                let mut fired = 0;
+                while conn.handle_timeout(now, &cfg, &mut ev).is_some() {
+                    fired += 1;
+                    assert!(fired <= 4, "a deadline keeps firing at the same instant");
+                }
+                if let Some(d) = conn.poll_timeout(&cfg) {
+                    assert!(d > now, "a passed deadline did not fire");
+                }
+            }
+            ConnOp::Eof => conn.handle_eof(now, &mut ev),
+            ConnOp::Error => conn.handle_error(&mut ev),
+            ConnOp::Close(code) => {
+                conn.close(now, volley::CloseCode(*code % 1000 + 3000), "", &mut ev)
+            }
+            ConnOp::Flush(n) => {
+                conn.poll_transmit(&cfg, &mut ev);
+                ev.queue = ev.queue.saturating_sub(*n as usize);
+                conn.handle_flushed(ev.queue);
+            }
+            ConnOp::SlowConsumer => {
+                conn.handle_slow_consumer(now, &mut ev);
+            }
+        }
+        assert!(
+            ev.queue <= bound(&ev),
+            "queue {} over budget {} + one frame {} + a close frame",
+            ev.queue,
+            cfg.write_budget,
+            ev.largest_frame
+        );
+        assert_eq!(ev.held.bytes, conn.held(), "the worker's count drifted");
+        assert!(
+            ev.held.bytes <= ev.held.max,
+            "incomplete messages over the budget"
+        );
+        if conn.is_closed() {
+            ev.closed_machine = true;
+            assert_eq!(ev.closes, ev.opened, "ended without on_close exactly once");
+            assert_eq!(ev.held.bytes, 0);
+            assert_eq!(conn.poll_timeout(&cfg), None);
+        }
+        assert!(ev.closes <= 1);
+    }
+}

@@ -4,7 +4,9 @@
 //! so a connection whose queue cannot drain costs no `epoll_ctl`: the next writable edge
 //! flushes it. A read that fills less than the receive buffer means the socket is drained
 //! (a later arrival raises a new edge), so an echoed message costs one `read` and one
-//! `writev`.
+//! `writev`. A connection whose write queue is over its budget is not read
+//! (`Core::wants_read`, read backpressure): no edge comes for what stays in the socket, so
+//! the flush that drains the queue schedules the read (`Core::take_resume`).
 
 use crate::handler::Handler;
 use crate::runtime::core::{AfterFlush, Core};
@@ -230,12 +232,15 @@ impl<H: Handler> Worker<H> {
     /// a new edge), unless `to_end`: the peer has closed its side, so read until EOF.
     fn read(&mut self, key: usize, to_end: bool) {
         for _ in 0..MAX_READS {
+            // Not while the connection's queue is over its budget (read backpressure): with
+            // edge-triggered readiness nothing more is reported for it, and
+            // `Core::take_resume` schedules the read once the queue has drained.
+            if !self.core.wants_read(key) {
+                return;
+            }
             let Some(conn) = self.core.conns.get_mut(key) else {
                 return;
             };
-            if !conn.wants_read() {
-                return;
-            }
             match conn.io.read(&mut self.rbuf) {
                 Ok(0) => return self.core.on_eof(key),
                 Ok(n) => {
@@ -248,7 +253,7 @@ impl<H: Handler> Worker<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::debug!(conn = key, "read failed: {e}");
-                    return self.core.on_eof(key);
+                    return self.core.on_error(key);
                 }
             }
         }
@@ -256,18 +261,17 @@ impl<H: Handler> Worker<H> {
     }
 
     fn flush(&mut self) {
-        let mut dirty = std::mem::take(&mut self.core.dirty);
+        let mut dirty = self.core.take_dirty();
         for key in dirty.drain(..) {
             self.flush_one(key);
         }
-        if self.core.dirty.is_empty() {
-            self.core.dirty = dirty;
-        }
+        self.core.give_dirty(dirty);
     }
 
     fn flush_one(&mut self, key: usize) {
         let core = &mut self.core;
         let mut failed = false;
+        let mut written = 0;
         if let Some(conn) = core.conns.get_mut(key) {
             while !conn.out.is_empty() && !conn.is_dead() {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -285,10 +289,7 @@ impl<H: Handler> Worker<H> {
                     }
                     Ok(w) => {
                         conn.out.advance(w, &mut core.env.pool);
-                        core.shared.workers[core.worker as usize]
-                            .stats
-                            .bytes_out
-                            .fetch_add(w as u64, std::sync::atomic::Ordering::Relaxed);
+                        written += w;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -300,14 +301,18 @@ impl<H: Handler> Worker<H> {
                 }
             }
         }
+        core.count_written(written);
         if failed {
-            core.on_eof(key);
+            core.on_error(key);
             return;
         }
         if core.after_flush(key) == AfterFlush::ShutdownWrite {
             if let Some(conn) = core.conns.get(key) {
                 let _ = conn.io.shutdown(Shutdown::Write);
             }
+        }
+        if core.take_resume(key) {
+            self.pending_reads.push((key, true));
         }
     }
 

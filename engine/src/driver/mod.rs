@@ -7,11 +7,15 @@
 //! * accept connections and hand each socket to `Core::insert` (or refuse with 503 when
 //!   `Core::can_accept` says no);
 //! * deliver received bytes with `Core::on_data` (any buffer: mio reads into one receive
-//!   buffer per worker, io_uring hands out provided buffers), and end of stream or errors
-//!   with `Core::on_eof`;
-//! * after each loop turn, write out every key in `Core::dirty` (one vectored write or one
-//!   send per connection per turn) and report with `Core::after_flush`, which may ask for a
-//!   write-side shutdown;
+//!   buffer per worker, io_uring hands out provided buffers); end of stream (a read of 0
+//!   bytes: the peer is done sending, what it is owed still goes out) with `Core::on_eof`,
+//!   and read or write errors (drop at once) with `Core::on_error`;
+//! * read from a connection only while `Core::wants_read` says so (read backpressure: its
+//!   write queue is over the budget), and read again once `Core::take_resume` says so after
+//!   a flush;
+//! * after each loop turn, write out every key from `Core::take_dirty` (one vectored write or
+//!   one send per connection per turn; give the vector back with `Core::give_dirty`) and
+//!   report with `Core::after_flush`, which may ask for a write-side shutdown;
 //! * close the sockets of `Core::dead` and free their slots with `Core::remove`;
 //! * call `Core::update_now` and `Core::run_timers` every turn, sleeping at most
 //!   `Core::poll_timeout`; and drain the inbox with `Core::drain_inbox` when woken.

@@ -138,6 +138,13 @@ impl Decoder {
         self.asm.as_ref().map_or(0, |a| a.buf.capacity())
     }
 
+    /// Frees the assembly buffer of a message that will never be finished (the connection
+    /// stops reading). The decoder must not be used afterwards.
+    pub fn release(&mut self) {
+        self.asm = None;
+        self.closed = true;
+    }
+
     /// Decodes from the start of `buf`, unmasking in place. See the module docs.
     ///
     /// Call it again on `&mut buf[step.consumed..]` while it consumes bytes or yields

@@ -6,11 +6,10 @@
 //! shut or close ([`Core::after_flush`], [`Core::dead`]). Nothing in this file makes a
 //! syscall.
 //!
-//! Connection phases: `Handshake` (reading the request head) -> `Open` -> `Closing` (we sent
-//! a close frame and wait for the peer's) -> `Draining` (the close handshake is over or the
-//! connection failed: flush what is queued, shut our side, wait for the peer's FIN, close).
-//! `on_close` is called exactly once, when a connection that was opened leaves `Open` or
-//! `Closing` for good.
+//! Each connection's lifecycle (phases, deadlines, the pong and close-echo obligations, end
+//! of stream, budgets) is its sans-IO machine, [`crate::proto::conn::Conn`]. `Core` keeps
+//! the slab, the write queues, the handler calls, broadcast and the inbox; it reads the clock
+//! once per loop turn and passes `now` to the machines.
 
 use super::queue::{BufPool, WriteQueue};
 use super::timer::{millis, TimerWheel};
@@ -20,71 +19,42 @@ use crate::broadcast::{
     encode_shared, group_by_worker, scratch_spike, Event, OwnedTarget, Target, Tracker,
 };
 use crate::handler::{Ctx, Handler, HttpResponse, Message, Upgrade};
-use crate::proto::encode::encode_close_frame;
+use crate::proto::conn::{self as machine, ConnConfig, Events, Held, Timeout, Verdict};
 use crate::proto::frame::encode_header;
 use crate::proto::handshake::{
-    parse_request, write_accept_response, write_http_response, AcceptKey, HeadScanner,
-    EMPTY_HEADER, MAX_HEADERS,
+    parse_request, write_accept_response, write_http_response, AcceptKey, EMPTY_HEADER, MAX_HEADERS,
 };
-use crate::proto::{self, CloseCode, Decoder, HandshakeError, OpCode, Role, Status};
+use crate::proto::{self, CloseCode, HandshakeError, OpCode};
 use slab::Slab;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Timer granularity.
 const TICK_MS: u64 = 100;
 
-/// Where a connection is in its life.
-#[derive(Debug)]
-enum Phase {
-    /// Reading the request head.
-    Handshake(HeadScanner),
-    /// Exchanging messages.
-    Open,
-    /// We sent a close frame; waiting for the peer's.
-    Closing,
-    /// Finished (close handshake done, failed, or an HTTP answer sent): flush, shut our
-    /// side, wait for the peer's FIN or the close timeout, then close the socket.
-    Draining { shut: bool },
-}
-
-/// One connection's state in the worker's slab.
+/// One connection's entry in the worker's slab.
 #[derive(Debug)]
 pub(crate) struct Conn<S, Io> {
     /// The backend's handle on the socket.
     pub(crate) io: Io,
     pub(crate) out: WriteQueue,
     gen: u32,
-    phase: Phase,
-    decoder: Decoder,
-    /// Received bytes not consumed yet: part of a request head, a frame header or a control
-    /// frame. Empty (no allocation) almost always.
-    tail: Vec<u8>,
-    /// The application's state; `Some` from open until `on_close`.
-    state: Option<S>,
+    /// The protocol machine; the application's state lives inside it.
+    machine: machine::Conn<S>,
     /// Keys and topics this connection is bound to (allocated on its first binding).
     subs: Option<Box<Subs>>,
-    /// Code and reason to report in `on_close` for a close we started.
-    closing: Option<Box<(CloseCode, String)>>,
-    /// Milliseconds since the worker started: last byte received, phase start, ping sent.
-    last_rx: u64,
-    since: u64,
-    ping_sent: Option<u64>,
     /// The tick of this connection's live timer entry (0: none).
     timer_tick: u64,
     dirty: bool,
     dead: bool,
+    /// Reading stopped because the write queue was over the budget (read backpressure).
+    paused: bool,
 }
 
 impl<S, Io> Conn<S, Io> {
     pub(crate) fn is_dead(&self) -> bool {
         self.dead
-    }
-
-    /// Whether reads should still be delivered (also true while draining: we wait for EOF).
-    pub(crate) fn wants_read(&self) -> bool {
-        !self.dead
     }
 }
 
@@ -104,6 +74,9 @@ pub(crate) struct Env {
     deferred: Vec<Deferred>,
     pub(crate) registry: Registry,
     budget: usize,
+    policy: SlowConsumerPolicy,
+    /// Bytes this worker's connections hold in incomplete messages.
+    held: Held,
 }
 
 /// The callback's own connection, when it can still send.
@@ -123,8 +96,11 @@ pub(crate) struct Outbox<'a> {
     own: Option<Own<'a>>,
     env: &'a mut Env,
     sent: u64,
-    /// A send found the own queue over the write budget: the message was not queued and the
-    /// connection is handled as a slow consumer after the callback.
+    /// Sends to the own connection dropped over the write budget (`SlowConsumerPolicy::Drop`).
+    dropped: u64,
+    /// A send found the own queue over the write budget under `SlowConsumerPolicy::Close`:
+    /// the message was not queued and the connection is closed as a slow consumer after the
+    /// callback.
     over: bool,
 }
 
@@ -135,6 +111,7 @@ impl<'a> Outbox<'a> {
             own,
             env,
             sent: 0,
+            dropped: 0,
             over: false,
         }
     }
@@ -155,7 +132,10 @@ impl<'a> Outbox<'a> {
         if id == self.own_id && self.env.deferred.is_empty() {
             if let Some(own) = self.own.as_mut() {
                 if own.out.len() > self.env.budget {
-                    self.over = true;
+                    match self.env.policy {
+                        SlowConsumerPolicy::Close => self.over = true,
+                        SlowConsumerPolicy::Drop => self.dropped += 1,
+                    }
                     return;
                 }
                 own.out.push_parts(&mut self.env.pool, &[&header, payload]);
@@ -224,16 +204,20 @@ pub(crate) struct Core<H: Handler, Io> {
     pub(crate) handler: H,
     pub(crate) conns: Slab<Conn<H::State, Io>>,
     pub(crate) cfg: Arc<Config>,
+    /// The machines' limits and deadlines, from `cfg`.
+    conn_cfg: ConnConfig,
     pub(crate) shared: Arc<super::Shared>,
     pub(crate) handle: Handle,
     pub(crate) worker: u8,
     next_gen: u32,
     epoch: Instant,
+    /// The time of this loop turn (read once per turn by [`Core::update_now`]).
+    now: Instant,
     pub(crate) now_ms: u64,
     timers: TimerWheel,
     fired: Vec<(u32, u32, u64)>,
     /// Keys with output to flush.
-    pub(crate) dirty: Vec<usize>,
+    dirty: Vec<usize>,
     /// Keys whose socket must be closed and slot freed.
     pub(crate) dead: Vec<usize>,
     /// What callbacks write into (pool, deferred actions, key and topic tables).
@@ -244,6 +228,215 @@ pub(crate) struct Core<H: Handler, Io> {
     shutdown_deadline: u64,
     commands: Vec<Command>,
     max_conns: usize,
+}
+
+/// The worker's side of one connection, as its machine sees it: the write queue, the
+/// handler (with a [`Ctx`] for each call), the counters.
+struct Ev<'a, H: Handler> {
+    handler: &'a mut H,
+    out: &'a mut WriteQueue,
+    subs: &'a mut Option<Box<Subs>>,
+    env: &'a mut Env,
+    handle: &'a Handle,
+    stats: &'a super::WorkerStats,
+    cfg: &'a Config,
+    id: ConnId,
+}
+
+impl<H: Handler> Ev<'_, H> {
+    /// Calls the handler for an open connection, with a context that sends into its queue.
+    fn call(
+        &mut self,
+        app: &mut H::State,
+        f: impl FnOnce(&mut H, &mut Ctx<'_>, &mut H::State),
+    ) -> Verdict {
+        let mut ctx = Ctx {
+            out: Outbox::new(
+                self.id,
+                Some(Own {
+                    out: &mut *self.out,
+                    subs: &mut *self.subs,
+                }),
+                &mut *self.env,
+            ),
+            handle: self.handle,
+        };
+        f(&mut *self.handler, &mut ctx, app);
+        let (sent, dropped, over) = (ctx.out.sent, ctx.out.dropped, ctx.out.over);
+        self.stats.messages_out.fetch_add(sent, Ordering::Relaxed);
+        self.stats.drops.fetch_add(dropped, Ordering::Relaxed);
+        if !over {
+            return Verdict::Continue;
+        }
+        tracing::info!(conn = %self.id, queued = self.out.len(), budget = self.cfg.write_budget, "closing slow consumer");
+        self.stats
+            .slow_consumer_closes
+            .fetch_add(1, Ordering::Relaxed);
+        Verdict::SlowConsumer
+    }
+
+    /// Answers a plain HTTP request.
+    fn http_response(&mut self, resp: &HttpResponse) {
+        let mut out = Vec::new();
+        if write_http_response(&mut out, resp.status, resp.content_type, &[], &resp.body).is_err() {
+            out.clear();
+            write_http_response(&mut out, 500, "text/plain", &[], b"internal error\n")
+                .expect("static");
+        }
+        self.out.push_owned(out);
+    }
+
+    /// Refuses a request with the status its error maps to.
+    fn http_error(&mut self, e: &HandshakeError) {
+        tracing::debug!(error = %e, "handshake refused");
+        self.stats
+            .handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::new();
+        e.write_response(&mut out);
+        self.out.push_owned(out);
+    }
+}
+
+impl<H: Handler> Events<H::State> for Ev<'_, H> {
+    fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    fn at_frame_boundary(&self) -> bool {
+        self.out.at_frame_boundary()
+    }
+
+    fn send(&mut self, header: &[u8], payload: &[u8]) {
+        self.out.push_parts(&mut self.env.pool, &[header, payload]);
+    }
+
+    fn discard(&mut self) {
+        self.out.clear(&mut self.env.pool);
+    }
+
+    fn held(&mut self) -> &mut Held {
+        &mut self.env.held
+    }
+
+    /// A complete request head arrived.
+    fn request(&mut self, head: &[u8]) -> Option<H::State> {
+        let mut headers = [EMPTY_HEADER; MAX_HEADERS];
+        let req = match parse_request(head, &mut headers) {
+            Ok(r) => r,
+            Err(e) => {
+                self.http_error(&e);
+                return None;
+            }
+        };
+        let client_key = match req.validate() {
+            Ok(k) => k,
+            // A plain request (no WebSocket handshake headers): the application answers it
+            // first, then the metrics path if configured on this port, else 426.
+            Err(HandshakeError::NotUpgrade) if req.method == "GET" => {
+                match self.handler.on_http(&req) {
+                    Some(resp) => self.http_response(&resp),
+                    None if self.cfg.metrics_path.as_deref() == Some(req.path) => {
+                        let resp = crate::runtime::metrics::response(self.handle);
+                        self.http_response(&resp)
+                    }
+                    None => self.http_error(&HandshakeError::NotUpgrade),
+                }
+                return None;
+            }
+            Err(e) => {
+                self.http_error(&e);
+                return None;
+            }
+        };
+        if !req.origin_allowed(&self.cfg.allowed_origins) {
+            self.http_error(&HandshakeError::OriginNotAllowed);
+            return None;
+        }
+        let mut upgrade = Upgrade::default();
+        let state = match self.handler.on_upgrade(&req, &mut upgrade) {
+            Ok(s) => s,
+            Err(rej) => {
+                tracing::debug!(status = rej.status, "upgrade rejected by the handler");
+                self.stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let resp = HttpResponse {
+                    status: rej.status,
+                    content_type: "text/plain; charset=utf-8",
+                    body: rej.body.into_bytes(),
+                };
+                self.http_response(&resp);
+                return None;
+            }
+        };
+        let accept = AcceptKey::from_key(client_key.as_bytes());
+        let extra: Vec<(&str, &str)> = upgrade
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let mut resp = self.env.pool.take(256);
+        if let Err(e) =
+            write_accept_response(&mut resp, &accept, upgrade.protocol.as_deref(), &extra)
+        {
+            tracing::error!("handler produced an invalid upgrade response: {e}");
+            self.env.pool.give(resp);
+            let resp = HttpResponse {
+                status: 500,
+                content_type: "text/plain",
+                body: b"internal error\n".to_vec(),
+            };
+            // The handler's state is dropped: the connection never opened.
+            drop(state);
+            self.http_response(&resp);
+            return None;
+        }
+        self.out.push_owned(resp);
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        Some(state)
+    }
+
+    fn refuse(&mut self, e: &HandshakeError) {
+        self.http_error(e);
+    }
+
+    fn open(&mut self, app: &mut H::State) -> Verdict {
+        self.call(app, |h, ctx, s| h.on_open(ctx, s))
+    }
+
+    fn message(&mut self, app: &mut H::State, msg: proto::Message<'_>) -> Verdict {
+        let data = match msg {
+            proto::Message::Text(t) => Message::Text(t),
+            proto::Message::Binary(b) => Message::Binary(b),
+            _ => return Verdict::Continue,
+        };
+        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.call(app, |h, ctx, s| h.on_message(ctx, s, data))
+    }
+
+    fn close(&mut self, app: H::State, code: CloseCode, reason: &str) {
+        let mut ctx = Ctx {
+            out: Outbox::new(self.id, None, &mut *self.env),
+            handle: self.handle,
+        };
+        self.handler.on_close(&mut ctx, app, code, reason);
+    }
+
+    fn protocol_error(&mut self, e: &proto::ProtocolError) {
+        let code = e.close_code();
+        tracing::debug!(conn = %self.id, error = %e, "protocol error");
+        if let Some(c) = self.stats.protocol_closes.get((code.0 - 1000) as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn over_incomplete_budget(&mut self) {
+        tracing::info!(conn = %self.id, held = self.env.held.bytes, budget = self.env.held.max, "incomplete messages over the worker's budget: closing with 1013");
+        self.stats
+            .incomplete_budget_closes
+            .fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl<H: Handler, Io> Core<H, Io> {
@@ -266,17 +459,23 @@ impl<H: Handler, Io> Core<H, Io> {
             keys: cfg.max_keys_per_conn,
             topics: cfg.max_topics_per_conn,
         };
+        let policy = cfg.slow_consumer;
+        let held = Held::new(cfg.incomplete_budget);
+        let conn_cfg = cfg.conn_config();
+        let epoch = Instant::now();
         Core {
             handler,
             conns: Slab::new(),
             cfg,
+            conn_cfg,
             handle: Handle {
                 shared: shared.clone(),
             },
             shared,
             worker,
             next_gen: 1,
-            epoch: Instant::now(),
+            epoch,
+            now: epoch,
             now_ms: 0,
             timers: TimerWheel::new(),
             fired: Vec::new(),
@@ -285,6 +484,8 @@ impl<H: Handler, Io> Core<H, Io> {
             env: Env {
                 budget,
                 registry: Registry::with_caps(caps),
+                policy,
+                held,
                 ..Env::default()
             },
             scratch: Vec::new(),
@@ -301,16 +502,21 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Reads the clock once per loop turn.
     pub(crate) fn update_now(&mut self) {
-        self.now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.now = Instant::now();
+        self.now_ms = self.now.saturating_duration_since(self.epoch).as_millis() as u64;
     }
 
-    /// How long the backend may sleep: until the next tick while timers are pending.
-    pub(crate) fn poll_timeout(&self) -> Option<std::time::Duration> {
+    /// How long the backend may sleep: not at all with output to flush, else until the next
+    /// tick while timers are pending.
+    pub(crate) fn poll_timeout(&self) -> Option<Duration> {
+        if !self.dirty.is_empty() {
+            return Some(Duration::ZERO);
+        }
         if self.timers.is_empty() && !self.shutting_down {
             return None;
         }
         let next = (self.now_ms / TICK_MS + 1) * TICK_MS;
-        Some(std::time::Duration::from_millis(next - self.now_ms))
+        Some(Duration::from_millis(next - self.now_ms))
     }
 
     /// Whether a new connection can be taken (else the backend answers 503 and closes).
@@ -341,18 +547,12 @@ impl<H: Handler, Io> Core<H, Io> {
             io,
             out: WriteQueue::default(),
             gen,
-            phase: Phase::Handshake(HeadScanner::new()),
-            decoder: Decoder::new(Role::Server, self.cfg.limits),
-            tail: Vec::new(),
-            state: None,
+            machine: machine::Conn::new(self.now, self.conn_cfg.limits),
             subs: None,
-            closing: None,
-            last_rx: self.now_ms,
-            since: self.now_ms,
-            ping_sent: None,
             timer_tick: 0,
             dirty: false,
             dead: false,
+            paused: false,
         });
         if self.max_conns != usize::MAX {
             self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
@@ -367,7 +567,7 @@ impl<H: Handler, Io> Core<H, Io> {
     /// Frees a dead connection's slot, returning its socket for the backend to close.
     pub(crate) fn remove(&mut self, key: usize) -> Option<Io> {
         let conn = self.conns.try_remove(key)?;
-        debug_assert!(conn.state.is_none(), "on_close must have run");
+        debug_assert!(conn.machine.is_closed(), "on_close must have run");
         if let Some(subs) = conn.subs {
             self.env.registry.remove_all(*subs, key as u32);
         }
@@ -384,381 +584,13 @@ impl<H: Handler, Io> Core<H, Io> {
         ConnId::new(self.worker, key, self.conns[key].gen)
     }
 
-    /// Bytes arrived for `key`. The backend may pass any buffer; it is unmasked in place.
-    pub(crate) fn on_data(&mut self, key: usize, bytes: &mut [u8]) {
-        let now = self.now_ms;
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.dead {
-            return;
-        }
-        conn.last_rx = now;
-        conn.ping_sent = None;
-        self.me()
-            .stats
-            .bytes_in
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let conn = &mut self.conns[key];
-        if conn.tail.is_empty() {
-            let used = self.process(key, bytes);
-            if used < bytes.len() {
-                if let Some(c) = self.conns.get_mut(key) {
-                    if !c.dead {
-                        c.tail.extend_from_slice(&bytes[used..]);
-                    }
-                }
-            }
-        } else {
-            let mut buf = std::mem::take(&mut conn.tail);
-            buf.extend_from_slice(bytes);
-            let used = self.process(key, &mut buf);
-            if let Some(c) = self.conns.get_mut(key) {
-                if used < buf.len() && !c.dead {
-                    buf.drain(..used);
-                    c.tail = buf;
-                }
-            }
-        }
-        self.apply_deferred();
-        self.mark_output(key);
-    }
-
-    /// Runs the phase machine over `buf`; returns the bytes consumed.
-    fn process(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let conn = &mut self.conns[key];
-        let mut pos = 0;
-        if let Phase::Handshake(mut scanner) = conn.phase {
-            match scanner.find_end(buf, self.cfg.max_head) {
-                Ok(Status::Partial) => {
-                    conn.phase = Phase::Handshake(scanner);
-                    return 0;
-                }
-                Ok(Status::Complete(n)) => {
-                    self.handshake(key, &buf[..n]);
-                    pos = n;
-                }
-                Err(e) => {
-                    self.http_error(key, &e);
-                    return buf.len();
-                }
-            }
-        }
-        match self.conns[key].phase {
-            Phase::Open | Phase::Closing => pos + self.frames(key, &mut buf[pos..]),
-            // Handshake cannot remain here; Draining discards what the peer still sends.
-            _ => buf.len(),
-        }
-    }
-
-    /// A complete request head arrived.
-    fn handshake(&mut self, key: usize, head: &[u8]) {
-        let mut headers = [EMPTY_HEADER; MAX_HEADERS];
-        let req = match parse_request(head, &mut headers) {
-            Ok(r) => r,
-            Err(e) => return self.http_error(key, &e),
-        };
-        let client_key = match req.validate() {
-            Ok(k) => k,
-            // A plain request (no WebSocket handshake headers): the application answers it
-            // first, then the metrics path if configured on this port, else 426.
-            Err(HandshakeError::NotUpgrade) if req.method == "GET" => {
-                return match self.handler.on_http(&req) {
-                    Some(resp) => self.http_response(key, &resp),
-                    None if self.cfg.metrics_path.as_deref() == Some(req.path) => {
-                        let resp = crate::runtime::metrics::response(&self.handle);
-                        self.http_response(key, &resp)
-                    }
-                    None => self.http_error(key, &HandshakeError::NotUpgrade),
-                };
-            }
-            Err(e) => return self.http_error(key, &e),
-        };
-        if !req.origin_allowed(&self.cfg.allowed_origins) {
-            return self.http_error(key, &HandshakeError::OriginNotAllowed);
-        }
-        let mut upgrade = Upgrade::default();
-        let state = match self.handler.on_upgrade(&req, &mut upgrade) {
-            Ok(s) => s,
-            Err(rej) => {
-                tracing::debug!(status = rej.status, "upgrade rejected by the handler");
-                self.me()
-                    .stats
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                let resp = HttpResponse {
-                    status: rej.status,
-                    content_type: "text/plain; charset=utf-8",
-                    body: rej.body.into_bytes(),
-                };
-                return self.http_response(key, &resp);
-            }
-        };
-        let accept = AcceptKey::from_key(client_key.as_bytes());
-        let extra: Vec<(&str, &str)> = upgrade
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let mut resp = self.env.pool.take(256);
-        if let Err(e) =
-            write_accept_response(&mut resp, &accept, upgrade.protocol.as_deref(), &extra)
-        {
-            tracing::error!("handler produced an invalid upgrade response: {e}");
-            self.env.pool.give(resp);
-            let resp = HttpResponse {
-                status: 500,
-                content_type: "text/plain",
-                body: b"internal error\n".to_vec(),
-            };
-            // The handler's state is dropped: the connection never opened.
-            drop(state);
-            return self.http_response(key, &resp);
-        }
-        let conn = &mut self.conns[key];
-        conn.out.push_owned(resp);
-        conn.phase = Phase::Open;
-        conn.state = Some(state);
-        self.me().stats.opened.fetch_add(1, Ordering::Relaxed);
-        self.schedule(key);
-        self.callback(key, |h, ctx, s| h.on_open(ctx, s));
-    }
-
-    /// Answers a plain HTTP request and drains the connection.
-    fn http_response(&mut self, key: usize, resp: &HttpResponse) {
-        let mut out = Vec::new();
-        if write_http_response(&mut out, resp.status, resp.content_type, &[], &resp.body).is_err() {
-            out.clear();
-            write_http_response(&mut out, 500, "text/plain", &[], b"internal error\n")
-                .expect("static");
-        }
-        self.conns[key].out.push_owned(out);
-        self.drain_conn(key);
-    }
-
-    /// Refuses a request with the status its error maps to.
-    fn http_error(&mut self, key: usize, e: &HandshakeError) {
-        tracing::debug!(error = %e, "handshake refused");
-        self.me()
-            .stats
-            .handshake_failures
-            .fetch_add(1, Ordering::Relaxed);
-        let mut out = Vec::new();
-        e.write_response(&mut out);
-        self.conns[key].out.push_owned(out);
-        self.drain_conn(key);
-    }
-
-    /// Moves a connection to `Draining` (its `on_close`, if due, has run).
-    fn drain_conn(&mut self, key: usize) {
-        let now = self.now_ms;
-        let conn = &mut self.conns[key];
-        conn.phase = Phase::Draining { shut: false };
-        conn.tail = Vec::new();
-        conn.since = now;
-        self.schedule(key);
-    }
-
-    /// Decodes frames from `buf`; returns the bytes consumed.
-    fn frames(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let mut pos = 0;
-        loop {
-            let Core {
-                handler,
-                conns,
-                handle,
-                env,
-                shared,
-                worker,
-                ..
-            } = self;
-            let id = ConnId::new(*worker, key, conns[key].gen);
-            let mut over = false;
-            let conn = &mut conns[key];
-            let step = match conn.decoder.decode(&mut buf[pos..]) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.fail(key, e);
-                    return buf.len();
-                }
-            };
-            pos += step.consumed;
-            let Some(msg) = step.message else {
-                if step.consumed == 0 {
-                    return pos;
-                }
-                continue;
-            };
-            let open = matches!(conn.phase, Phase::Open);
-            let stats = &shared.workers[*worker as usize].stats;
-            match msg {
-                proto::Message::Text(_) | proto::Message::Binary(_) if open => {
-                    let data = match msg {
-                        proto::Message::Text(t) => Message::Text(t),
-                        proto::Message::Binary(b) => Message::Binary(b),
-                        _ => unreachable!("matched data above"),
-                    };
-                    stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                    let Conn {
-                        state, out, subs, ..
-                    } = conn;
-                    let mut ctx = Ctx {
-                        out: Outbox::new(id, Some(Own { out, subs }), env),
-                        handle,
-                    };
-                    handler.on_message(&mut ctx, state.as_mut().expect("open"), data);
-                    stats
-                        .messages_out
-                        .fetch_add(ctx.out.sent, Ordering::Relaxed);
-                    over = ctx.out.over;
-                }
-                proto::Message::Ping(p) if open => {
-                    let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
-                    conn.out.push_parts(&mut env.pool, &[&h, p]);
-                }
-                proto::Message::Close(frame) => {
-                    let (code, reason) = match frame {
-                        Some(f) => (f.code, f.reason.to_owned()),
-                        None => (CloseCode::NO_STATUS, String::new()),
-                    };
-                    self.peer_closed(key, code, &reason);
-                    return buf.len();
-                }
-                // Pongs, and data after we sent our close frame, are dropped (RFC 6455 5.5.1).
-                _ => {}
-            }
-            if over {
-                self.slow_consumer(key);
-                return buf.len();
-            }
-        }
-    }
-
-    /// The peer sent a close frame.
-    fn peer_closed(&mut self, key: usize, code: CloseCode, reason: &str) {
-        let conn = &mut self.conns[key];
-        match conn.phase {
-            Phase::Open => {
-                // Echo the status code (RFC 6455 5.5.1); a close without one is answered 1000.
-                let echo = if code == CloseCode::NO_STATUS {
-                    CloseCode::NORMAL
-                } else {
-                    code
-                };
-                let mut frame = Vec::new();
-                encode_close_frame(echo, "", &mut frame);
-                conn.out.push_owned(frame);
-                self.finish(key, code, reason);
-            }
-            Phase::Closing => {
-                let (c, r) = match conn.closing.take() {
-                    Some(b) => *b,
-                    None => (code, reason.to_owned()),
-                };
-                self.finish(key, c, &r);
-            }
-            _ => {}
-        }
-    }
-
-    /// The peer broke the protocol: send the close frame for the error and fail the connection.
-    fn fail(&mut self, key: usize, e: proto::ProtocolError) {
-        let code = e.close_code();
-        tracing::debug!(conn = %self.id(key), error = %e, "protocol error");
-        if let Some(c) = self
-            .me()
-            .stats
-            .protocol_closes
-            .get((code.0 - 1000) as usize)
-        {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        let conn = &mut self.conns[key];
-        if matches!(conn.phase, Phase::Open) && conn.out.at_frame_boundary() {
-            let mut frame = Vec::new();
-            encode_close_frame(code, e.reason(), &mut frame);
-            conn.out.push_owned(frame);
-        }
-        self.finish(key, code, e.reason());
-    }
-
-    /// Starts a close handshake from our side.
-    pub(crate) fn start_close(&mut self, key: usize, code: CloseCode, reason: &str) {
-        let now = self.now_ms;
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        match conn.phase {
-            Phase::Open => {
-                let mut frame = Vec::new();
-                encode_close_frame(code, reason, &mut frame);
-                conn.out.push_owned(frame);
-                conn.phase = Phase::Closing;
-                conn.closing = Some(Box::new((code, reason.to_owned())));
-                conn.since = now;
-                self.schedule(key);
-                self.mark_output(key);
-            }
-            Phase::Handshake(_) => self.abort(key, CloseCode::ABNORMAL, ""),
-            _ => {}
-        }
-    }
-
-    /// Ends a connection's life as seen by the handler: `on_close`, then `Draining`.
-    fn finish(&mut self, key: usize, code: CloseCode, reason: &str) {
-        self.close_callback(key, code, reason);
-        self.drain_conn(key);
-        self.mark_output(key);
-    }
-
-    fn close_callback(&mut self, key: usize, code: CloseCode, reason: &str) {
-        let Core {
-            handler,
-            conns,
-            handle,
-            env,
-            worker,
-            ..
-        } = self;
-        let conn = &mut conns[key];
-        if let Some(state) = conn.state.take() {
-            let id = ConnId::new(*worker, key, conn.gen);
-            let mut ctx = Ctx {
-                out: Outbox::new(id, None, env),
-                handle,
-            };
-            handler.on_close(&mut ctx, state, code, reason);
-        }
-        self.apply_deferred();
-    }
-
-    /// Drops a connection now (no close frame): `on_close` if it was open, then close.
-    pub(crate) fn abort(&mut self, key: usize, code: CloseCode, reason: &str) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.dead {
-            return;
-        }
-        let report = conn.closing.take().map(|b| *b);
-        let (code, reason) = match report {
-            Some((c, r)) if matches!(conn.phase, Phase::Closing) => (c, r),
-            _ => (code, reason.to_owned()),
-        };
-        self.close_callback(key, code, &reason);
-        let conn = &mut self.conns[key];
-        conn.dead = true;
-        conn.out.clear(&mut self.env.pool);
-        self.dead.push(key);
-    }
-
-    /// The peer closed its side (read returned 0) or the socket failed.
-    pub(crate) fn on_eof(&mut self, key: usize) {
-        self.abort(key, CloseCode::ABNORMAL, "connection dropped");
-    }
-
-    /// Calls a handler callback for an open connection, with a context.
-    fn callback(&mut self, key: usize, f: impl FnOnce(&mut H, &mut Ctx<'_>, &mut H::State)) {
+    /// Runs `f` on `key`'s machine with the worker's side of it; `None` if `key` is gone or
+    /// dead. Follow with [`Core::settle`].
+    fn with_conn<R>(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut machine::Conn<H::State>, &mut Ev<'_, H>, &ConnConfig) -> R,
+    ) -> Option<R> {
         let Core {
             handler,
             conns,
@@ -766,29 +598,129 @@ impl<H: Handler, Io> Core<H, Io> {
             env,
             shared,
             worker,
+            cfg,
+            conn_cfg,
             ..
         } = self;
-        let conn = &mut conns[key];
+        let conn = conns.get_mut(key).filter(|c| !c.dead)?;
         let id = ConnId::new(*worker, key, conn.gen);
         let Conn {
-            state, out, subs, ..
+            machine, out, subs, ..
         } = conn;
-        let mut over = false;
-        if let Some(state) = state.as_mut() {
-            let mut ctx = Ctx {
-                out: Outbox::new(id, Some(Own { out, subs }), env),
-                handle,
+        let mut ev = Ev {
+            handler,
+            out,
+            subs,
+            env,
+            handle,
+            stats: &shared.workers[*worker as usize].stats,
+            cfg,
+            id,
+        };
+        Some(f(machine, &mut ev, conn_cfg))
+    }
+
+    /// After a machine call: a closed machine's socket is queued for closing; otherwise its
+    /// timer is kept and its output marked for flushing.
+    fn settle(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.dead {
+            return;
+        }
+        if conn.machine.is_closed() {
+            conn.dead = true;
+            conn.out.clear(&mut self.env.pool);
+            self.dead.push(key);
+            return;
+        }
+        self.schedule(key);
+        self.mark_output(key);
+    }
+
+    /// Bytes arrived for `key`. The backend may pass any buffer; it is unmasked in place.
+    pub(crate) fn on_data(&mut self, key: usize, bytes: &mut [u8]) {
+        let now = self.now;
+        self.me()
+            .stats
+            .bytes_in
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.with_conn(key, |m, ev, cfg| m.handle_read(now, bytes, cfg, ev));
+        self.apply_deferred();
+        self.settle(key);
+    }
+
+    /// The peer shut its write side (a read returned 0): what is queued still goes out.
+    pub(crate) fn on_eof(&mut self, key: usize) {
+        let now = self.now;
+        self.with_conn(key, |m, ev, _| m.handle_eof(now, ev));
+        self.apply_deferred();
+        self.settle(key);
+    }
+
+    /// A read or write on `key`'s socket failed: it is dropped at once.
+    pub(crate) fn on_error(&mut self, key: usize) {
+        self.with_conn(key, |m, ev, _| m.handle_error(ev));
+        self.apply_deferred();
+        self.settle(key);
+    }
+
+    /// Whether the backend should read from `key`: not while its queue is over the write
+    /// budget (read backpressure; [`Core::take_resume`] says when to start again).
+    pub(crate) fn wants_read(&mut self, key: usize) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if c.dead {
+            return false;
+        }
+        let yes = c.machine.wants_read(c.out.len(), &self.conn_cfg);
+        if !yes {
+            c.paused = true;
+        }
+        yes
+    }
+
+    /// After a flush: true once if `key` stopped reading for backpressure and may read again.
+    pub(crate) fn take_resume(&mut self, key: usize) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if c.paused && !c.dead && c.machine.wants_read(c.out.len(), &self.conn_cfg) {
+            c.paused = false;
+            return true;
+        }
+        false
+    }
+
+    /// Starts a close handshake from our side.
+    pub(crate) fn start_close(&mut self, key: usize, code: CloseCode, reason: &str) {
+        let now = self.now;
+        self.with_conn(key, |m, ev, _| m.close(now, code, reason, ev));
+        self.settle(key);
+    }
+
+    /// Drops a connection now (no close frame): `on_close` if it was open, then close.
+    pub(crate) fn abort(&mut self, key: usize, code: CloseCode, reason: &str) {
+        self.with_conn(key, |m, ev, _| m.abort(code, reason, ev));
+        self.apply_deferred();
+        self.settle(key);
+    }
+
+    /// Calls a handler callback for an open (or closing) connection, with a context.
+    fn callback(&mut self, key: usize, f: impl FnOnce(&mut H, &mut Ctx<'_>, &mut H::State)) {
+        let now = self.now;
+        self.with_conn(key, |m, ev, _| {
+            let verdict = match m.app_mut() {
+                Some(app) => ev.call(app, f),
+                None => Verdict::Continue,
             };
-            f(handler, &mut ctx, state);
-            shared.workers[*worker as usize]
-                .stats
-                .messages_out
-                .fetch_add(ctx.out.sent, Ordering::Relaxed);
-            over = ctx.out.over;
-        }
-        if over {
-            self.slow_consumer(key);
-        }
+            if verdict == Verdict::SlowConsumer {
+                m.handle_slow_consumer(now, ev);
+            }
+        });
+        self.settle(key);
     }
 
     /// Applies sends and closes that callbacks addressed to other connections.
@@ -821,7 +753,7 @@ impl<H: Handler, Io> Core<H, Io> {
         }
         let Some(key) = self
             .resolve(id)
-            .filter(|&k| matches!(self.conns[k].phase, Phase::Open))
+            .filter(|&k| self.conns[k].machine.is_open())
         else {
             self.me()
                 .stats
@@ -858,44 +790,49 @@ impl<H: Handler, Io> Core<H, Io> {
     /// (the budget bounds what a reader that fell behind can hold; one message larger than
     /// the budget still goes out to a reader that keeps up, as in uWebSockets).
     fn slow_consumer(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.dead || !matches!(conn.phase, Phase::Open | Phase::Closing) {
-            return;
+        let now = self.now;
+        let queued = self.conns.get(key).map_or(0, |c| c.out.len());
+        if self.with_conn(key, |m, ev, _| m.handle_slow_consumer(now, ev)) == Some(true) {
+            tracing::info!(conn = %self.id(key), queued, budget = self.cfg.write_budget, "closing slow consumer");
+            self.me()
+                .stats
+                .slow_consumer_closes
+                .fetch_add(1, Ordering::Relaxed);
         }
-        let id = ConnId::new(self.worker, key, conn.gen);
-        tracing::info!(conn = %id, queued = conn.out.len(), budget = self.cfg.write_budget, "closing slow consumer");
-        self.shared.workers[self.worker as usize]
-            .stats
-            .slow_consumer_closes
-            .fetch_add(1, Ordering::Relaxed);
-        let clean = conn.out.at_frame_boundary();
-        conn.out.clear(&mut self.env.pool);
-        conn.closing = None;
-        if clean {
-            let mut frame = Vec::new();
-            encode_close_frame(CloseCode::POLICY_VIOLATION, "slow consumer", &mut frame);
-            conn.out.push_owned(frame);
-            self.finish(key, CloseCode::POLICY_VIOLATION, "slow consumer");
-        } else {
-            self.abort(key, CloseCode::POLICY_VIOLATION, "slow consumer");
-        }
+        self.apply_deferred();
+        self.settle(key);
     }
 
-    /// Queues a connection for flushing: it has output, or it is draining and its write
-    /// side is still to be shut (which the backend does after the flush).
+    /// Queues a connection for flushing: it has output, a pong is owed, or it is draining
+    /// and its write side is still to be shut (which the backend does after the flush).
     fn mark_output(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let unshut = matches!(conn.phase, Phase::Draining { shut: false });
-        if conn.dead || (conn.out.is_empty() && !unshut) {
+        if conn.dead || (conn.out.is_empty() && !conn.machine.needs_flush()) {
             return;
         }
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
+        }
+    }
+
+    /// The connections to flush this turn (the pong each one owes is queued first, within
+    /// its budget). Give the vector back with [`Core::give_dirty`].
+    pub(crate) fn take_dirty(&mut self) -> Vec<usize> {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            self.with_conn(key, |m, ev, cfg| m.poll_transmit(cfg, ev));
+        }
+        dirty
+    }
+
+    /// Returns the (drained) vector from [`Core::take_dirty`], to reuse its allocation.
+    pub(crate) fn give_dirty(&mut self, mut dirty: Vec<usize>) {
+        if self.dirty.is_empty() {
+            dirty.clear();
+            self.dirty = dirty;
         }
     }
 
@@ -905,15 +842,23 @@ impl<H: Handler, Io> Core<H, Io> {
             return AfterFlush::Nothing;
         };
         conn.dirty = false;
-        if conn.dead || !conn.out.is_empty() {
+        if conn.dead {
             return AfterFlush::Nothing;
         }
-        match &mut conn.phase {
-            Phase::Draining { shut } if !*shut => {
-                *shut = true;
-                AfterFlush::ShutdownWrite
-            }
-            _ => AfterFlush::Nothing,
+        let shut = conn.machine.handle_flushed(conn.out.len());
+        if conn.machine.is_closed() {
+            // The peer had already shut its side: both directions are done.
+            conn.dead = true;
+            self.dead.push(key);
+        } else if conn.out.is_empty() && conn.machine.needs_flush() {
+            // A pong waited for the queue to drain.
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+        if shut {
+            AfterFlush::ShutdownWrite
+        } else {
+            AfterFlush::Nothing
         }
     }
 
@@ -925,6 +870,14 @@ impl<H: Handler, Io> Core<H, Io> {
                 self.dirty.push(key);
             }
         }
+    }
+
+    /// Adds `n` bytes written to the worker's counters.
+    pub(crate) fn count_written(&self, n: usize) {
+        self.me()
+            .stats
+            .bytes_out
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     // ---- broadcast ----
@@ -1016,7 +969,7 @@ impl<H: Handler, Io> Core<H, Io> {
             OwnedTarget::All => slots.extend(
                 self.conns
                     .iter()
-                    .filter(|(_, c)| matches!(c.phase, Phase::Open))
+                    .filter(|(_, c)| c.machine.is_open())
                     .map(|(k, _)| k as u32),
             ),
             OwnedTarget::Topic(t) => {
@@ -1073,7 +1026,7 @@ impl<H: Handler, Io> Core<H, Io> {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        if conn.dead || !matches!(conn.phase, Phase::Open) {
+        if conn.dead || !conn.machine.is_open() {
             return false;
         }
         if conn.out.len() > budget {
@@ -1110,7 +1063,7 @@ impl<H: Handler, Io> Core<H, Io> {
         };
         self.callback(key, |h, ctx, s| h.on_published(ctx, s, tag, reached));
         self.apply_deferred();
-        self.mark_output(key);
+        self.settle(key);
     }
 
     /// Binds, unbinds, subscribes or unsubscribes a connection on behalf of another thread.
@@ -1147,36 +1100,14 @@ impl<H: Handler, Io> Core<H, Io> {
 
     // ---- timers ----
 
-    fn deadline(&self, conn: &Conn<H::State, Io>) -> u64 {
-        let cfg = &self.cfg;
-        let after = |t: u64, d: std::time::Duration| t.saturating_add(millis(d));
-        match conn.phase {
-            Phase::Handshake(_) => after(conn.since, cfg.handshake_timeout),
-            Phase::Open => {
-                let mut d = u64::MAX;
-                if let Some(p) = cfg.ping_interval {
-                    d = match conn.ping_sent {
-                        Some(t) => after(t, cfg.pong_timeout),
-                        None => after(conn.last_rx, p),
-                    };
-                }
-                if let Some(i) = cfg.idle_timeout {
-                    d = d.min(after(conn.last_rx, i));
-                }
-                d
-            }
-            Phase::Closing | Phase::Draining { .. } => after(conn.since, cfg.close_timeout),
-        }
-    }
-
-    /// Makes sure `key` has a timer entry no later than its deadline.
+    /// Makes sure `key` has a timer entry no later than its machine's deadline.
     fn schedule(&mut self, key: usize) {
-        let d = self.deadline(&self.conns[key]);
-        if d == u64::MAX {
-            return;
-        }
-        let tick = d.div_ceil(TICK_MS);
         let conn = &mut self.conns[key];
+        let Some(d) = conn.machine.poll_timeout(&self.conn_cfg) else {
+            return;
+        };
+        let ms = d.saturating_duration_since(self.epoch).as_millis() as u64;
+        let tick = ms.div_ceil(TICK_MS).max(1);
         if conn.timer_tick == 0 || tick < conn.timer_tick {
             conn.timer_tick = self.timers.schedule(key as u32, conn.gen, tick);
         }
@@ -1197,9 +1128,6 @@ impl<H: Handler, Io> Core<H, Io> {
             }
             conn.timer_tick = 0;
             self.on_timer(key);
-            if self.conns.get(key).is_some_and(|c| !c.dead) {
-                self.schedule(key);
-            }
         }
         self.fired = fired;
         if self.shutting_down && self.now_ms >= self.shutdown_deadline {
@@ -1216,51 +1144,27 @@ impl<H: Handler, Io> Core<H, Io> {
     }
 
     fn on_timer(&mut self, key: usize) {
-        let now = self.now_ms;
-        let deadline = self.deadline(&self.conns[key]);
-        if now < deadline {
-            return;
-        }
-        let cfg = self.cfg.clone();
-        let conn = &mut self.conns[key];
-        match conn.phase {
-            Phase::Handshake(_) => {
+        let now = self.now;
+        let fired = self
+            .with_conn(key, |m, ev, cfg| m.handle_timeout(now, cfg, ev))
+            .flatten();
+        let st = &self.me().stats;
+        let counter = match fired {
+            Some(Timeout::Handshake) => {
                 tracing::debug!(conn = key, "handshake timeout");
-                self.me()
-                    .stats
-                    .handshake_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                self.abort(key, CloseCode::ABNORMAL, "handshake timeout");
+                Some(&st.handshake_timeouts)
             }
-            Phase::Open => {
-                let idle = cfg
-                    .idle_timeout
-                    .is_some_and(|i| now >= conn.last_rx.saturating_add(millis(i)));
-                if idle {
-                    self.me().stats.idle_closes.fetch_add(1, Ordering::Relaxed);
-                    self.start_close(key, CloseCode::GOING_AWAY, "idle timeout");
-                } else if conn.ping_sent.is_some() {
-                    self.me()
-                        .stats
-                        .pong_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.abort(key, CloseCode::ABNORMAL, "pong timeout");
-                } else {
-                    conn.ping_sent = Some(now);
-                    let h = encode_header(true, OpCode::Ping, 0, None);
-                    conn.out.push_parts(&mut self.env.pool, &[&h]);
-                    self.me().stats.pings_sent.fetch_add(1, Ordering::Relaxed);
-                    self.mark_output(key);
-                }
-            }
-            Phase::Closing => self.abort(key, CloseCode::ABNORMAL, "close handshake timeout"),
-            Phase::Draining { .. } => {
-                let conn = &mut self.conns[key];
-                conn.dead = true;
-                conn.out.clear(&mut self.env.pool);
-                self.dead.push(key);
-            }
+            Some(Timeout::Idle) => Some(&st.idle_closes),
+            Some(Timeout::Ping) => Some(&st.pings_sent),
+            Some(Timeout::Pong) => Some(&st.pong_timeouts),
+            Some(Timeout::Message) => Some(&st.message_timeouts),
+            _ => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
         }
+        self.apply_deferred();
+        self.settle(key);
     }
 
     // ---- inbox ----
@@ -1301,10 +1205,11 @@ impl<H: Handler, Io> Core<H, Io> {
             .saturating_add(millis(self.cfg.shutdown_timeout));
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            match self.conns[key].phase {
-                Phase::Open => self.start_close(key, CloseCode::GOING_AWAY, "server shutting down"),
-                Phase::Handshake(_) => self.abort(key, CloseCode::ABNORMAL, "server shutting down"),
-                _ => {}
+            let m = &self.conns[key].machine;
+            if m.is_open() {
+                self.start_close(key, CloseCode::GOING_AWAY, "server shutting down");
+            } else if m.is_handshaking() {
+                self.abort(key, CloseCode::ABNORMAL, "server shutting down");
             }
         }
     }

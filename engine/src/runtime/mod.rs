@@ -53,6 +53,15 @@ pub struct Config {
     pub pong_timeout: Duration,
     /// How long a close handshake (and the lingering close after it) may take.
     pub close_timeout: Duration,
+    /// A message must be complete within this time of its first byte (`None`: no limit);
+    /// past it the connection is closed with 1008 "message timeout". Received bytes reset
+    /// the idle timer, so without it a client trickling a byte at a time could hold a
+    /// partly received message for ever.
+    pub message_timeout: Option<Duration>,
+    /// Bytes a worker holds in incomplete messages (assembly buffers), summed over its
+    /// connections. A read that takes the sum past it closes the connection that grew with
+    /// 1013 "try again later" (the server is out of room, not the peer at fault).
+    pub incomplete_budget: usize,
     /// How long a graceful shutdown waits for close handshakes.
     pub shutdown_timeout: Duration,
     /// Unsent bytes a connection may hold; past it the connection is closed with 1008.
@@ -146,6 +155,8 @@ impl Config {
             ping_interval: Some(Duration::from_secs(30)),
             pong_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(5),
+            message_timeout: Some(Duration::from_secs(60)),
+            incomplete_budget: 256 << 20,
             shutdown_timeout: Duration::from_secs(5),
             write_budget: 4 << 20,
             recv_buffer: 256 * 1024,
@@ -205,6 +216,18 @@ impl Config {
     /// Sets the close handshake timeout.
     pub fn close_timeout(mut self, d: Duration) -> Self {
         self.close_timeout = d;
+        self
+    }
+
+    /// Sets the time a message may take from its first byte to its last (`None`: no limit).
+    pub fn message_timeout(mut self, d: Option<Duration>) -> Self {
+        self.message_timeout = d;
+        self
+    }
+
+    /// Sets the per-worker budget for bytes held in incomplete messages.
+    pub fn incomplete_budget(mut self, bytes: usize) -> Self {
+        self.incomplete_budget = bytes;
         self
     }
 
@@ -309,6 +332,21 @@ impl Config {
     {
         self.allowed_origins = origins.into_iter().map(Into::into).collect();
         self
+    }
+
+    /// The limits and deadlines each connection's machine runs under.
+    pub(crate) fn conn_config(&self) -> crate::proto::conn::ConnConfig {
+        crate::proto::conn::ConnConfig {
+            limits: self.limits,
+            max_head: self.max_head,
+            write_budget: self.write_budget,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            close_timeout: self.close_timeout,
+            message_timeout: self.message_timeout,
+        }
     }
 
     fn worker_count(&self) -> usize {
@@ -454,6 +492,10 @@ stats! {
     pong_timeouts,
     /// Connections closed for idleness.
     idle_closes,
+    /// Connections closed (1008) because a message did not complete within `message_timeout`.
+    message_timeouts,
+    /// Connections closed (1013): the worker's incomplete messages were over `incomplete_budget`.
+    incomplete_budget_closes,
     /// Messages addressed to connections that no longer exist.
     unknown_target,
     /// Events published (counted by the publishing worker).

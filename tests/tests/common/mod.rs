@@ -217,6 +217,21 @@ impl RawClient {
 
     /// The next message (or close, or EOF) from the server.
     pub fn recv(&mut self) -> Got {
+        self.try_recv().expect("read timed out")
+    }
+
+    /// The next message, or `None` if no read brought one within `d`.
+    pub fn recv_within(&mut self, d: Duration) -> Option<Got> {
+        self.stream.set_read_timeout(Some(d)).unwrap();
+        let got = self.try_recv();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        got
+    }
+
+    /// The next message, or `None` when a read times out.
+    fn try_recv(&mut self) -> Option<Got> {
         loop {
             let mut pos = 0;
             let mut got = None;
@@ -242,14 +257,22 @@ impl RawClient {
             }
             self.buf.drain(..pos);
             if let Some(g) = got {
-                return g;
+                return Some(g);
             }
             let mut tmp = vec![0u8; 256 * 1024];
             match self.stream.read(&mut tmp) {
-                Ok(0) => return Got::Eof,
+                Ok(0) => return Some(Got::Eof),
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Got::Eof,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(Got::Eof),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
                 Err(e) => panic!("read failed: {e}"),
             }
         }

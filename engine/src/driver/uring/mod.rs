@@ -44,6 +44,8 @@ pub(crate) struct UringIo {
     /// submitted only once this is 0, and the connection is freed when the close completes.
     ops: u32,
     recv_armed: bool,
+    /// The receive was cancelled for read backpressure (its last completion not yet seen).
+    recv_paused: bool,
     /// The send slot (msghdr + iovecs) of the send in flight.
     send: Option<u32>,
     /// A zero-copy send's result, held until its notification unpins the buffers.

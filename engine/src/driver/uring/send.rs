@@ -10,7 +10,6 @@ use crate::handler::Handler;
 use crate::runtime::core::AfterFlush;
 use io_uring::{cqueue, opcode, types};
 use std::io::IoSlice;
-use std::sync::atomic::Ordering;
 
 /// Iovecs per sendmsg.
 const MAX_IOV: usize = 64;
@@ -23,13 +22,11 @@ pub(super) struct SendSlot {
 
 impl<H: Handler> Worker<H> {
     pub(super) fn flush(&mut self) {
-        let mut dirty = std::mem::take(&mut self.core.dirty);
+        let mut dirty = self.core.take_dirty();
         for key in dirty.drain(..) {
             self.flush_one(key);
         }
-        if self.core.dirty.is_empty() {
-            self.core.dirty = dirty;
-        }
+        self.core.give_dirty(dirty);
     }
 
     fn flush_one(&mut self, key: usize) {
@@ -136,16 +133,17 @@ impl<H: Handler> Worker<H> {
         let written = res.max(0) as usize;
         conn.out.end_send(written, &mut self.core.env.pool);
         if res > 0 {
-            self.core.shared.workers[self.core.worker as usize]
-                .stats
-                .bytes_out
-                .fetch_add(res as u64, Ordering::Relaxed);
+            self.core.count_written(res as usize);
         }
         let failed = res < 0;
         self.op_done(key);
         if failed {
-            self.core.on_eof(key);
+            self.core.on_error(key);
         } else {
+            // The queue drained below the budget: read again (read backpressure).
+            if self.core.take_resume(key) {
+                self.arm_recv(key);
+            }
             // More may have been queued meanwhile, or a short send left a rest.
             self.core.want_flush(key);
             if self.core.conns.get(key).is_some_and(|c| c.out.is_empty()) {

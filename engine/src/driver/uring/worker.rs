@@ -135,7 +135,12 @@ impl<H: Handler> Worker<H> {
         unsafe { self.submit(Op::Wake, e) };
     }
 
-    fn arm_recv(&mut self, key: usize) {
+    pub(super) fn arm_recv(&mut self, key: usize) {
+        // Not while the queue is over its budget (read backpressure): `on_send` re-arms once
+        // it has drained.
+        if !self.core.wants_read(key) {
+            return;
+        }
         let Some(conn) = self.core.conns.get_mut(key) else {
             return;
         };
@@ -144,6 +149,7 @@ impl<H: Handler> Worker<H> {
             return;
         }
         conn.io.recv_armed = true;
+        conn.io.recv_paused = false;
         let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), self.ring.bufs().bgid).build();
         // SAFETY: the receive takes its buffers from the provided-buffer ring, which stays
         // registered while the ring has operations; the SQE points to no other memory.
@@ -298,6 +304,7 @@ impl<H: Handler> Worker<H> {
                 slot: res as u32,
                 ops: 0,
                 recv_armed: false,
+                recv_paused: false,
                 send: None,
                 zc_written: None,
                 close: CloseState::Open,
@@ -327,24 +334,51 @@ impl<H: Handler> Worker<H> {
                     self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
                     if !more {
                         self.rearm.push(key);
+                    } else if !self.core.wants_read(key) {
+                        self.pause_recv(key);
                     }
                 }
                 None => {
                     // Bytes were taken from the socket but cannot be read: the stream is
                     // broken. The completion still ends an operation (below) when final.
                     tracing::error!("receive completion without a buffer");
-                    self.core.on_eof(key);
+                    self.core.on_error(key);
                 }
             }
         } else if res == -libc::ENOBUFS {
             self.stats().recv_enobufs.fetch_add(1, Ordering::Relaxed);
             self.rearm.push(key);
-        } else if res == 0 || res != -libc::ECANCELED {
+        } else if res == 0 {
+            // The peer is done sending; what it is owed still goes out.
             self.core.on_eof(key);
+        } else if res == -libc::ECANCELED {
+            // Cancelled for backpressure: re-armed if the queue drained meanwhile.
+            if let Some(conn) = self.core.conns.get_mut(key) {
+                if conn.io.recv_paused && !more {
+                    conn.io.recv_paused = false;
+                    self.rearm.push(key);
+                }
+            }
+        } else {
+            self.core.on_error(key);
         }
         if !more {
             self.op_done(key);
         }
+    }
+
+    /// Cancels `key`'s multishot receive: its queue is over the budget (read backpressure).
+    fn pause_recv(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.io.recv_armed || conn.io.recv_paused || conn.io.close != CloseState::Open {
+            return;
+        }
+        conn.io.recv_paused = true;
+        let e = opcode::AsyncCancel::new(Op::Recv(key).encode()).build();
+        // SAFETY: a cancel by user_data points to no memory.
+        unsafe { self.submit(Op::Cancel(key), e) };
     }
 
     /// Submits `e` as `op`. An operation of a connection is counted in its `ops` and in the

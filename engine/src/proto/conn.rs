@@ -1,0 +1,699 @@
+//! The lifecycle of one server connection, as a machine with no I/O and no clock.
+//!
+//! [`Conn`] holds a connection's phase, its decoder, the bytes of an unfinished head or
+//! frame, and its deadlines. Time enters as an argument (`now`); the caller (the worker core)
+//! reads the clock once per loop turn, as quinn-proto's callers do.
+//!
+//! * **Input**: [`Conn::handle_read`] (bytes received), [`Conn::handle_eof`] (the peer shut
+//!   its write side), [`Conn::handle_error`] (the socket failed), [`Conn::handle_timeout`],
+//!   [`Conn::close`] (the application closes), [`Conn::handle_slow_consumer`] and
+//!   [`Conn::handle_flushed`] (the caller's write queue drained).
+//! * **Output**: frames the protocol obliges us to send go into the caller's write queue
+//!   through [`Events::send`]; handler calls go through [`Events`]; the latest ping's pong
+//!   waits in the machine until [`Conn::poll_transmit`]; [`Conn::poll_timeout`] is the next
+//!   deadline; [`Conn::handle_flushed`] says when to shut the write side; [`Conn::is_closed`]
+//!   when to close the socket.
+//!
+//! Phases: `Handshake` (reading the request head) -> `Open` -> `Closing` (we sent a close
+//! frame, waiting for the peer's) -> `Draining` (the close handshake is over, failed, or an
+//! HTTP answer was queued: flush, shut our side, wait for the peer's FIN or the close timeout)
+//! -> `Closed`. The application's state lives only inside `Open` and `Closing` and is moved
+//! out, into [`Events::close`], when the connection leaves them; so `on_close` runs at most
+//! once, and exactly once for a connection that opened, by construction.
+//!
+//! # Bounds under hostile input
+//! * The write queue grows only while it is within the write budget: a data send is checked
+//!   by the caller, a pong is released by [`Conn::poll_transmit`] only under the budget, and
+//!   at most one pong waits (a newer ping replaces it: RFC 6455 5.5.3 allows answering only
+//!   the latest). [`Conn::wants_read`] is false over the budget, so the caller stops reading
+//!   (read backpressure) and no input can grow the queue. Only a close frame, the last
+//!   frame, may be queued over it: a queue never holds more than the budget plus one frame
+//!   and a close frame.
+//! * End of stream is not an error: what is queued (an HTTP answer, a close echo) is still
+//!   sent, then our side is shut, bounded by the close timeout.
+//! * A message must be complete within `message_timeout` of its first byte, and the bytes
+//!   a worker holds in incomplete messages are bounded by [`Held`] (1013 past it).
+
+use super::close::CloseCode;
+use super::encode::encode_close_frame;
+use super::frame::{encode_header, OpCode};
+use super::handshake::HeadScanner;
+use super::{Decoder, HandshakeError, Limits, Message, ProtocolError, Role, Status};
+use std::time::{Duration, Instant};
+
+/// The limits and deadlines of a connection, shared by all of a worker's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnConfig {
+    /// Frame and message size limits.
+    pub limits: Limits,
+    /// Largest request head.
+    pub max_head: usize,
+    /// Unsent bytes past which nothing but a close frame is queued and reading stops.
+    pub write_budget: usize,
+    /// The request head must be complete within this time of the accept.
+    pub handshake_timeout: Duration,
+    /// Close (1001) a connection from which nothing arrived for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Ping a connection that was quiet for this long.
+    pub ping_interval: Option<Duration>,
+    /// Drop (1006) a pinged connection that sent nothing within this time.
+    pub pong_timeout: Duration,
+    /// How long a close handshake, and the lingering close after it, may take.
+    pub close_timeout: Duration,
+    /// A message must be complete within this time of its first byte (1008 past it).
+    pub message_timeout: Option<Duration>,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            limits: Limits::default(),
+            max_head: super::handshake::DEFAULT_MAX_HEAD,
+            write_budget: 4 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(120)),
+            ping_interval: Some(Duration::from_secs(30)),
+            pong_timeout: Duration::from_secs(20),
+            close_timeout: Duration::from_secs(5),
+            message_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Bytes held in incomplete messages by a worker's connections, and the most allowed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Bytes held now (assembly buffer capacity, summed).
+    pub bytes: usize,
+    /// Past this, the connection whose read took the sum over is closed with 1013.
+    pub max: usize,
+}
+
+impl Held {
+    /// Nothing held, at most `max`.
+    pub fn new(max: usize) -> Self {
+        Held { bytes: 0, max }
+    }
+}
+
+/// What a handler call asks of the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on.
+    Continue,
+    /// The handler sent into a queue over the write budget under the close policy: close the
+    /// connection as a slow consumer (1008).
+    SlowConsumer,
+}
+
+/// Which deadline [`Conn::handle_timeout`] acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// The request head did not arrive in time: dropped.
+    Handshake,
+    /// Quiet for the idle timeout: closed with 1001.
+    Idle,
+    /// Quiet for the ping interval: a ping was queued.
+    Ping,
+    /// Nothing arrived within the pong timeout after a ping: dropped (1006).
+    Pong,
+    /// A message did not complete in time: closed with 1008.
+    Message,
+    /// The peer did not answer our close frame in time: dropped.
+    CloseHandshake,
+    /// The peer did not shut its side in time after ours: dropped.
+    Linger,
+}
+
+/// The caller's side of a connection: its write queue, its handler and the worker's budget
+/// for incomplete messages. The machine calls these while it handles input.
+pub trait Events<S> {
+    /// Unsent bytes in the connection's write queue.
+    fn queued(&self) -> usize;
+    /// Whether nothing in the write queue is half sent (it may be discarded cleanly).
+    fn at_frame_boundary(&self) -> bool;
+    /// Queues a frame (`header` then `payload`).
+    fn send(&mut self, header: &[u8], payload: &[u8]);
+    /// Drops every unsent byte.
+    fn discard(&mut self);
+    /// The worker's count of bytes held in incomplete messages.
+    fn held(&mut self) -> &mut Held;
+    /// A complete request head: queue the 101 and return the application's state, or queue
+    /// an HTTP answer and return `None`.
+    fn request(&mut self, head: &[u8]) -> Option<S>;
+    /// The request head could not be read (too large): queue the answer for `e`.
+    fn refuse(&mut self, e: &HandshakeError);
+    /// The connection opened (`on_open`).
+    fn open(&mut self, app: &mut S) -> Verdict;
+    /// A data message (`on_message`): only `Text` and `Binary` come here.
+    fn message(&mut self, app: &mut S, msg: Message<'_>) -> Verdict;
+    /// The connection's life as the application sees it is over (`on_close`).
+    fn close(&mut self, app: S, code: CloseCode, reason: &str);
+    /// The peer broke the protocol (for logs and counters); the machine closes.
+    fn protocol_error(&mut self, _e: &ProtocolError) {}
+    /// A read took the worker's incomplete-message bytes past [`Held::max`]; the machine
+    /// closes this connection with 1013.
+    fn over_incomplete_budget(&mut self) {}
+}
+
+/// Where a connection is in its life. The application's state exists only in `Open` and
+/// `Closing`.
+#[derive(Debug)]
+enum Phase<S> {
+    Handshake {
+        scanner: HeadScanner,
+        since: Instant,
+    },
+    Open {
+        app: S,
+    },
+    Closing {
+        app: S,
+        /// Our close code and reason, reported to `on_close`.
+        code: CloseCode,
+        reason: Box<str>,
+        since: Instant,
+    },
+    Draining {
+        since: Instant,
+        /// Our write side is shut (after everything queued went out).
+        shut: bool,
+    },
+    Closed,
+}
+
+/// One server connection's protocol machine. See the module docs.
+#[derive(Debug)]
+pub struct Conn<S> {
+    phase: Phase<S>,
+    decoder: Decoder,
+    /// Received bytes not consumed yet: part of a request head, a frame header or a control
+    /// frame. Empty (no allocation) almost always.
+    tail: Vec<u8>,
+    last_rx: Instant,
+    ping_sent: Option<Instant>,
+    /// When the first byte of the message being received arrived.
+    msg_start: Option<Instant>,
+    /// The pong owed for the latest ping, not yet in the write queue.
+    pong: Option<Box<[u8]>>,
+    /// This connection's share of [`Held::bytes`].
+    held: usize,
+    /// The peer shut its write side.
+    eof: bool,
+}
+
+impl<S> Conn<S> {
+    /// A connection accepted at `now`, waiting for its request head.
+    pub fn new(now: Instant, limits: Limits) -> Self {
+        Conn {
+            phase: Phase::Handshake {
+                scanner: HeadScanner::new(),
+                since: now,
+            },
+            decoder: Decoder::new(Role::Server, limits),
+            tail: Vec::new(),
+            last_rx: now,
+            ping_sent: None,
+            msg_start: None,
+            pong: None,
+            held: 0,
+            eof: false,
+        }
+    }
+
+    /// Whether the connection is open (messages and events may be sent to it).
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open { .. })
+    }
+
+    /// Whether the request head is still being read.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.phase, Phase::Handshake { .. })
+    }
+
+    /// Whether the connection is finished: the caller closes the socket.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Whether the caller should read from the socket: not while the write queue is over
+    /// the budget (read backpressure), nor once closed.
+    pub fn wants_read(&self, queued: usize, cfg: &ConnConfig) -> bool {
+        !self.is_closed() && queued <= cfg.write_budget
+    }
+
+    /// Whether the caller should flush even with an empty queue: a pong waits, or the write
+    /// side is still to be shut.
+    pub fn needs_flush(&self) -> bool {
+        self.pong.is_some() || matches!(self.phase, Phase::Draining { shut: false, .. })
+    }
+
+    /// Bytes this connection holds in an incomplete message.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// The application's state while the connection is open or closing.
+    pub fn app_mut(&mut self) -> Option<&mut S> {
+        match &mut self.phase {
+            Phase::Open { app } | Phase::Closing { app, .. } => Some(app),
+            _ => None,
+        }
+    }
+
+    /// The next deadline, if any.
+    pub fn poll_timeout(&self, cfg: &ConnConfig) -> Option<Instant> {
+        match &self.phase {
+            Phase::Handshake { since, .. } => since.checked_add(cfg.handshake_timeout),
+            Phase::Open { .. } => {
+                let ping = cfg.ping_interval.and_then(|p| match self.ping_sent {
+                    Some(t) => t.checked_add(cfg.pong_timeout),
+                    None => self.last_rx.checked_add(p),
+                });
+                let idle = cfg.idle_timeout.and_then(|i| self.last_rx.checked_add(i));
+                let msg = self.message_deadline(cfg);
+                [ping, idle, msg].into_iter().flatten().min()
+            }
+            Phase::Closing { since, .. } | Phase::Draining { since, .. } => {
+                since.checked_add(cfg.close_timeout)
+            }
+            Phase::Closed => None,
+        }
+    }
+
+    fn message_deadline(&self, cfg: &ConnConfig) -> Option<Instant> {
+        self.msg_start?.checked_add(cfg.message_timeout?)
+    }
+
+    /// Bytes arrived. They are unmasked in place.
+    pub fn handle_read<E: Events<S>>(
+        &mut self,
+        now: Instant,
+        bytes: &mut [u8],
+        cfg: &ConnConfig,
+        ev: &mut E,
+    ) {
+        if self.is_closed() {
+            return;
+        }
+        self.last_rx = now;
+        self.ping_sent = None;
+        if self.tail.is_empty() {
+            let used = self.process(now, bytes, cfg, ev);
+            if used < bytes.len() && self.reading() {
+                self.tail.extend_from_slice(&bytes[used..]);
+            }
+        } else {
+            let mut buf = std::mem::take(&mut self.tail);
+            buf.extend_from_slice(bytes);
+            let used = self.process(now, &mut buf, cfg, ev);
+            if used < buf.len() && self.reading() {
+                buf.drain(..used);
+                self.tail = buf;
+            }
+        }
+        self.account(now, ev);
+    }
+
+    /// The peer shut its write side: it will send nothing more. What is queued still goes
+    /// out; then our side is shut and the connection closed (bounded by the close timeout).
+    pub fn handle_eof<E: Events<S>>(&mut self, now: Instant, ev: &mut E) {
+        self.eof = true;
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Handshake { .. } | Phase::Closed => self.release(ev),
+            Phase::Open { app } => {
+                ev.close(app, CloseCode::ABNORMAL, "connection dropped");
+                self.drain(now, ev);
+            }
+            Phase::Closing {
+                app, code, reason, ..
+            } => {
+                ev.close(app, code, &reason);
+                self.drain(now, ev);
+            }
+            Phase::Draining { shut: true, .. } => self.release(ev),
+            draining @ Phase::Draining { shut: false, .. } => self.phase = draining,
+        }
+    }
+
+    /// The socket failed (a read or write error): closed at once, the queue dropped.
+    pub fn handle_error<E: Events<S>>(&mut self, ev: &mut E) {
+        self.abort(CloseCode::ABNORMAL, "connection dropped", ev);
+    }
+
+    /// Drops the connection now, with no close frame; `on_close` gets `code` and `reason`
+    /// (or our own close's, if one was sent).
+    pub fn abort<E: Events<S>>(&mut self, code: CloseCode, reason: &str, ev: &mut E) {
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Open { app } => ev.close(app, code, reason),
+            Phase::Closing {
+                app,
+                code: c,
+                reason: r,
+                ..
+            } => ev.close(app, c, &r),
+            _ => {}
+        }
+        ev.discard();
+        self.release(ev);
+    }
+
+    /// Starts a close handshake from our side (a handshaking connection is dropped).
+    pub fn close<E: Events<S>>(&mut self, now: Instant, code: CloseCode, reason: &str, ev: &mut E) {
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Open { app } => {
+                self.pong = None;
+                send_close(code, reason, ev);
+                self.phase = Phase::Closing {
+                    app,
+                    code,
+                    reason: reason.into(),
+                    since: now,
+                };
+            }
+            Phase::Handshake { .. } => self.abort(CloseCode::ABNORMAL, "", ev),
+            other => self.phase = other,
+        }
+    }
+
+    /// The write queue is over the budget and more output came under the close policy:
+    /// close with 1008 (cleanly if nothing is half sent, else at once). Returns whether the
+    /// connection was open or closing (and is now closed).
+    pub fn handle_slow_consumer<E: Events<S>>(&mut self, now: Instant, ev: &mut E) -> bool {
+        let app = match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Open { app } | Phase::Closing { app, .. } => app,
+            other => {
+                self.phase = other;
+                return false;
+            }
+        };
+        let clean = ev.at_frame_boundary();
+        ev.discard();
+        self.pong = None;
+        if clean {
+            send_close(CloseCode::POLICY_VIOLATION, "slow consumer", ev);
+        }
+        ev.close(app, CloseCode::POLICY_VIOLATION, "slow consumer");
+        if clean {
+            self.drain(now, ev);
+        } else {
+            self.release(ev);
+        }
+        true
+    }
+
+    /// Moves the pong owed for the latest ping into the write queue, if the queue is within
+    /// the budget. Call before flushing.
+    pub fn poll_transmit<E: Events<S>>(&mut self, cfg: &ConnConfig, ev: &mut E) {
+        if self.pong.is_none() || ev.queued() > cfg.write_budget {
+            return;
+        }
+        if let Some(p) = self.pong.take() {
+            let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
+            ev.send(&h, &p);
+        }
+    }
+
+    /// The caller flushed and `queued` bytes remain. Returns true when the write side should
+    /// be shut now (draining, everything sent); after the peer's EOF that ends the
+    /// connection.
+    pub fn handle_flushed(&mut self, queued: usize) -> bool {
+        if queued > 0 {
+            return false;
+        }
+        match &mut self.phase {
+            Phase::Draining { shut, .. } if !*shut => {
+                *shut = true;
+                if self.eof {
+                    self.phase = Phase::Closed;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Acts on the deadline if it has passed; says which.
+    pub fn handle_timeout<E: Events<S>>(
+        &mut self,
+        now: Instant,
+        cfg: &ConnConfig,
+        ev: &mut E,
+    ) -> Option<Timeout> {
+        match self.poll_timeout(cfg) {
+            Some(d) if now >= d => {}
+            _ => return None,
+        }
+        let passed = |t: Option<Instant>| t.is_some_and(|t| now >= t);
+        Some(match self.phase {
+            Phase::Handshake { .. } => {
+                self.abort(CloseCode::ABNORMAL, "handshake timeout", ev);
+                Timeout::Handshake
+            }
+            Phase::Open { .. } => {
+                let idle = cfg.idle_timeout.and_then(|i| self.last_rx.checked_add(i));
+                if passed(self.message_deadline(cfg)) {
+                    self.fail(now, CloseCode::POLICY_VIOLATION, "message timeout", ev);
+                    Timeout::Message
+                } else if passed(idle) {
+                    self.close(now, CloseCode::GOING_AWAY, "idle timeout", ev);
+                    Timeout::Idle
+                } else if self.ping_sent.is_some() {
+                    self.abort(CloseCode::ABNORMAL, "pong timeout", ev);
+                    Timeout::Pong
+                } else {
+                    // Over the budget the peer is not reading: the ping is not queued, and
+                    // unless bytes arrive the pong timeout drops the connection.
+                    self.ping_sent = Some(now);
+                    if ev.queued() <= cfg.write_budget {
+                        let h = encode_header(true, OpCode::Ping, 0, None);
+                        ev.send(&h, &[]);
+                    }
+                    Timeout::Ping
+                }
+            }
+            Phase::Closing { .. } => {
+                self.abort(CloseCode::ABNORMAL, "close handshake timeout", ev);
+                Timeout::CloseHandshake
+            }
+            Phase::Draining { .. } => {
+                self.phase = Phase::Closed;
+                ev.discard();
+                self.release(ev);
+                Timeout::Linger
+            }
+            Phase::Closed => return None,
+        })
+    }
+
+    fn reading(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Handshake { .. } | Phase::Open { .. } | Phase::Closing { .. }
+        )
+    }
+
+    /// Runs the phase machine over `buf`; returns the bytes consumed.
+    fn process<E: Events<S>>(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        cfg: &ConnConfig,
+        ev: &mut E,
+    ) -> usize {
+        let mut pos = 0;
+        if let Phase::Handshake { scanner, .. } = &mut self.phase {
+            match scanner.find_end(buf, cfg.max_head) {
+                Ok(Status::Partial) => return 0,
+                Ok(Status::Complete(n)) => {
+                    pos = n;
+                    match ev.request(&buf[..n]) {
+                        Some(app) => {
+                            self.last_rx = now;
+                            self.phase = Phase::Open { app };
+                            if let Phase::Open { app } = &mut self.phase {
+                                if ev.open(app) == Verdict::SlowConsumer {
+                                    self.handle_slow_consumer(now, ev);
+                                }
+                            }
+                        }
+                        None => self.drain(now, ev),
+                    }
+                }
+                Err(e) => {
+                    ev.refuse(&e);
+                    self.drain(now, ev);
+                    return buf.len();
+                }
+            }
+        }
+        if matches!(self.phase, Phase::Open { .. } | Phase::Closing { .. }) {
+            pos + self.frames(now, &mut buf[pos..], ev)
+        } else {
+            // Draining discards what the peer still sends.
+            buf.len()
+        }
+    }
+
+    /// Decodes frames from `buf`; returns the bytes consumed.
+    fn frames<E: Events<S>>(&mut self, now: Instant, buf: &mut [u8], ev: &mut E) -> usize {
+        let mut pos = 0;
+        loop {
+            let step = match self.decoder.decode(&mut buf[pos..]) {
+                Ok(s) => s,
+                Err(e) => {
+                    ev.protocol_error(&e);
+                    self.fail(now, e.close_code(), e.reason(), ev);
+                    return buf.len();
+                }
+            };
+            pos += step.consumed;
+            let Some(msg) = step.message else {
+                if step.consumed == 0 {
+                    return pos;
+                }
+                continue;
+            };
+            match msg {
+                Message::Text(_) | Message::Binary(_) => {
+                    // Data after we sent our close frame is dropped (RFC 6455 5.5.1).
+                    if let Phase::Open { app } = &mut self.phase {
+                        if ev.message(app, msg) == Verdict::SlowConsumer {
+                            self.handle_slow_consumer(now, ev);
+                            return buf.len();
+                        }
+                    }
+                }
+                Message::Ping(p) => {
+                    // Only the latest ping needs its pong (RFC 6455 5.5.3): it replaces one
+                    // not yet queued.
+                    if matches!(self.phase, Phase::Open { .. }) {
+                        match &mut self.pong {
+                            Some(old) if old.len() == p.len() => old.copy_from_slice(p),
+                            slot => *slot = Some(p.into()),
+                        }
+                    }
+                }
+                Message::Pong(_) => {}
+                Message::Close(frame) => {
+                    let (code, reason): (CloseCode, Box<str>) = match frame {
+                        Some(f) => (f.code, f.reason.into()),
+                        None => (CloseCode::NO_STATUS, "".into()),
+                    };
+                    self.peer_closed(now, code, &reason, ev);
+                    return buf.len();
+                }
+            }
+        }
+    }
+
+    /// The peer sent a close frame.
+    fn peer_closed<E: Events<S>>(
+        &mut self,
+        now: Instant,
+        code: CloseCode,
+        reason: &str,
+        ev: &mut E,
+    ) {
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Open { app } => {
+                // Echo the status code (RFC 6455 5.5.1); a close without one is answered 1000.
+                let echo = if code == CloseCode::NO_STATUS {
+                    CloseCode::NORMAL
+                } else {
+                    code
+                };
+                self.pong = None;
+                send_close(echo, "", ev);
+                ev.close(app, code, reason);
+                self.drain(now, ev);
+            }
+            Phase::Closing {
+                app,
+                code: c,
+                reason: r,
+                ..
+            } => {
+                ev.close(app, c, &r);
+                self.drain(now, ev);
+            }
+            other => self.phase = other,
+        }
+    }
+
+    /// Closes for a fault (the peer's or a limit): our close frame if still open, then
+    /// `on_close` with `code`, then draining.
+    fn fail<E: Events<S>>(&mut self, now: Instant, code: CloseCode, reason: &str, ev: &mut E) {
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Open { app } => {
+                self.pong = None;
+                send_close(code, reason, ev);
+                ev.close(app, code, reason);
+                self.drain(now, ev);
+            }
+            Phase::Closing { app, .. } => {
+                ev.close(app, code, reason);
+                self.drain(now, ev);
+            }
+            other => self.phase = other,
+        }
+    }
+
+    /// Enters `Draining` (the application's state, if any, has been handed back).
+    fn drain<E: Events<S>>(&mut self, now: Instant, ev: &mut E) {
+        self.phase = Phase::Draining {
+            since: now,
+            shut: false,
+        };
+        self.release(ev);
+    }
+
+    /// Frees what reading needed: the unfinished bytes and the assembly buffer, returned to
+    /// the worker's budget; and a pong not sent yet (no pong follows a close).
+    fn release<E: Events<S>>(&mut self, ev: &mut E) {
+        self.pong = None;
+        self.tail = Vec::new();
+        self.decoder.release();
+        self.msg_start = None;
+        let h = ev.held();
+        h.bytes = h.bytes.saturating_sub(self.held);
+        self.held = 0;
+    }
+
+    /// After a read: starts or ends the message clock, and settles this connection's share
+    /// of the worker's incomplete-message bytes (closing it with 1013 past the budget).
+    fn account<E: Events<S>>(&mut self, now: Instant, ev: &mut E) {
+        if !matches!(self.phase, Phase::Open { .. } | Phase::Closing { .. }) {
+            return;
+        }
+        if self.decoder.is_assembling() || !self.tail.is_empty() {
+            self.msg_start.get_or_insert(now);
+        } else {
+            self.msg_start = None;
+        }
+        let now_held = self.decoder.buffered_capacity();
+        let grew = now_held > self.held;
+        let h = ev.held();
+        h.bytes = h.bytes.saturating_sub(self.held) + now_held;
+        self.held = now_held;
+        if grew && h.bytes > h.max {
+            ev.over_incomplete_budget();
+            self.fail(
+                now,
+                CloseCode::TRY_AGAIN_LATER,
+                "incomplete messages over budget",
+                ev,
+            );
+        }
+    }
+}
+
+fn send_close<S, E: Events<S>>(code: CloseCode, reason: &str, ev: &mut E) {
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    encode_close_frame(code, reason, &mut frame);
+    ev.send(&frame, &[]);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,543 @@
+//! The connection machine under a simulated clock: every deadline, both close directions,
+//! end of stream, and the faults of issue 12 (ping flood, half-close, incomplete messages).
+
+use super::*;
+use crate::proto::encode::encode_client_frame;
+use crate::proto::{Decoder, Message as PMsg};
+
+const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// The caller's side, recorded: a byte queue, the handler's calls, the worker budget.
+#[derive(Debug)]
+struct Ev {
+    queue: Vec<u8>,
+    budget: usize,
+    held: Held,
+    opened: u32,
+    closes: Vec<(u32, u16, String)>,
+    messages: Vec<Vec<u8>>,
+    /// The handler echoes each message; over the budget it asks for a slow-consumer close.
+    echo: bool,
+    next_app: u32,
+}
+
+impl Ev {
+    fn new(cfg: &ConnConfig) -> Self {
+        Ev {
+            queue: Vec::new(),
+            budget: cfg.write_budget,
+            held: Held::new(usize::MAX),
+            opened: 0,
+            closes: Vec::new(),
+            messages: Vec::new(),
+            echo: false,
+            next_app: 1,
+        }
+    }
+
+    /// Frames in the queue, decoded as a client would.
+    fn frames(&mut self) -> Vec<(OpCode, Vec<u8>)> {
+        let start = match memchr::memmem::find(&self.queue, b"\r\n\r\n") {
+            Some(i) if self.queue.starts_with(b"HTTP/") => i + 4,
+            _ => 0,
+        };
+        let mut buf = self.queue[start..].to_vec();
+        let mut dec = Decoder::new(Role::Client, Limits::default());
+        let mut out = Vec::new();
+        let mut pos = 0;
+        loop {
+            let step = dec.decode(&mut buf[pos..]).expect("valid server frames");
+            pos += step.consumed;
+            match step.message {
+                Some(PMsg::Ping(p)) => out.push((OpCode::Ping, p.to_vec())),
+                Some(PMsg::Pong(p)) => out.push((OpCode::Pong, p.to_vec())),
+                Some(PMsg::Close(c)) => out.push((
+                    OpCode::Close,
+                    c.map_or(vec![], |c| c.code.0.to_be_bytes().to_vec()),
+                )),
+                Some(PMsg::Text(t)) => out.push((OpCode::Text, t.as_bytes().to_vec())),
+                Some(PMsg::Binary(b)) => out.push((OpCode::Binary, b.to_vec())),
+                None if step.consumed == 0 => return out,
+                None => {}
+            }
+        }
+    }
+}
+
+impl Events<u32> for Ev {
+    fn queued(&self) -> usize {
+        self.queue.len()
+    }
+    fn at_frame_boundary(&self) -> bool {
+        true
+    }
+    fn send(&mut self, header: &[u8], payload: &[u8]) {
+        let close = header[0] & 0x0f == OpCode::Close.as_u8();
+        assert!(
+            close || self.queue.len() <= self.budget,
+            "a frame queued over the budget: {} > {}",
+            self.queue.len(),
+            self.budget
+        );
+        self.queue.extend_from_slice(header);
+        self.queue.extend_from_slice(payload);
+    }
+    fn discard(&mut self) {
+        self.queue.clear();
+    }
+    fn held(&mut self) -> &mut Held {
+        &mut self.held
+    }
+    fn request(&mut self, head: &[u8]) -> Option<u32> {
+        if head.starts_with(b"GET ") {
+            self.queue
+                .extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+            let app = self.next_app;
+            self.next_app += 1;
+            Some(app)
+        } else {
+            self.queue
+                .extend_from_slice(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            None
+        }
+    }
+    fn refuse(&mut self, _e: &HandshakeError) {
+        self.queue
+            .extend_from_slice(b"HTTP/1.1 431 Too Large\r\n\r\n");
+    }
+    fn open(&mut self, _app: &mut u32) -> Verdict {
+        self.opened += 1;
+        Verdict::Continue
+    }
+    fn message(&mut self, _app: &mut u32, msg: Message<'_>) -> Verdict {
+        let data = match msg {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+            _ => panic!("only data messages reach the handler"),
+        };
+        self.messages.push(data.to_vec());
+        if self.echo {
+            if self.queue.len() > self.budget {
+                return Verdict::SlowConsumer;
+            }
+            let h = encode_header(true, OpCode::Binary, data.len() as u64, None);
+            self.send(&h, data);
+        }
+        Verdict::Continue
+    }
+    fn close(&mut self, app: u32, code: CloseCode, reason: &str) {
+        assert!(
+            self.closes.iter().all(|c| c.0 != app),
+            "on_close twice for {app}"
+        );
+        self.closes.push((app, code.0, reason.to_owned()));
+    }
+}
+
+fn client(op: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_client_frame(op, fin, payload, [7, 7, 7, 7], &mut v);
+    v
+}
+
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason.as_bytes());
+    client(OpCode::Close, true, &p)
+}
+
+/// A machine, its caller and a clock.
+struct Sim {
+    t0: Instant,
+    now: Instant,
+    cfg: ConnConfig,
+    conn: Conn<u32>,
+    ev: Ev,
+}
+
+impl Sim {
+    fn new(cfg: ConnConfig) -> Self {
+        let t0 = Instant::now();
+        Sim {
+            t0,
+            now: t0,
+            cfg,
+            conn: Conn::new(t0, cfg.limits),
+            ev: Ev::new(&cfg),
+        }
+    }
+
+    fn open(cfg: ConnConfig) -> Self {
+        let mut s = Sim::new(cfg);
+        s.read(HEAD);
+        assert!(s.conn.is_open());
+        s.ev.queue.clear();
+        s
+    }
+
+    fn read(&mut self, bytes: &[u8]) {
+        let mut b = bytes.to_vec();
+        self.conn
+            .handle_read(self.now, &mut b, &self.cfg, &mut self.ev);
+    }
+
+    /// Advances the clock to `ms` after the start and fires what is due.
+    fn at(&mut self, ms: u64) -> Option<Timeout> {
+        self.now = self.t0 + Duration::from_millis(ms);
+        self.conn.handle_timeout(self.now, &self.cfg, &mut self.ev)
+    }
+
+    /// The caller flushed everything: true if it must shut the write side.
+    fn flush(&mut self) -> bool {
+        self.conn.poll_transmit(&self.cfg, &mut self.ev);
+        self.ev.queue.clear();
+        self.conn.handle_flushed(0)
+    }
+
+    fn deadline_ms(&self) -> Option<u64> {
+        self.conn
+            .poll_timeout(&self.cfg)
+            .map(|d| (d - self.t0).as_millis() as u64)
+    }
+}
+
+fn cfg() -> ConnConfig {
+    ConnConfig {
+        handshake_timeout: Duration::from_millis(1000),
+        idle_timeout: Some(Duration::from_millis(10_000)),
+        ping_interval: Some(Duration::from_millis(3000)),
+        pong_timeout: Duration::from_millis(2000),
+        close_timeout: Duration::from_millis(500),
+        message_timeout: Some(Duration::from_millis(4000)),
+        write_budget: 1024,
+        ..ConnConfig::default()
+    }
+}
+
+#[test]
+fn a_head_not_finished_in_time_is_dropped_without_an_answer() {
+    let mut s = Sim::new(cfg());
+    s.read(b"GET / HTTP/1.1\r\n");
+    assert_eq!(s.deadline_ms(), Some(1000));
+    assert_eq!(s.at(999), None);
+    // Bytes of the head do not move the handshake deadline.
+    s.read(b"Host: x\r\n");
+    assert_eq!(s.at(1000), Some(Timeout::Handshake));
+    assert!(s.conn.is_closed());
+    assert!(s.ev.queue.is_empty());
+    assert!(s.ev.closes.is_empty(), "never opened: no on_close");
+}
+
+#[test]
+fn a_quiet_connection_is_pinged_then_dropped_without_a_pong() {
+    let mut s = Sim::open(cfg());
+    assert_eq!(s.deadline_ms(), Some(3000));
+    assert_eq!(s.at(3000), Some(Timeout::Ping));
+    assert_eq!(s.ev.frames(), vec![(OpCode::Ping, vec![])]);
+    assert_eq!(s.deadline_ms(), Some(5000));
+    assert_eq!(s.at(5000), Some(Timeout::Pong));
+    assert!(s.conn.is_closed());
+    assert_eq!(s.ev.closes, vec![(1, 1006, "pong timeout".into())]);
+}
+
+#[test]
+fn any_byte_answers_a_ping_and_restarts_the_ping_interval() {
+    let mut s = Sim::open(cfg());
+    assert_eq!(s.at(3000), Some(Timeout::Ping));
+    s.at(4000);
+    s.read(&client(OpCode::Pong, true, b""));
+    assert_eq!(s.deadline_ms(), Some(7000));
+    assert_eq!(s.at(6999), None);
+    assert!(s.conn.is_open());
+}
+
+#[test]
+fn a_connection_silent_for_the_idle_timeout_is_closed_with_1001() {
+    let mut c = cfg();
+    c.ping_interval = None;
+    let mut s = Sim::open(c);
+    assert_eq!(s.deadline_ms(), Some(10_000));
+    assert_eq!(s.at(10_000), Some(Timeout::Idle));
+    assert_eq!(
+        s.ev.frames(),
+        vec![(OpCode::Close, 1001u16.to_be_bytes().to_vec())]
+    );
+    // The peer echoes: on_close reports our code.
+    s.read(&close_frame(1001, ""));
+    assert_eq!(s.ev.closes, vec![(1, 1001, "idle timeout".into())]);
+    assert!(s.flush(), "everything sent: shut the write side");
+    s.conn.handle_eof(s.now, &mut s.ev);
+    assert!(s.conn.is_closed());
+}
+
+#[test]
+fn an_unanswered_close_is_dropped_at_the_close_timeout() {
+    let mut s = Sim::open(cfg());
+    s.at(100);
+    s.conn.close(s.now, CloseCode(4000), "bye", &mut s.ev);
+    assert_eq!(s.deadline_ms(), Some(600));
+    assert_eq!(s.at(600), Some(Timeout::CloseHandshake));
+    assert!(s.conn.is_closed());
+    assert_eq!(s.ev.closes, vec![(1, 4000, "bye".into())]);
+}
+
+#[test]
+fn a_peer_that_never_sends_its_fin_is_dropped_at_the_close_timeout() {
+    let mut s = Sim::open(cfg());
+    s.read(&close_frame(1000, ""));
+    assert!(s.flush());
+    assert_eq!(s.deadline_ms(), Some(500));
+    assert_eq!(s.at(500), Some(Timeout::Linger));
+    assert!(s.conn.is_closed());
+}
+
+#[test]
+fn data_after_our_close_frame_is_dropped() {
+    let mut s = Sim::open(cfg());
+    s.conn.close(s.now, CloseCode::NORMAL, "", &mut s.ev);
+    s.read(&client(OpCode::Text, true, b"late"));
+    assert!(s.ev.messages.is_empty());
+    s.read(&close_frame(1000, ""));
+    assert_eq!(s.ev.closes, vec![(1, 1000, "".into())]);
+}
+
+#[test]
+fn a_protocol_error_sends_its_close_code_and_reports_it() {
+    let mut s = Sim::open(cfg());
+    // Unmasked client frame: 1002.
+    s.read(&[0x81, 0x02, b'h', b'i']);
+    assert_eq!(
+        s.ev.frames(),
+        vec![(OpCode::Close, 1002u16.to_be_bytes().to_vec())]
+    );
+    assert_eq!(s.ev.closes.len(), 1);
+    assert_eq!(s.ev.closes[0].1, 1002);
+}
+
+// ---- fault 1: ping flood ----
+
+#[test]
+fn a_ping_flood_never_takes_the_queue_past_the_budget_plus_one_frame() {
+    let mut s = Sim::open(cfg());
+    let ping = client(OpCode::Ping, true, &[b'p'; 125]);
+    let mut burst = Vec::new();
+    for _ in 0..100 {
+        burst.extend_from_slice(&ping);
+    }
+    for turn in 0..1000 {
+        // One read of a hundred pings per turn; the peer never reads, so nothing is flushed.
+        if s.conn.wants_read(s.ev.queued(), &s.cfg) {
+            s.read(&burst);
+        }
+        s.conn.poll_transmit(&s.cfg, &mut s.ev);
+        assert!(
+            s.ev.queued() <= s.cfg.write_budget + 2 + 125,
+            "turn {turn}: {} queued",
+            s.ev.queued()
+        );
+    }
+    assert!(!s.conn.wants_read(s.ev.queued(), &s.cfg), "reading stopped");
+    // The peer reads again: reading resumes, and a burst of pings gets one pong, the
+    // latest one's.
+    s.ev.queue.clear();
+    assert!(s.conn.wants_read(s.ev.queued(), &s.cfg));
+    let mut burst = Vec::new();
+    for p in [&b"a"[..], b"b", b"c"] {
+        burst.extend_from_slice(&client(OpCode::Ping, true, p));
+    }
+    s.read(&burst);
+    assert!(s.conn.needs_flush(), "a pong is owed");
+    s.conn.poll_transmit(&s.cfg, &mut s.ev);
+    assert_eq!(s.ev.frames(), vec![(OpCode::Pong, b"c".to_vec())]);
+}
+
+#[test]
+fn only_the_latest_ping_is_answered_while_a_pong_waits() {
+    let mut s = Sim::open(cfg());
+    s.read(&client(OpCode::Ping, true, b"one"));
+    s.read(&client(OpCode::Ping, true, b"two"));
+    s.read(&client(OpCode::Ping, true, b"three"));
+    s.conn.poll_transmit(&s.cfg, &mut s.ev);
+    assert_eq!(s.ev.frames(), vec![(OpCode::Pong, b"three".to_vec())]);
+}
+
+#[test]
+fn no_ping_is_queued_over_the_budget_and_the_pong_timeout_still_holds() {
+    let mut s = Sim::open(cfg());
+    s.ev.echo = true;
+    s.read(&client(OpCode::Binary, true, &[0; 2000]));
+    assert!(s.ev.queued() > s.cfg.write_budget);
+    assert_eq!(s.at(3000), Some(Timeout::Ping));
+    assert_eq!(s.ev.frames().len(), 1, "no ping behind the unsent echo");
+    assert_eq!(s.at(5000), Some(Timeout::Pong));
+    assert!(s.conn.is_closed());
+}
+
+// ---- fault 2: half-close ----
+
+#[test]
+fn eof_after_a_bad_head_still_sends_the_answer_then_shuts() {
+    let mut s = Sim::new(cfg());
+    s.read(b"BAD\r\n\r\n");
+    s.conn.handle_eof(s.now, &mut s.ev);
+    assert!(!s.conn.is_closed(), "the 400 is still owed");
+    assert!(s.ev.queue.starts_with(b"HTTP/1.1 400"));
+    assert!(s.conn.needs_flush());
+    assert!(s.flush(), "shut after the answer");
+    assert!(s.conn.is_closed(), "peer already done: closed");
+}
+
+#[test]
+fn eof_after_a_close_frame_still_sends_the_echo() {
+    let mut s = Sim::open(cfg());
+    s.read(&close_frame(1000, "bye"));
+    s.conn.handle_eof(s.now, &mut s.ev);
+    assert_eq!(
+        s.ev.frames(),
+        vec![(OpCode::Close, 1000u16.to_be_bytes().to_vec())]
+    );
+    assert_eq!(s.ev.closes, vec![(1, 1000, "bye".into())]);
+    assert!(!s.conn.is_closed());
+    assert!(s.flush());
+    assert!(s.conn.is_closed());
+}
+
+#[test]
+fn eof_while_open_reports_1006_and_flushes_what_is_queued() {
+    let mut s = Sim::open(cfg());
+    s.ev.echo = true;
+    s.read(&client(OpCode::Text, true, b"last words"));
+    s.conn.handle_eof(s.now, &mut s.ev);
+    assert_eq!(s.ev.closes, vec![(1, 1006, "connection dropped".into())]);
+    assert_eq!(
+        s.ev.frames(),
+        vec![(OpCode::Binary, b"last words".to_vec())]
+    );
+    assert!(s.flush());
+    assert!(s.conn.is_closed());
+}
+
+#[test]
+fn eof_with_a_queue_that_never_drains_ends_at_the_close_timeout() {
+    let mut s = Sim::open(cfg());
+    s.read(&close_frame(1000, ""));
+    s.conn.handle_eof(s.now, &mut s.ev);
+    assert_eq!(s.at(499), None);
+    assert_eq!(s.at(500), Some(Timeout::Linger));
+    assert!(s.conn.is_closed());
+    assert!(s.ev.queue.is_empty());
+}
+
+#[test]
+fn a_socket_error_aborts_at_once_and_drops_the_queue() {
+    let mut s = Sim::open(cfg());
+    s.read(&close_frame(1000, ""));
+    s.conn.handle_error(&mut s.ev);
+    assert!(s.conn.is_closed());
+    assert!(s.ev.queue.is_empty());
+    assert_eq!(s.ev.closes.len(), 1);
+}
+
+// ---- fault 5: incomplete messages ----
+
+#[test]
+fn a_trickled_message_is_closed_at_its_completion_deadline() {
+    let mut s = Sim::open(cfg());
+    let mut frame = client(OpCode::Binary, true, &[1; 1000]);
+    let rest = frame.split_off(20);
+    s.read(&frame);
+    assert_eq!(s.deadline_ms(), Some(3000), "the ping comes first");
+    // A byte every 500 ms keeps the idle and ping timers away, not the message deadline.
+    for (i, b) in rest.iter().take(7).enumerate() {
+        s.at(500 * (i as u64 + 1));
+        s.read(&[*b]);
+    }
+    assert_eq!(s.deadline_ms(), Some(4000));
+    assert_eq!(s.at(4000), Some(Timeout::Message));
+    assert_eq!(s.ev.closes, vec![(1, 1008, "message timeout".into())]);
+    assert_eq!(
+        s.ev.frames(),
+        vec![(OpCode::Close, 1008u16.to_be_bytes().to_vec())]
+    );
+    assert_eq!(s.ev.held.bytes, 0);
+}
+
+#[test]
+fn a_completed_message_stops_its_clock() {
+    let mut s = Sim::open(cfg());
+    let frame = client(OpCode::Binary, true, &[1; 100]);
+    s.read(&frame[..50]);
+    s.at(1000);
+    s.read(&frame[50..]);
+    assert_eq!(s.ev.messages.len(), 1);
+    assert_eq!(
+        s.deadline_ms(),
+        Some(4000),
+        "ping interval from the last byte"
+    );
+    assert_eq!(s.ev.held.bytes, 0);
+}
+
+#[test]
+fn incomplete_messages_past_the_worker_budget_close_the_one_that_grew_with_1013() {
+    let c = cfg();
+    let mut held = Held::new(3000);
+    let mut conns: Vec<Sim> = (0..3).map(|_| Sim::open(c)).collect();
+    let part = {
+        let mut f = client(OpCode::Binary, true, &[9; 10_000]);
+        f.truncate(1500);
+        f
+    };
+    for s in conns.iter_mut().take(2) {
+        s.ev.held = held;
+        s.read(&part);
+        held = s.ev.held;
+        assert!(s.conn.is_open());
+    }
+    assert!(held.bytes >= 2 * 1400);
+    let s = &mut conns[2];
+    s.ev.held = held;
+    s.read(&part);
+    assert_eq!(
+        s.ev.closes,
+        vec![(1, 1013, "incomplete messages over budget".into())]
+    );
+    assert!(s.ev.held.bytes <= 3000, "its bytes were given back");
+    // The first two finish their messages and give theirs back too.
+    let mut held = s.ev.held;
+    let whole = client(OpCode::Binary, true, &[9; 10_000]);
+    for s in conns.iter_mut().take(2) {
+        s.ev.held = held;
+        s.read(&whole[1500..]);
+        held = s.ev.held;
+        assert_eq!(s.ev.messages.len(), 1);
+    }
+    assert_eq!(held.bytes, 0);
+}
+
+// ---- on_close exactly once ----
+
+#[test]
+fn on_close_runs_once_whatever_follows() {
+    let mut s = Sim::open(cfg());
+    s.read(&close_frame(1000, ""));
+    s.conn.close(s.now, CloseCode::NORMAL, "", &mut s.ev);
+    s.conn.handle_eof(s.now, &mut s.ev);
+    s.conn.handle_error(&mut s.ev);
+    s.at(100_000);
+    assert!(!s.conn.handle_slow_consumer(s.now, &mut s.ev));
+    assert_eq!(s.ev.closes.len(), 1);
+}
+
+#[test]
+fn a_slow_consumer_is_closed_with_1008_and_its_queue_dropped() {
+    let mut s = Sim::open(cfg());
+    s.ev.echo = true;
+    s.read(&client(OpCode::Binary, true, &[0; 2000]));
+    s.read(&client(OpCode::Binary, true, &[0; 10]));
+    assert_eq!(s.ev.closes, vec![(1, 1008, "slow consumer".into())]);
+    assert_eq!(
+        s.ev.frames(),
+        vec![(OpCode::Close, 1008u16.to_be_bytes().to_vec())]
+    );
+}
