@@ -9,7 +9,7 @@
 #     the browser test's DevTools client);
 #   - .venv-autobahn: the Autobahn|Testsuite fuzzingclient ported to Python 3 (tests/autobahn);
 #   - the release build every test shares (`cargo build --workspace --release --all-targets`).
-# Then `cargo test --workspace --release`, and one summary: tests passed, failed and skipped
+# Then `cargo test --workspace --release --no-fail-fast`, and one summary: tests passed, failed and skipped
 # (with the reasons), and the Autobahn totals of both backends with the path of their reports.
 #
 # What cannot be installed here (no root, no network) is named with the tests it stops, and those
@@ -104,8 +104,8 @@ skips=$target/test-skips.log
 : >"$skips"
 export VOLLEY_SKIP_LOG=$skips
 start=$(date +%s)
-say "running cargo test --workspace --release $* (output also in $out)"
-cargo test --workspace --release "$@" 2>&1 | tee "$out"
+say "running cargo test --workspace --release --no-fail-fast $* (output also in $out)"
+cargo test --workspace --release --no-fail-fast "$@" 2>&1 | tee "$out"
 rc=${PIPESTATUS[0]}
 secs=$(($(date +%s) - start))
 

@@ -9,8 +9,9 @@
 //!   [`Conn::close`] (the application closes), [`Conn::handle_slow_consumer`] and
 //!   [`Conn::handle_flushed`] (the caller's write queue drained).
 //! * **Output**: frames the protocol obliges us to send go into the caller's write queue
-//!   through [`Events::send`]; handler calls go through [`Events`]; the latest ping's pong
-//!   waits in the machine until [`Conn::poll_transmit`]; [`Conn::poll_timeout`] is the next
+//!   through [`Events::send`], a ping's pong too while the queue is within the write budget;
+//!   over it, the latest ping's pong waits in the machine until [`Conn::poll_transmit`];
+//!   handler calls go through [`Events`]; [`Conn::poll_timeout`] is the next
 //!   deadline; [`Conn::handle_flushed`] says when to shut the write side; [`Conn::is_closed`]
 //!   when to close the socket.
 //!
@@ -23,9 +24,9 @@
 //!
 //! # Bounds under hostile input
 //! * The write queue grows only while it is within the write budget: a data send is checked
-//!   by the caller, a pong is released by [`Conn::poll_transmit`] only under the budget, and
+//!   by the caller, a pong is queued only while the queue is within the budget, and over it
 //!   at most one pong waits (a newer ping replaces it: RFC 6455 5.5.3 allows answering only
-//!   the latest). [`Conn::wants_read`] is false over the budget, so the caller stops reading
+//!   the latest) until [`Conn::poll_transmit`] finds the queue under the budget again. [`Conn::wants_read`] is false over the budget, so the caller stops reading
 //!   (read backpressure) and no input can grow the queue. Only a close frame, the last
 //!   frame, may be queued over it: a queue never holds more than the budget plus one frame
 //!   and a close frame.
@@ -529,7 +530,7 @@ impl<S> Conn<S> {
             }
         }
         if matches!(self.phase, Phase::Open { .. } | Phase::Closing { .. }) {
-            pos + self.frames(now, &mut buf[pos..], ev)
+            pos + self.frames(now, &mut buf[pos..], cfg, ev)
         } else {
             // Draining discards what the peer still sends.
             buf.len()
@@ -537,7 +538,13 @@ impl<S> Conn<S> {
     }
 
     /// Decodes frames from `buf`; returns the bytes consumed.
-    fn frames<E: Events<S>>(&mut self, now: Instant, buf: &mut [u8], ev: &mut E) -> usize {
+    fn frames<E: Events<S>>(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        cfg: &ConnConfig,
+        ev: &mut E,
+    ) -> usize {
         let mut pos = 0;
         loop {
             let step = match self.decoder.decode(&mut buf[pos..]) {
@@ -565,17 +572,24 @@ impl<S> Conn<S> {
                         }
                     }
                 }
-                Message::Ping(p) => {
-                    // Only the latest ping needs its pong (RFC 6455 5.5.3): it replaces one
-                    // not yet queued.
-                    if matches!(self.phase, Phase::Open { .. }) {
+                Message::Ping(p) if matches!(self.phase, Phase::Open { .. }) => {
+                    // Within the budget every ping is answered at once, in order with the
+                    // other output (a pong goes before the echo of a message that completes
+                    // after the ping). Over it, only the latest ping needs its pong (RFC 6455
+                    // 5.5.3): it waits here, replacing one not yet queued, until the queue
+                    // drains (`poll_transmit`); reads stop meanwhile (`wants_read`).
+                    if self.pong.is_none() && ev.queued() <= cfg.write_budget {
+                        let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
+                        ev.send(&h, p);
+                    } else {
                         match &mut self.pong {
                             Some(old) if old.len() == p.len() => old.copy_from_slice(p),
                             slot => *slot = Some(p.into()),
                         }
                     }
                 }
-                Message::Pong(_) => {}
+                // Pongs, and pings after we sent our close frame.
+                Message::Ping(_) | Message::Pong(_) => {}
                 Message::Close(frame) => {
                     let (code, reason): (CloseCode, Box<str>) = match frame {
                         Some(f) => (f.code, f.reason.into()),

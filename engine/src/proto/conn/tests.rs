@@ -352,11 +352,36 @@ fn a_ping_flood_never_takes_the_queue_past_the_budget_plus_one_frame() {
 }
 
 #[test]
+fn within_the_budget_every_ping_is_answered_in_order() {
+    let mut s = Sim::open(cfg());
+    s.ev.echo = true;
+    s.read(&client(OpCode::Binary, false, b"frag"));
+    s.read(&client(OpCode::Ping, true, b"one"));
+    s.read(&client(OpCode::Ping, true, b"two"));
+    s.read(&client(OpCode::Continuation, true, b"ment"));
+    assert_eq!(
+        s.ev.frames(),
+        vec![
+            (OpCode::Pong, b"one".to_vec()),
+            (OpCode::Pong, b"two".to_vec()),
+            (OpCode::Binary, b"fragment".to_vec()),
+        ],
+        "pongs go out in order, before the message that completed after them"
+    );
+}
+
+#[test]
 fn only_the_latest_ping_is_answered_while_a_pong_waits() {
     let mut s = Sim::open(cfg());
+    s.ev.echo = true;
+    s.read(&client(OpCode::Binary, true, &[0; 2000]));
+    assert!(s.ev.queued() > s.cfg.write_budget);
     s.read(&client(OpCode::Ping, true, b"one"));
     s.read(&client(OpCode::Ping, true, b"two"));
     s.read(&client(OpCode::Ping, true, b"three"));
+    s.conn.poll_transmit(&s.cfg, &mut s.ev);
+    assert_eq!(s.ev.frames().len(), 1, "no pong queued over the budget");
+    s.ev.queue.clear();
     s.conn.poll_transmit(&s.cfg, &mut s.ev);
     assert_eq!(s.ev.frames(), vec![(OpCode::Pong, b"three".to_vec())]);
 }
