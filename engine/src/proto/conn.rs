@@ -26,8 +26,10 @@
 //! * The write queue grows only while it is within the write budget: a data send is checked
 //!   by the caller, a pong is queued only while the queue is within the budget, and over it
 //!   at most one pong waits (a newer ping replaces it: RFC 6455 5.5.3 allows answering only
-//!   the latest) until [`Conn::poll_transmit`] finds the queue under the budget again. [`Conn::wants_read`] is false over the budget, so the caller stops reading
-//!   (read backpressure) and no input can grow the queue. Only a close frame, the last
+//!   the latest) until [`Conn::poll_transmit`] finds room for it again; pongs never take
+//!   the queue past the budget, so they cannot make the application's next send fail.
+//!   [`Conn::wants_read`] is false over the budget or while a pong waits, so the caller stops
+//!   reading (read backpressure) and no input can grow the queue. Only a close frame, the last
 //!   frame, may be queued over it: a queue never holds more than the budget plus one frame
 //!   and a close frame.
 //! * End of stream is not an error: what is queued (an HTTP answer, a close echo) is still
@@ -239,9 +241,10 @@ impl<S> Conn<S> {
     }
 
     /// Whether the caller should read from the socket: not while the write queue is over
-    /// the budget (read backpressure), nor once closed.
+    /// the budget or a pong waits for room in it (read backpressure), nor once closed.
     pub fn wants_read(&self, queued: usize, cfg: &ConnConfig) -> bool {
-        !self.is_closed() && queued <= cfg.write_budget
+        // A waiting pong means the queue had no room for it: the peer is not reading.
+        !self.is_closed() && queued <= cfg.write_budget && self.pong.is_none()
     }
 
     /// Whether the caller should flush even with an empty queue: a pong waits, or the write
@@ -407,12 +410,12 @@ impl<S> Conn<S> {
     /// Moves the pong owed for the latest ping into the write queue, if the queue is within
     /// the budget. Call before flushing.
     pub fn poll_transmit<E: Events<S>>(&mut self, cfg: &ConnConfig, ev: &mut E) {
-        if self.pong.is_none() || ev.queued() > cfg.write_budget {
-            return;
-        }
-        if let Some(p) = self.pong.take() {
-            let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
-            ev.send(&h, &p);
+        match self.pong.take() {
+            Some(p) if pong_fits(ev.queued(), p.len(), cfg) => {
+                let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
+                ev.send(&h, &p);
+            }
+            waiting => self.pong = waiting,
         }
     }
 
@@ -573,12 +576,13 @@ impl<S> Conn<S> {
                     }
                 }
                 Message::Ping(p) if matches!(self.phase, Phase::Open { .. }) => {
-                    // Within the budget every ping is answered at once, in order with the
-                    // other output (a pong goes before the echo of a message that completes
-                    // after the ping). Over it, only the latest ping needs its pong (RFC 6455
+                    // While its pong fits in the budget every ping is answered at once, in
+                    // order with the other output (a pong goes before the echo of a message
+                    // that completes after the ping); pongs never take the queue past the
+                    // budget, so they cannot make the application's next send fail. Else only the latest ping needs its pong (RFC 6455
                     // 5.5.3): it waits here, replacing one not yet queued, until the queue
                     // drains (`poll_transmit`); reads stop meanwhile (`wants_read`).
-                    if self.pong.is_none() && ev.queued() <= cfg.write_budget {
+                    if self.pong.is_none() && pong_fits(ev.queued(), p.len(), cfg) {
                         let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
                         ev.send(&h, p);
                     } else {
@@ -707,6 +711,12 @@ fn send_close<S, E: Events<S>>(code: CloseCode, reason: &str, ev: &mut E) {
     let mut frame = Vec::with_capacity(4 + reason.len());
     encode_close_frame(code, reason, &mut frame);
     ev.send(&frame, &[]);
+}
+
+/// Whether a pong for a ping of `len` bytes may be queued behind `queued` bytes: it must keep
+/// the queue within the write budget (an empty queue always takes it).
+fn pong_fits(queued: usize, len: usize, cfg: &ConnConfig) -> bool {
+    queued == 0 || queued + 2 + len <= cfg.write_budget
 }
 
 #[cfg(test)]
