@@ -39,6 +39,9 @@ pub(crate) use setup::{probe, start};
 /// A connection's handle in this backend: its direct descriptor and what is in flight.
 #[derive(Debug)]
 pub(crate) struct UringIo {
+    /// The worker's ring whose fixed-file table holds `slot` (0: the primary); every
+    /// operation of the connection goes to that ring.
+    ring: u16,
     slot: u32,
     /// Operations submitted and not completed. Every one names `slot`: the `CLOSE` is
     /// submitted only once this is 0, and the connection is freed when the close completes.
