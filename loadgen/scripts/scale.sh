@@ -8,8 +8,8 @@
 #   loadgen/scripts/scale.sh [N=250000] [HOLD]
 #
 # Server: `volley serve --backend uring --max-connections N+1000 --mode broadcast
-# --ping-interval HOLD-2` (one ring of up to 20,000 descriptors per worker, ceil((N+1000)/18,000)
-# workers on the 2 cores). Client: `loadgen fanout --procs P --source 127.0.0.2 ...` with
+# --ping-interval HOLD-2` (rings of up to 20,000 descriptors: ceil((N+1000)/18,000) of them,
+# spread over one worker per core). Client: `loadgen fanout --procs P --source 127.0.0.2 ...` with
 # P = ceil(N / 19,000) processes and one source address per 15,000 connections. HOLD seconds
 # idle after the last connection opened (default: enough for what follows): every connection
 # is pinged once, HOLD-2 s after it opened, and answers; its next ping falls after the
