@@ -8,14 +8,16 @@
 #   loadgen/scripts/scale.sh [N=250000] [HOLD]
 #
 # Server: `volley serve --backend uring --max-connections N+1000 --mode broadcast
-# --ping-interval HOLD-2` (one ring of up to 20,000 descriptors per worker, ceil((N+1000)/18,000)
-# workers on the 2 cores). Client: `loadgen fanout --procs P --source 127.0.0.2 ...` with
+# --ping-interval HOLD-2` (rings of up to 20,000 descriptors: ceil((N+1000)/18,000) of them,
+# spread over one worker per core). Client: `loadgen fanout --procs P --source 127.0.0.2 ...` with
 # P = ceil(N / 19,000) processes and one source address per 15,000 connections. HOLD seconds
 # idle after the last connection opened (default: enough for what follows): every connection
 # is pinged once, HOLD-2 s after it opened, and answers; its next ping falls after the
 # measured window, so the window's server CPU is the broadcast's. Then one 64-byte broadcast to everyone at the
 # start of a window of max(4, N/40,000) seconds (--rate 1/window), long enough for it to
 # reach every connection on this 2-core box.
+# The idle timeout is off: with the default 120 s, a HOLD past ~120 s (a slow connect phase
+# on a loaded box) closes connections (1001) whose pong arrives over 2 s after the ping.
 # Everything stops by itself; the JSON report is kept in $OUT (default /tmp/volley-scale).
 set -euo pipefail
 N=${1:-250000}
@@ -34,7 +36,7 @@ SOURCES=()
 for i in $(seq 2 $((NSRC + 1))); do SOURCES+=(--source "127.0.0.$i"); done
 
 "$BIN/volley" serve --addr $ADDR --backend uring --mode broadcast \
-    --max-connections $((N + 1000)) --ping-interval $PING --pong-timeout ${PONG:-20} >"$OUT/server-$N.log" 2>&1 &
+    --max-connections $((N + 1000)) --ping-interval $PING --pong-timeout ${PONG:-20} --idle-timeout 0 >"$OUT/server-$N.log" 2>&1 &
 SPID=$!
 trap 'kill $SPID 2>/dev/null || true' EXIT
 sleep 1

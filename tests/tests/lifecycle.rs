@@ -195,3 +195,80 @@ both_backends!(
     a_connection_cut_while_its_send_waits_on_a_non_reading_peer_is_freed,
     sigterm_stops_the_server_with_non_reading_peers_connected,
 );
+
+/// Issue 13: more connections than one ring per worker holds give each worker several rings,
+/// never more workers. 300 connections at most, 64 direct descriptors per ring (57 planned):
+/// 6 rings on 2 workers. The 200 connections opened do not fit in the two primary rings
+/// (128 slots), so the secondary rings (no `DEFER_TASKRUN`, each signalling its worker's
+/// eventfd) serve at least 72 of them: every one echoes, is pinged and answers, closes
+/// cleanly, and the slot and operation gauges come back to where they were.
+#[test]
+fn several_rings_per_worker_serve_ping_and_close_every_connection() {
+    let Some(b) = uring_or_skip("several_rings_per_worker_serve_ping_and_close_every_connection")
+    else {
+        return;
+    };
+    const CONNS: usize = 200;
+    let srv = TestServer::start(
+        TestServer::config(b)
+            .max_connections(300)
+            .uring_ring_slots(64)
+            .ping(Some(Duration::from_millis(300)), Duration::from_secs(10)),
+    );
+    let h = srv.handle();
+    assert_eq!(
+        srv.server.as_ref().unwrap().workers(),
+        2,
+        "one worker per core"
+    );
+    assert_eq!(h.stats().uring_rings, 6, "three rings per worker");
+    let base = gauges(&h);
+    let mut conns: Vec<TcpStream> = (0..CONNS).map(|_| open_lean(srv.addr)).collect();
+    assert_eq!(h.stats().uring_slots, base.1 + CONNS as u64);
+    // Each echoes its own payload.
+    for (i, c) in conns.iter_mut().enumerate() {
+        let p = (i as u16).to_be_bytes();
+        c.write_all(&[0x82, 0x82, 0, 0, 0, 0, p[0], p[1]]).unwrap();
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).unwrap();
+        let p = (i as u16).to_be_bytes();
+        assert_eq!(b, [0x82, 0x02, p[0], p[1]], "echo on connection {i}");
+    }
+    // Each is pinged once quiet (the timer wheel of the worker, whatever the ring) and
+    // answers with its pong (masked with a zero key: the payload as is).
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut hd = [0u8; 2];
+        c.read_exact(&mut hd).unwrap();
+        assert_eq!(hd[0], 0x89, "ping on connection {i}");
+        let len = (hd[1] & 0x7F) as usize;
+        let mut payload = vec![0u8; len];
+        c.read_exact(&mut payload).unwrap();
+        let mut pong = vec![0x8A, 0x80 | len as u8, 0, 0, 0, 0];
+        pong.extend_from_slice(&payload);
+        c.write_all(&pong).unwrap();
+    }
+    // Each closes with the handshake: 1000 answered with 1000, then the server's EOF.
+    for c in conns.iter_mut() {
+        c.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]).unwrap();
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(b, [0x88, 0x02, 0x03, 0xE8], "close on connection {i}");
+        let mut rest = [0u8; 16];
+        assert_eq!(c.read(&mut rest).unwrap(), 0, "EOF after the close {i}");
+    }
+    drop(conns);
+    let t = Instant::now();
+    while gauges(&h) != base {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "(connections, uring_slots, uring_ops) = {:?}, baseline {base:?}",
+            gauges(&h)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(h.stats().uring_rings, 6);
+}

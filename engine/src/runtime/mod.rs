@@ -36,8 +36,8 @@ pub struct Config {
     pub backlog: i32,
     /// Most connections the server holds; past it new ones get `503`. 0 (the default): no
     /// limit but the backend's (open files for mio; fixed-file tables for io_uring). With
-    /// io_uring and `workers == 0`, a limit beyond what one ring per core can hold starts
-    /// enough workers (one ring each) to hold it.
+    /// io_uring, a limit beyond what one ring per worker can hold gives each worker several
+    /// rings (the worker count does not change).
     pub max_connections: usize,
     /// Frame and message size limits (1009 beyond them).
     pub limits: Limits,
@@ -68,7 +68,11 @@ pub struct Config {
     pub write_budget: usize,
     /// Size of each worker's receive buffer (mio).
     pub recv_buffer: usize,
-    /// io_uring: provided receive buffers per worker (a power of two) and their size. The
+    /// io_uring: most direct descriptors in one ring's fixed-file table (0, the default: the
+    /// soft open-files limit, the kernel's cap). Below it, fewer connections fill a ring and
+    /// `max_connections` takes more rings per worker sooner (tests use it to get several).
+    pub uring_ring_slots: usize,
+    /// io_uring: provided receive buffers per ring (a power of two) and their size. The
     /// kernel fills one per receive completion; they go back to the ring as soon as the
     /// worker has consumed them. Running out (`ENOBUFS`) only delays receives.
     pub uring_buffers: (u16, usize),
@@ -160,6 +164,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(5),
             write_budget: 4 << 20,
             recv_buffer: 256 * 1024,
+            uring_ring_slots: 0,
             uring_buffers: (1024, 4096),
             uring_send_zc_min: None,
             slow_consumer: SlowConsumerPolicy::Close,
@@ -234,6 +239,12 @@ impl Config {
     /// Sets the per-connection write budget in bytes.
     pub fn write_budget(mut self, bytes: usize) -> Self {
         self.write_budget = bytes;
+        self
+    }
+
+    /// Caps the direct descriptors of one io_uring ring (0: the soft open-files limit).
+    pub fn uring_ring_slots(mut self, slots: usize) -> Self {
+        self.uring_ring_slots = slots;
         self
     }
 
@@ -514,6 +525,8 @@ stats! {
     recv_enobufs,
     /// io_uring: direct descriptors held (gauge).
     uring_slots,
+    /// io_uring: rings the workers run (several per worker past one table's worth).
+    uring_rings,
     /// io_uring: operations submitted and not completed (gauge).
     uring_ops,
     /// io_uring: provided buffers taken out of the ring and not yet returned (gauge).
@@ -844,7 +857,7 @@ impl Server {
         let addr = config.addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;
-        let mut n = config.worker_count();
+        let n = config.worker_count();
         let backend = match config.backend {
             Backend::Mio => Backend::Mio,
             Backend::Uring => match driver::uring_probe() {
@@ -864,35 +877,6 @@ impl Server {
                 }
             },
         };
-        if backend == Backend::Uring {
-            // A ring's fixed-file table holds at most the soft open-files limit (raised to
-            // the hard limit first); more connections than one ring per core can hold take
-            // more workers, one ring each. The kernel spreads connections over the workers'
-            // SO_REUSEPORT listeners by a hash, not evenly, and a connection accepted into a
-            // full table is lost (reset): plan each ring at 90% of its table.
-            let table = raise_nofile_limit().max(16) as usize;
-            let planned = table * 9 / 10;
-            let need = config.max_connections.div_ceil(planned);
-            if need > n {
-                if config.workers == 0 {
-                    tracing::info!(
-                        "io_uring: {} connections need {need} rings of {table} direct descriptors \
-                         (the soft open-files limit; {planned} planned per ring, headroom for \
-                         the uneven SO_REUSEPORT spread): starting {need} workers",
-                        config.max_connections
-                    );
-                    n = need.min(255);
-                } else {
-                    tracing::warn!(
-                        "io_uring: {n} workers hold about {} connections ({table} direct \
-                         descriptors per ring, the soft open-files limit, {planned} planned \
-                         for the uneven SO_REUSEPORT spread), not {}",
-                        n * planned,
-                        config.max_connections
-                    );
-                }
-            }
-        }
         let (handle, threads) = match backend {
             #[cfg(target_os = "linux")]
             Backend::Uring => driver::uring::start(config, addr, n, handler)?,

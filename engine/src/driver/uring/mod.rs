@@ -1,7 +1,11 @@
 //! The io_uring backend: every io_uring-specific line lives in this folder.
 //!
 //! One ring per worker, created for a single-threaded owner (`SINGLE_ISSUER`,
-//! `DEFER_TASKRUN`). Connections never enter the process file table:
+//! `DEFER_TASKRUN`); past what one ring's fixed-file table holds (the soft open-files
+//! limit), several per worker: each with its own listener, the others without
+//! `DEFER_TASKRUN` and signalling the worker's eventfd, which the first one reads (see
+//! `Ring::new_secondary`); a connection's [`UringIo`] names its ring. Connections never
+//! enter the process file table:
 //!
 //! * **Accept**: one multishot accept straight into direct descriptors (a sparse registered
 //!   file table whose slots the kernel allocates).
@@ -19,7 +23,8 @@
 //!
 //! The connection logic is `runtime::core`, shared with the mio backend. Files:
 //!
-//! * `setup.rs`: the probe, the ring plan and starting the workers;
+//! * `setup.rs`: the probe, the ring plan (rings per worker, table size) and starting the
+//!   workers;
 //! * `ring.rs`: the ring with its provided-buffer ring (`bufring.rs`), torn down in order;
 //! * `ops.rs`: what each SQE was for, in its `user_data`;
 //! * `worker.rs`: the loop, accepts, receives, wake-ups and the close of a connection;
@@ -39,6 +44,9 @@ pub(crate) use setup::{probe, start};
 /// A connection's handle in this backend: its direct descriptor and what is in flight.
 #[derive(Debug)]
 pub(crate) struct UringIo {
+    /// The worker's ring whose fixed-file table holds `slot` (0: the primary); every
+    /// operation of the connection goes to that ring.
+    ring: u16,
     slot: u32,
     /// Operations submitted and not completed. Every one names `slot`: the `CLOSE` is
     /// submitted only once this is 0, and the connection is freed when the close completes.

@@ -41,7 +41,19 @@ impl std::fmt::Debug for Ring {
     }
 }
 
-fn build_ring() -> io::Result<IoUring> {
+fn build_ring(primary: bool) -> io::Result<IoUring> {
+    if !primary {
+        // A secondary ring is never waited on directly (see `Ring::new_secondary`): without
+        // DEFER_TASKRUN its completions are posted by task work that runs whenever the
+        // thread enters the kernel (waiting on the primary included), and each posting
+        // signals the registered eventfd.
+        return IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_cqsize(RING_ENTRIES * 4)
+            .setup_submit_all()
+            .build(RING_ENTRIES);
+    }
     let mut b = IoUring::builder();
     b.setup_single_issuer()
         .setup_defer_taskrun()
@@ -64,8 +76,31 @@ fn context(what: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
 impl Ring {
     /// A ring for the calling thread (`SINGLE_ISSUER`: only it may use the ring), a sparse
     /// fixed-file table of `table` slots, and `count` provided buffers of `size` bytes.
-    pub(super) fn new(table: u32, (count, size): (u16, usize)) -> io::Result<Ring> {
-        let ring = build_ring().map_err(context("io_uring_setup failed"))?;
+    pub(super) fn new(table: u32, bufs: (u16, usize)) -> io::Result<Ring> {
+        Ring::build(true, table, bufs)
+    }
+
+    /// A worker's further ring (its table holds more connections than one ring can): the
+    /// worker waits on its primary ring only, so this one signals `wake_fd` (an eventfd the
+    /// primary ring reads) whenever it posts completions (`IORING_REGISTER_EVENTFD`).
+    /// Built without `DEFER_TASKRUN`, which would post them only when this ring itself is
+    /// entered: its completions reach its queue (and the eventfd) by task work run on the
+    /// worker's thread, which the kernel wakes when it sleeps in the primary ring.
+    pub(super) fn new_secondary(
+        table: u32,
+        bufs: (u16, usize),
+        wake_fd: std::os::fd::RawFd,
+    ) -> io::Result<Ring> {
+        let ring = Ring::build(false, table, bufs)?;
+        ring.ring
+            .submitter()
+            .register_eventfd(wake_fd)
+            .map_err(context("eventfd registration"))?;
+        Ok(ring)
+    }
+
+    fn build(primary: bool, table: u32, (count, size): (u16, usize)) -> io::Result<Ring> {
+        let ring = build_ring(primary).map_err(context("io_uring_setup failed"))?;
         ring.submitter()
             .register_files_sparse(table)
             .map_err(context("sparse file table"))?;
@@ -132,6 +167,14 @@ impl Ring {
         }
         // SAFETY: the caller's duty.
         unsafe { self.push(e) };
+    }
+
+    /// Whether the ring must be entered: SQEs are queued and not yet submitted, or
+    /// completions overflowed the completion queue (the kernel moves them in only when the
+    /// ring is entered, which `submit` does when it sees the flag).
+    pub(super) fn needs_enter(&mut self) -> bool {
+        let sq = self.ring.submission();
+        !sq.is_empty() || sq.cq_overflow()
     }
 
     /// Whether completions are waiting to be reaped.

@@ -81,7 +81,39 @@ impl Wake for EventFd {
     }
 }
 
-/// Binds the listeners and starts `n` io_uring workers.
+/// How the connections are spread over rings: `rings` per worker, each with a fixed-file
+/// table of `table` direct descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) rings: usize,
+    pub(crate) table: u32,
+}
+
+/// The ring plan for `n` workers. A ring's table holds at most the soft open-files limit
+/// (`soft`, the kernel's cap for one ring) or `Config::uring_ring_slots`, whichever is
+/// smaller. The kernel spreads connections over the rings' `SO_REUSEPORT` listeners by a
+/// hash, not evenly, and a connection accepted into a full table is lost (reset): each ring
+/// is planned at 90% of its cap, so `max_connections` past `0.9 × cap × n` takes more rings
+/// per worker (never more workers), and each table is sized a quarter above an even share.
+pub(crate) fn plan(max_connections: usize, ring_slots: usize, soft: u64, n: usize) -> Plan {
+    let soft = (soft as usize).clamp(16, 1 << 20);
+    let cap = match ring_slots {
+        0 => soft,
+        s => s.clamp(16, soft),
+    };
+    let planned = cap * 9 / 10;
+    let rings = max_connections.div_ceil(planned).div_ceil(n.max(1)).max(1);
+    let table = match max_connections {
+        0 => cap,
+        m => (m.div_ceil(n.max(1) * rings) * 5 / 4 + 64).min(cap),
+    };
+    Plan {
+        rings,
+        table: table.max(16) as u32,
+    }
+}
+
+/// Binds the listeners and starts `n` io_uring workers, each on the rings of the [`plan`].
 pub(crate) fn start<H: Handler>(
     cfg: Config,
     addr: SocketAddr,
@@ -89,15 +121,15 @@ pub(crate) fn start<H: Handler>(
     handler: H,
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
     let soft = crate::runtime::raise_nofile_limit();
-    // Each ring's table takes the soft limit (the kernel's cap for one ring), or this
-    // worker's share of max_connections when that is smaller, with a quarter more for the
-    // uneven spread of SO_REUSEPORT's hash (a connection accepted into a full table is lost).
-    let table = match cfg.max_connections {
-        0 => soft as usize,
-        m => (m.div_ceil(n) * 5 / 4 + 64).min(soft as usize),
+    let Plan { rings, table } = plan(cfg.max_connections, cfg.uring_ring_slots, soft, n);
+    if rings > 1 {
+        tracing::info!(
+            "io_uring: {} connections take {rings} rings per worker ({n} workers, {table} direct \
+             descriptors per ring; a ring holds at most the soft open-files limit, {soft})",
+            cfg.max_connections
+        );
     }
-    .clamp(16, 1 << 20) as u32;
-    let (listeners, local_addr) = crate::driver::bind_listeners(addr, n, cfg.backlog)?;
+    let (listeners, local_addr) = crate::driver::bind_listeners(addr, n * rings, cfg.backlog)?;
     let mut workers = Vec::with_capacity(n);
     let mut wake_fds = Vec::with_capacity(n);
     for _ in 0..n {
@@ -120,18 +152,94 @@ pub(crate) fn start<H: Handler>(
         max_keys_per_event: cfg.max_keys_per_event,
         max_bindings: (cfg.max_keys_per_conn, cfg.max_topics_per_conn),
     });
-    let parts: Vec<_> = listeners.into_iter().zip(wake_fds).collect();
+    let mut listeners = listeners.into_iter();
+    let parts: Vec<(Vec<_>, OwnedFd)> = wake_fds
+        .into_iter()
+        .map(|wake_fd| (listeners.by_ref().take(rings).collect(), wake_fd))
+        .collect();
     crate::driver::spawn_workers(
         "u",
         cfg,
         shared,
         handler,
         parts,
-        move |core, (listener, wake_fd)| {
-            // The ring is created on the worker's thread: with SINGLE_ISSUER only its creating
-            // thread may use it.
-            let ring = Ring::new(table, core.cfg.uring_buffers)?;
-            Worker::new(core, ring, listener, wake_fd)
+        move |core, (listeners, wake_fd)| {
+            // The rings are created on the worker's thread: with SINGLE_ISSUER only its
+            // creating thread may use them.
+            let bufs = core.cfg.uring_buffers;
+            let mut worker_rings = Vec::with_capacity(listeners.len());
+            for (i, listener) in listeners.into_iter().enumerate() {
+                let ring = match i {
+                    0 => Ring::new(table, bufs)?,
+                    _ => Ring::new_secondary(table, bufs, wake_fd.as_raw_fd())?,
+                };
+                worker_rings.push((ring, listener));
+            }
+            core.shared.workers[core.worker as usize]
+                .stats
+                .uring_rings
+                .fetch_add(
+                    worker_rings.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            Worker::new(core, worker_rings, wake_fd)
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_connections_than_a_ring_holds_take_more_rings_per_worker_not_more_workers() {
+        // The default: one ring per worker, the whole limit as its table.
+        assert_eq!(
+            plan(0, 0, 20_000, 2),
+            Plan {
+                rings: 1,
+                table: 20_000
+            }
+        );
+        // Within one ring per worker: a table sized a quarter above the share.
+        assert_eq!(
+            plan(10_000, 0, 20_000, 2),
+            Plan {
+                rings: 1,
+                table: 6_314
+            }
+        );
+        // 250,000 on 2 workers at 18,000 planned per ring: 14 rings, 7 per worker.
+        assert_eq!(
+            plan(250_000, 0, 20_000, 2),
+            Plan {
+                rings: 7,
+                table: 20_000
+            }
+        );
+        // 1,000,000: 56 rings, 28 per worker, each table a quarter above 17,858.
+        assert_eq!(
+            plan(1_000_000, 0, 20_000, 2),
+            Plan {
+                rings: 28,
+                table: 20_000
+            }
+        );
+        // A cap on the slots per ring below the limit (tests): 300 at 57 planned per ring.
+        assert_eq!(
+            plan(300, 64, 20_000, 2),
+            Plan {
+                rings: 3,
+                table: 64
+            }
+        );
+        // The cap never exceeds the limit.
+        assert_eq!(
+            plan(0, 50_000, 20_000, 1),
+            Plan {
+                rings: 1,
+                table: 20_000
+            }
+        );
+    }
 }

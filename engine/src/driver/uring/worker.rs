@@ -36,13 +36,24 @@ fn server_full_response() -> &'static [u8] {
     })
 }
 
+/// One of a worker's rings with its listener: `rings[0]` is the primary, the one the worker
+/// waits on (with the wake-up read); the others signal the worker's eventfd when they post
+/// completions ([`Ring::new_secondary`]).
+pub(super) struct WorkerRing {
+    pub(super) ring: Ring,
+    /// This ring's `SO_REUSEPORT` listener: its multishot accept fills this ring's table.
+    listener: Option<std::net::TcpListener>,
+    accept_armed: bool,
+    /// After a failed accept (table full, out of files): when to try again (ms).
+    accept_retry_at: Option<u64>,
+}
+
 pub(super) struct Worker<H: Handler> {
     pub(super) core: Core<H, UringIo>,
-    /// The ring and its provided buffers. The kernel may use memory owned by the other
+    /// The rings and their provided buffers. The kernel may use memory owned by the other
     /// fields (the pinned write queues in `core`, `sends`, `wake_buf`) until an operation's
     /// final completion: `Drop` stops every operation first.
-    pub(super) ring: Ring,
-    pub(super) listener: Option<std::net::TcpListener>,
+    pub(super) rings: Vec<WorkerRing>,
     pub(super) wake_fd: OwnedFd,
     pub(super) wake_buf: Box<[u8; 8]>,
     pub(super) sends: slab::Slab<Box<SendSlot>>,
@@ -50,9 +61,6 @@ pub(super) struct Worker<H: Handler> {
     /// kernel reads a slot's msghdr by address until the completion: it must not move.
     #[allow(clippy::vec_box)]
     pub(super) send_pool: Vec<Box<SendSlot>>,
-    pub(super) accept_armed: bool,
-    /// After a failed accept (table full, out of files): when to try again (ms).
-    pub(super) accept_retry_at: Option<u64>,
     pub(super) cqes: Vec<(u64, i32, u32)>,
     /// Keys whose multishot receive ended and must be re-armed after this batch.
     pub(super) rearm: Vec<usize>,
@@ -65,7 +73,13 @@ impl<H: Handler> Drop for Worker<H> {
     fn drop(&mut self) {
         // Before any field goes: no operation may still read a pinned write queue, a
         // `SendSlot` or `wake_buf` when they are freed.
-        if !self.ring.quiesce() {
+        // Every ring is stopped (not short-circuited), then the memory is leaked if any
+        // failed.
+        let mut stopped = true;
+        for r in self.rings.iter_mut() {
+            stopped &= r.ring.quiesce();
+        }
+        if !stopped {
             tracing::error!("io_uring operations still in flight at exit; their memory is leaked");
             std::mem::forget(std::mem::take(&mut self.core.conns));
             std::mem::forget(std::mem::take(&mut self.sends));
@@ -81,29 +95,38 @@ impl<H: Handler> crate::driver::RunWorker for Worker<H> {
 }
 
 impl<H: Handler> Worker<H> {
+    /// A worker on `rings` (the primary first), each with its listener.
     pub(super) fn new(
         core: Core<H, UringIo>,
-        ring: Ring,
-        listener: std::net::TcpListener,
+        rings: Vec<(Ring, std::net::TcpListener)>,
         wake_fd: OwnedFd,
     ) -> io::Result<Self> {
-        // Accepted sockets inherit TCP_NODELAY from the listener (there is no fd to set it on).
-        socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+        debug_assert!(!rings.is_empty() && rings.len() <= 1 << 16);
         let mut w = Worker {
             core,
-            ring,
-            listener: Some(listener),
+            rings: Vec::with_capacity(rings.len()),
             wake_fd,
             wake_buf: Box::new([0u8; 8]),
             sends: slab::Slab::new(),
             send_pool: Vec::new(),
-            accept_armed: false,
-            accept_retry_at: None,
             cqes: Vec::with_capacity(1024),
             rearm: Vec::new(),
             woken: None,
         };
-        w.arm_accept();
+        for (ring, listener) in rings {
+            // Accepted sockets inherit TCP_NODELAY from the listener (there is no fd to set
+            // it on).
+            socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+            w.rings.push(WorkerRing {
+                ring,
+                listener: Some(listener),
+                accept_armed: false,
+                accept_retry_at: None,
+            });
+        }
+        for r in 0..w.rings.len() {
+            w.arm_accept(r);
+        }
         w.arm_wake();
         Ok(w)
     }
@@ -112,14 +135,16 @@ impl<H: Handler> Worker<H> {
         &self.core.shared.workers[self.core.worker as usize].stats
     }
 
-    fn arm_accept(&mut self) {
-        let Some(l) = &self.listener else { return };
+    fn arm_accept(&mut self, r: usize) {
+        let Some(l) = &self.rings[r].listener else {
+            return;
+        };
         let e = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
             .allocate_file_index(true)
             .build();
         // SAFETY: an accept into the fixed-file table points to no memory (no address out).
-        unsafe { self.submit(Op::Accept, e) };
-        self.accept_armed = true;
+        unsafe { self.submit_to(r, Op::Accept, e) };
+        self.rings[r].accept_armed = true;
     }
 
     fn arm_wake(&mut self) {
@@ -132,7 +157,7 @@ impl<H: Handler> Worker<H> {
         // SAFETY: the kernel writes 8 bytes into `wake_buf`, boxed (it does not move) and
         // owned by this worker, which reads it only in the completion; `Worker` drops the
         // ring before it (field order).
-        unsafe { self.submit(Op::Wake, e) };
+        unsafe { self.submit_to(0, Op::Wake, e) };
     }
 
     pub(super) fn arm_recv(&mut self, key: usize) {
@@ -150,7 +175,8 @@ impl<H: Handler> Worker<H> {
         }
         conn.io.recv_armed = true;
         conn.io.recv_paused = false;
-        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), self.ring.bufs().bgid).build();
+        let bgid = self.rings[conn.io.ring as usize].ring.bufs().bgid;
+        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), bgid).build();
         // SAFETY: the receive takes its buffers from the provided-buffer ring, which stays
         // registered while the ring has operations; the SQE points to no other memory.
         unsafe { self.submit(Op::Recv(key), e) };
@@ -158,23 +184,36 @@ impl<H: Handler> Worker<H> {
 
     fn run_loop(mut self) -> io::Result<()> {
         loop {
-            let timeout = match self.accept_retry_at {
-                Some(_) => Some(std::time::Duration::from_millis(100)),
-                None => self.core.poll_timeout(),
+            let retry = self.rings.iter().any(|r| r.accept_retry_at.is_some());
+            let timeout = match retry {
+                true => Some(std::time::Duration::from_millis(100)),
+                false => self.core.poll_timeout(),
             };
+            // The secondary rings first (they are never waited on): what completes meanwhile
+            // is seen below, or signals the eventfd the primary waits on.
+            for r in self.rings[1..].iter_mut() {
+                if r.ring.needs_enter() {
+                    r.ring.submit(false, None)?;
+                }
+            }
             // Sleep only when nothing is waiting to be handled.
-            let wait = !self.ring.has_completions();
-            self.ring.submit(wait, timeout)?;
+            let wait = !self.has_completions();
+            self.rings[0].ring.submit(wait, timeout)?;
             self.core.update_now();
             let queued = self.stats().deliveries.load(Ordering::Relaxed);
             self.reap_completions();
             if self.stats().deliveries.load(Ordering::Relaxed) - queued >= COALESCE_MIN {
                 self.gather_more();
             }
-            if self.accept_retry_at.is_some_and(|t| self.core.now_ms >= t) {
-                self.accept_retry_at = None;
-                if !self.accept_armed && self.listener.is_some() && !self.core.shutting_down {
-                    self.arm_accept();
+            if retry {
+                for r in 0..self.rings.len() {
+                    let wr = &mut self.rings[r];
+                    if wr.accept_retry_at.is_some_and(|t| self.core.now_ms >= t) {
+                        wr.accept_retry_at = None;
+                        if !wr.accept_armed && wr.listener.is_some() && !self.core.shutting_down {
+                            self.arm_accept(r);
+                        }
+                    }
                 }
             }
             self.core.run_timers();
@@ -186,12 +225,19 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Handles every completion posted so far, then re-arms the receives that ended.
+    fn has_completions(&mut self) -> bool {
+        self.rings.iter_mut().any(|r| r.ring.has_completions())
+    }
+
+    /// Handles every completion posted so far on every ring, then re-arms the receives that
+    /// ended.
     fn reap_completions(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        self.ring.reap(&mut cqes);
-        for (u, res, flags) in cqes.drain(..) {
-            self.complete(u, res, flags);
+        for r in 0..self.rings.len() {
+            self.rings[r].ring.reap(&mut cqes);
+            for (u, res, flags) in cqes.drain(..) {
+                self.complete(r, u, res, flags);
+            }
         }
         self.cqes = cqes;
         // Commands from other threads (publishes above all) last: the send completions of
@@ -221,7 +267,8 @@ impl<H: Handler> Worker<H> {
     fn gather_more(&mut self) {
         for _ in 0..GATHER_ROUNDS {
             let queued = self.stats().deliveries.load(Ordering::Relaxed);
-            if self.ring.get_events().is_err() || !self.ring.has_completions() {
+            // Entering the primary also runs the task work that posts the secondaries'.
+            if self.rings[0].ring.get_events().is_err() || !self.has_completions() {
                 return;
             }
             self.reap_completions();
@@ -231,12 +278,13 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn complete(&mut self, u: u64, res: i32, flags: u32) {
+    /// A completion reaped from ring `r`.
+    fn complete(&mut self, r: usize, u: u64, res: i32, flags: u32) {
         let Some(op) = Op::decode(u) else {
             return tracing::error!("unknown io_uring completion {u:#x}");
         };
         match op {
-            Op::Accept => self.on_accept(res, flags),
+            Op::Accept => self.on_accept(r, res, flags),
             Op::Recv(key) => self.on_recv(key, res, flags),
             Op::Send(key) => self.on_send(key, res),
             Op::SendZc(key) => self.on_send_zc(key, res, flags),
@@ -247,19 +295,22 @@ impl<H: Handler> Worker<H> {
     }
 
     fn stop_accepting(&mut self) {
-        if self.accept_armed {
-            let e = opcode::AsyncCancel::new(Op::Accept.encode()).build();
-            // SAFETY: a cancel by user_data points to no memory.
-            unsafe { self.submit(Op::CancelAccept, e) };
+        for r in 0..self.rings.len() {
+            if self.rings[r].accept_armed {
+                let e = opcode::AsyncCancel::new(Op::Accept.encode()).build();
+                // SAFETY: a cancel by user_data points to no memory.
+                unsafe { self.submit_to(r, Op::CancelAccept, e) };
+            }
+            // The listening socket closes once the cancelled accept lets go of it.
+            self.rings[r].listener = None;
+            self.rings[r].accept_armed = false;
         }
-        // The listening socket closes once the cancelled accept lets go of it.
-        self.listener = None;
-        self.accept_armed = false;
     }
 
-    fn on_accept(&mut self, res: i32, flags: u32) {
+    /// An accept completed on ring `r`: the direct descriptor is a slot of that ring's table.
+    fn on_accept(&mut self, r: usize, res: i32, flags: u32) {
         if !cqueue::more(flags) {
-            self.accept_armed = false;
+            self.rings[r].accept_armed = false;
         }
         if res < 0 {
             if res != -libc::ECANCELED {
@@ -275,7 +326,7 @@ impl<H: Handler> Worker<H> {
                 } else {
                     tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
                 }
-                self.accept_retry_at = Some(self.core.now_ms + 100);
+                self.rings[r].accept_retry_at = Some(self.core.now_ms + 100);
                 self.stats().accept_errors.fetch_add(1, Ordering::Relaxed);
             }
             if !cqueue::more(flags) {
@@ -293,14 +344,15 @@ impl<H: Handler> Worker<H> {
                 .flags(squeue::Flags::IO_HARDLINK)
                 .user_data(Op::Rejected.encode());
             // SAFETY: the send reads the static 503 response, alive for the whole process.
-            unsafe { self.ring.push_linked(&send) };
+            unsafe { self.rings[r].ring.push_linked(&send) };
             let e = opcode::Close::new(slot).build();
             // SAFETY: a close points to no memory; it runs after the linked send completed,
             // so nothing names the slot when it is freed.
-            unsafe { self.submit(Op::Rejected, e) };
+            unsafe { self.submit_to(r, Op::Rejected, e) };
         } else {
             self.stats().uring_slots.fetch_add(1, Ordering::Relaxed);
             let key = self.core.insert(UringIo {
+                ring: r as u16,
                 slot: res as u32,
                 ops: 0,
                 recv_armed: false,
@@ -311,8 +363,9 @@ impl<H: Handler> Worker<H> {
             });
             self.arm_recv(key);
         }
-        if !self.accept_armed && self.listener.is_some() && !self.core.shutting_down {
-            self.arm_accept();
+        let wr = &self.rings[r];
+        if !wr.accept_armed && wr.listener.is_some() && !self.core.shutting_down {
+            self.arm_accept(r);
         }
     }
 
@@ -324,13 +377,15 @@ impl<H: Handler> Worker<H> {
         if !more {
             conn.io.recv_armed = false;
         }
+        // The buffer is one of the provided buffers of the connection's ring.
+        let r = conn.io.ring as usize;
         if res > 0 {
             match cqueue::buffer_select(flags) {
                 Some(bid) => {
                     self.stats().uring_bufs_held.fetch_add(1, Ordering::Relaxed);
-                    let buf = self.ring.bufs().buf(bid);
+                    let buf = self.rings[r].ring.bufs().buf(bid);
                     self.core.on_data(key, &mut buf[..res as usize]);
-                    self.ring.bufs().recycle(bid);
+                    self.rings[r].ring.bufs().recycle(bid);
                     self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
                     if !more {
                         self.rearm.push(key);
@@ -381,25 +436,37 @@ impl<H: Handler> Worker<H> {
         unsafe { self.submit(Op::Cancel(key), e) };
     }
 
-    /// Submits `e` as `op`. An operation of a connection is counted in its `ops` and in the
-    /// `uring_ops` gauge until its final completion reaches [`Worker::op_done`]: the one
-    /// place both go up.
+    /// Submits `e` as `op` of a connection, on the connection's ring. An operation of a
+    /// connection is counted in its `ops` and in the `uring_ops` gauge until its final
+    /// completion reaches [`Worker::op_done`]: the one place both go up.
     ///
     /// # Safety
     ///
     /// As for [`Ring::push`].
     pub(super) unsafe fn submit(&mut self, op: Op, e: squeue::Entry) {
-        if let Some(key) = op.key() {
-            let conn = self.core.conns.get_mut(key);
-            debug_assert!(conn.is_some(), "{op:?} for a freed connection");
-            if let Some(conn) = conn {
-                conn.io.ops += 1;
-                self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let key = op.key();
+        debug_assert!(key.is_some(), "{op:?} names no connection: submit_to");
+        let conn = key.and_then(|k| self.core.conns.get_mut(k));
+        debug_assert!(conn.is_some(), "{op:?} for a freed connection");
+        let Some(conn) = conn else { return };
+        conn.io.ops += 1;
+        let r = conn.io.ring as usize;
+        self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
         let e = e.user_data(op.encode());
         // SAFETY: the caller's duty.
-        unsafe { self.ring.push(&e) };
+        unsafe { self.rings[r].ring.push(&e) };
+    }
+
+    /// Submits `e` as `op`, which names no connection, on ring `r`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::push`].
+    unsafe fn submit_to(&mut self, r: usize, op: Op, e: squeue::Entry) {
+        debug_assert!(op.key().is_none(), "{op:?} names a connection: submit");
+        let e = e.user_data(op.encode());
+        // SAFETY: the caller's duty.
+        unsafe { self.rings[r].ring.push(&e) };
     }
 
     /// One operation of `key` completed: the one place `ops` and the `uring_ops` gauge go
