@@ -124,6 +124,10 @@ fn a_connection_cut_while_its_send_waits_on_a_non_reading_peer_is_freed(b: Backe
     let h = srv.handle();
     let base = gauges(&h);
     let clients: Vec<TcpStream> = (0..STALLED).map(|_| stalled_client(srv.addr)).collect();
+    // Their echoes fill the queues and the server stops reading from them (read
+    // backpressure), with a send waiting on each; then publishes past the budget cut them as
+    // slow consumers while those sends are still in flight.
+    let big = vec![9u8; BUDGET];
     let t = Instant::now();
     while h.stats().slow_consumer_closes < STALLED as u64 {
         assert!(
@@ -131,7 +135,8 @@ fn a_connection_cut_while_its_send_waits_on_a_non_reading_peer_is_freed(b: Backe
             "not every non-reading client was cut at the budget: {:?}",
             h.stats()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        h.publish(volley::Target::All, volley::Message::Binary(&big));
+        std::thread::sleep(Duration::from_millis(50));
     }
     // Cut: the close frame cannot go out (the peer does not read), so each connection
     // waits out the close timeout, then must be freed, its pending send cancelled, while
