@@ -185,16 +185,7 @@ impl<H: Handler> Worker<H> {
                 Ok((mut stream, _peer)) => {
                     if !self.core.can_accept() {
                         self.core.count_rejected();
-                        let mut out = Vec::new();
-                        crate::proto::handshake::write_http_response(
-                            &mut out,
-                            503,
-                            "text/plain",
-                            &[],
-                            b"server full\n",
-                        )
-                        .expect("static");
-                        let _ = stream.write(&out);
+                        let _ = stream.write(super::server_full_response());
                         continue;
                     }
                     let _ = stream.set_nodelay(true);

@@ -47,6 +47,24 @@ pub(crate) fn uring_probe() -> Result<(), String> {
     }
 }
 
+/// The answer to a connection past `max_connections`, built once for both backends (mio
+/// writes it, io_uring sends it from this static buffer linked to the close).
+pub(crate) fn server_full_response() -> &'static [u8] {
+    static RESP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    RESP.get_or_init(|| {
+        let mut out = Vec::new();
+        crate::proto::handshake::write_http_response(
+            &mut out,
+            503,
+            "text/plain",
+            &[],
+            b"server full\n",
+        )
+        .expect("static");
+        out
+    })
+}
+
 /// Binds `n` listeners on one address with `SO_REUSEPORT` (the kernel spreads connections
 /// over them); returns them and the bound address (with the real port for port 0).
 pub(crate) fn bind_listeners(

@@ -19,26 +19,6 @@ const COALESCE_MIN: u64 = 64;
 /// At most this many extra entries per turn.
 const GATHER_ROUNDS: usize = 2;
 
-/// The answer to a connection past `max_connections` (the mio backend writes the same).
-fn server_full_response() -> &'static [u8] {
-    static RESP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    RESP.get_or_init(|| {
-        let mut out = Vec::new();
-        crate::proto::handshake::write_http_response(
-            &mut out,
-            503,
-            "text/plain",
-            &[],
-            b"server full\n",
-        )
-        .expect("static");
-        out
-    })
-}
-
-/// One of a worker's rings with its listener: `rings[0]` is the primary, the one the worker
-/// waits on (with the wake-up read); the others signal the worker's eventfd when they post
-/// completions ([`Ring::new_secondary`]).
 pub(super) struct WorkerRing {
     pub(super) ring: Ring,
     /// This ring's `SO_REUSEPORT` listener: its multishot accept fills this ring's table.
@@ -337,7 +317,7 @@ impl<H: Handler> Worker<H> {
             // 503, then close: a send of a static response linked to the close of the
             // direct descriptor (nothing to keep per rejected connection).
             let slot = types::Fixed(res as u32);
-            let resp = server_full_response();
+            let resp = crate::driver::server_full_response();
             let send = opcode::Send::new(slot, resp.as_ptr(), resp.len() as u32)
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
