@@ -8,7 +8,8 @@ use crate::broadcast::{LimitReached, Target};
 use crate::proto::handshake::Request;
 use crate::proto::CloseCode;
 use crate::runtime::core::Outbox;
-use crate::runtime::{ConnId, Handle};
+use crate::runtime::upgrade::DeferSlot;
+use crate::runtime::{ConnId, Handle, Pending};
 
 /// A data message received from a client. Control frames are handled by the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,11 +30,14 @@ impl<'a> Message<'a> {
     }
 }
 
-/// What `on_upgrade` may add to the `101 Switching Protocols` answer.
+/// What `on_upgrade` may add to the `101 Switching Protocols` answer, or defer it.
 #[derive(Debug, Default)]
 pub struct Upgrade {
     pub(crate) protocol: Option<String>,
     pub(crate) headers: Vec<(String, String)>,
+    /// Present while the worker may take one more deferred upgrade.
+    pub(crate) slot: Option<DeferSlot>,
+    pub(crate) deferred: bool,
 }
 
 impl Upgrade {
@@ -48,15 +52,58 @@ impl Upgrade {
         self.headers.push((name.into(), value.into()));
         self
     }
+
+    /// Answers later, from any thread: `f` gets a [`Pending`] (which is `Send`) to
+    /// `accept(state)` or `reject(..)` when the decision is made (a token checked by an auth
+    /// service); return what `defer` returns from `on_upgrade`. The protocol and headers set
+    /// so far go into the `Pending`.
+    ///
+    /// The client waits at most `Config::handshake_timeout` from its connect, then is
+    /// dropped. Past `Config::max_pending_upgrades` deferred upgrades on this worker, `f` is
+    /// not called and the upgrade is refused at once with 503 and `Retry-After: 1`.
+    ///
+    /// ```no_run
+    /// # use volley::{Pending, Reject, Request, Upgrade};
+    /// # struct User;
+    /// # fn check(_: &str) -> Option<User> { None }
+    /// fn on_upgrade(req: &Request<'_>, up: &mut Upgrade) -> Result<User, Reject> {
+    ///     let token = req.query.unwrap_or("").to_owned();
+    ///     up.defer(move |pending: Pending<User>| {
+    ///         std::thread::spawn(move || match check(&token) {
+    ///             Some(user) => pending.accept(user),
+    ///             None => pending.reject(
+    ///                 Reject::new(401, "log in").header("WWW-Authenticate", "Bearer"),
+    ///             ),
+    ///         });
+    ///     })
+    /// }
+    /// ```
+    pub fn defer<S: Send + 'static>(&mut self, f: impl FnOnce(Pending<S>)) -> Result<S, Reject> {
+        let Some(slot) = self.slot.take() else {
+            tracing::info!(
+                "upgrade refused: max_pending_upgrades deferred upgrades on this worker"
+            );
+            return Err(Reject::new(503, "too many pending upgrades\n").header("Retry-After", "1"));
+        };
+        self.deferred = true;
+        let protocol = self.protocol.take();
+        let headers = std::mem::take(&mut self.headers);
+        f(Pending::new(slot, protocol, headers));
+        Err(Reject::new(0, "deferred"))
+    }
 }
 
-/// Refuses an upgrade (or answers a plain HTTP request) with a status and a short body.
+/// Refuses an upgrade with a status, a short body and optional headers
+/// (`WWW-Authenticate`, `Retry-After`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reject {
     /// The HTTP status, such as 401, 403 or 404.
     pub status: u16,
     /// A short text body.
     pub body: String,
+    /// Extra response headers. A name or value with CR, LF or NUL (or a name that is not an
+    /// HTTP token) turns the answer into a 500, logged: nothing is injected.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reject {
@@ -65,7 +112,14 @@ impl Reject {
         Reject {
             status,
             body: body.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a response header, such as `WWW-Authenticate: Bearer` or `Retry-After: 5`.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Reject {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 }
 
@@ -75,9 +129,58 @@ pub struct HttpResponse {
     /// The status code.
     pub status: u16,
     /// The `Content-Type`.
-    pub content_type: &'static str,
+    pub content_type: std::borrow::Cow<'static, str>,
+    /// Extra response headers (validated as for [`Reject::headers`]: a bad one answers 500).
+    pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A response with `status`, `content_type` and `body`, no extra headers.
+    pub fn new(
+        status: u16,
+        content_type: impl Into<std::borrow::Cow<'static, str>>,
+        body: impl Into<Vec<u8>>,
+    ) -> HttpResponse {
+        HttpResponse {
+            status,
+            content_type: content_type.into(),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// Adds a response header (`Cache-Control`, `Location`, ...).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> HttpResponse {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// What became of a message sent to the callback's own connection ([`Ctx::send`]), as
+/// uWebSockets' `SendStatus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Queued; the connection's unsent bytes are within `Config::high_water`.
+    Queued,
+    /// Queued, but the connection now holds more than `Config::high_water` unsent bytes:
+    /// pause this connection's producer; [`Handler::on_drain`] runs once the queue is down
+    /// to half the mark.
+    Backpressure,
+    /// Not queued: the connection was already over `Config::write_budget`. Under
+    /// `SlowConsumerPolicy::Close` (the default) it is closed with 1008 after the callback;
+    /// under `Drop` it stays open and the message is lost (counted in `Stats::drops`).
+    Dropped,
+    /// Not queued: the connection is closing or closed.
+    Closed,
+}
+
+impl SendStatus {
+    /// Whether the message was queued (`Queued` or `Backpressure`).
+    pub fn is_queued(self) -> bool {
+        matches!(self, SendStatus::Queued | SendStatus::Backpressure)
+    }
 }
 
 /// The application's side of the server. One clone runs on each worker thread.
@@ -144,6 +247,14 @@ pub trait Handler: Clone + Send + 'static {
         let _ = (ctx, state, tag, reached);
     }
 
+    /// The connection's unsent output, which had gone over `Config::high_water` (a
+    /// [`SendStatus::Backpressure`], or publishes and `Handle` sends piling up), is down to
+    /// half the mark: a producer paused for this connection may resume. Runs once per
+    /// crossing, on the connection's worker, only while the connection is open.
+    fn on_drain(&mut self, ctx: &mut Ctx<'_>, state: &mut Self::State) {
+        let _ = (ctx, state);
+    }
+
     /// The connection closed. Called exactly once for every opened connection, with the
     /// close code (1006 when the TCP connection dropped without a close frame).
     fn on_close(&mut self, ctx: &mut Ctx<'_>, state: Self::State, code: CloseCode, reason: &str) {
@@ -171,25 +282,34 @@ impl Ctx<'_> {
         self.out.own_id()
     }
 
-    /// Sends a message to this connection.
-    pub fn send(&mut self, msg: Message<'_>) {
-        self.out.send(self.id(), msg);
+    /// Sends a message to this connection and says what became of it (see [`SendStatus`]):
+    /// on `Backpressure` pause this connection's producer until [`Handler::on_drain`].
+    pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
+        self.out.send_own(msg)
     }
 
     /// Sends a text message to this connection.
-    pub fn send_text(&mut self, text: &str) {
-        self.send(Message::Text(text));
+    pub fn send_text(&mut self, text: &str) -> SendStatus {
+        self.send(Message::Text(text))
     }
 
     /// Sends a binary message to this connection.
-    pub fn send_binary(&mut self, data: &[u8]) {
-        self.send(Message::Binary(data));
+    pub fn send_binary(&mut self, data: &[u8]) -> SendStatus {
+        self.send(Message::Binary(data))
     }
 
-    /// Sends a message to another connection (of any worker). Unknown or closed ids are
-    /// ignored and counted.
+    /// Unsent bytes queued for this connection (0 once it is closing), as uWebSockets'
+    /// `getBufferedAmount()`.
+    pub fn buffered_amount(&self) -> usize {
+        self.out.buffered()
+    }
+
+    /// Sends a message to another connection (of any worker): the same as
+    /// `publish(Target::Conn(id), msg)` (the frame is encoded once, not copied per
+    /// recipient). Unknown or closed ids are ignored and counted (`Stats::unknown_target`);
+    /// the recipient's write budget applies.
     pub fn send_to(&mut self, id: ConnId, msg: Message<'_>) {
-        self.out.send(id, msg);
+        self.out.publish(Target::Conn(id), msg, None, None);
     }
 
     /// Starts the close handshake of this connection with `code` and `reason`.
@@ -211,7 +331,19 @@ impl Ctx<'_> {
         if self.handle.over_key_cap(&target, self.id().worker()) {
             return false;
         }
-        self.out.publish(target, msg, None);
+        self.out.publish(target, msg, None, None);
+        true
+    }
+
+    /// Like [`Ctx::publish`], but this connection does not receive it even if `target`
+    /// includes it (uWebSockets' `ws->publish`): a chat line reaches every other member of
+    /// the room exactly once.
+    pub fn publish_others(&mut self, target: Target<'_>, msg: Message<'_>) -> bool {
+        if self.handle.over_key_cap(&target, self.id().worker()) {
+            return false;
+        }
+        let me = self.id();
+        self.out.publish(target, msg, None, Some(me));
         true
     }
 
@@ -222,7 +354,7 @@ impl Ctx<'_> {
         if self.handle.over_key_cap(&target, self.id().worker()) {
             return false;
         }
-        self.out.publish(target, msg, Some(tag));
+        self.out.publish(target, msg, Some(tag), None);
         true
     }
 

@@ -46,7 +46,7 @@ pub mod proto;
 pub mod runtime;
 
 pub use broadcast::{LimitReached, Target};
-pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, Upgrade};
+pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, SendStatus, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
-pub use runtime::{Backend, Config, ConnId, Handle, Server, SlowConsumerPolicy, Stats};
+pub use runtime::{Backend, Config, ConnId, Handle, Pending, Server, SlowConsumerPolicy, Stats};

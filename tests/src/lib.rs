@@ -791,6 +791,8 @@ struct ConnEv {
     largest_frame: usize,
 }
 
+use volley::proto::conn::Head;
+
 impl volley::proto::conn::Events<u32> for ConnEv {
     fn queued(&self) -> usize {
         self.queue
@@ -817,14 +819,14 @@ impl volley::proto::conn::Events<u32> for ConnEv {
     fn held(&mut self) -> &mut volley::proto::conn::Held {
         &mut self.held
     }
-    fn request(&mut self, head: &[u8]) -> Option<u32> {
+    fn request(&mut self, head: &[u8]) -> Head<u32> {
         assert!(!self.closed_machine);
         if head.starts_with(b"GET ") {
             self.queue += 129;
-            Some(7)
+            Head::Open(7)
         } else {
             self.queue += 80;
-            None
+            Head::Answered
         }
     }
     fn refuse(&mut self, _e: &HandshakeError) {

@@ -55,7 +55,9 @@ impl Handler for Router {
                 ctx.unsubscribe(tp);
                 ctx.send_text("unsubscribed");
             }
-            _ => ctx.send(msg),
+            _ => {
+                ctx.send(msg);
+            }
         }
     }
 }

@@ -491,11 +491,7 @@ impl Handler for Guarded {
     }
     fn on_http(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
         if req.path == "/metrics" && req.header("authorization") != Some(&b"Bearer s3cret"[..]) {
-            return Some(HttpResponse {
-                status: 403,
-                content_type: "text/plain",
-                body: b"no\n".to_vec(),
-            });
+            return Some(HttpResponse::new(403, "text/plain", "no\n"));
         }
         None
     }

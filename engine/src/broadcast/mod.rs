@@ -117,6 +117,9 @@ pub(crate) struct Event {
     pub(crate) frame: Arc<[u8]>,
     pub(crate) target: OwnedTarget,
     pub(crate) tracker: Option<Arc<Tracker>>,
+    /// A connection the event skips even if the target includes it (the publisher, for
+    /// `Ctx::publish_others` and `Handle::publish_except`).
+    pub(crate) except: Option<ConnId>,
 }
 
 /// Encodes a message once as a complete, unmasked server frame in one allocation.

@@ -129,6 +129,18 @@ pub enum Timeout {
     Linger,
 }
 
+/// What the caller did with a complete request head ([`Events::request`]).
+#[derive(Debug)]
+pub enum Head<S> {
+    /// The 101 is queued: the connection opens with this application state.
+    Open(S),
+    /// An HTTP answer is queued (a refusal or a plain response): drain, then close.
+    Answered,
+    /// The application decides later; the caller then queues its answer and calls
+    /// [`Conn::handle_upgrade`]. The handshake deadline still runs meanwhile.
+    Deferred,
+}
+
 /// The caller's side of a connection: its write queue, its handler and the worker's budget
 /// for incomplete messages. The machine calls these while it handles input.
 pub trait Events<S> {
@@ -142,9 +154,12 @@ pub trait Events<S> {
     fn discard(&mut self);
     /// The worker's count of bytes held in incomplete messages.
     fn held(&mut self) -> &mut Held;
-    /// A complete request head: queue the 101 and return the application's state, or queue
-    /// an HTTP answer and return `None`.
-    fn request(&mut self, head: &[u8]) -> Option<S>;
+    /// A complete request head: queue the 101 and return the application's state, queue
+    /// an HTTP answer, or defer the decision (see [`Head`]).
+    fn request(&mut self, head: &[u8]) -> Head<S>;
+    /// A deferred upgrade is settled: answered, timed out or dropped (for the caller's count
+    /// of pending upgrades). Called once for each [`Head::Deferred`].
+    fn upgrade_settled(&mut self) {}
     /// The request head could not be read (too large): queue the answer for `e`.
     fn refuse(&mut self, e: &HandshakeError);
     /// The connection opened (`on_open`).
@@ -166,6 +181,11 @@ pub trait Events<S> {
 enum Phase<S> {
     Handshake {
         scanner: HeadScanner,
+        since: Instant,
+    },
+    /// The request head was read and the application deferred its decision.
+    Awaiting {
+        /// When the handshake began (its deadline still applies).
         since: Instant,
     },
     Open {
@@ -230,9 +250,14 @@ impl<S> Conn<S> {
         matches!(self.phase, Phase::Open { .. })
     }
 
-    /// Whether the request head is still being read.
+    /// Whether the request head is still being read, or its answer is deferred.
     pub fn is_handshaking(&self) -> bool {
-        matches!(self.phase, Phase::Handshake { .. })
+        matches!(self.phase, Phase::Handshake { .. } | Phase::Awaiting { .. })
+    }
+
+    /// Whether the application deferred its answer to the upgrade ([`Head::Deferred`]).
+    pub fn is_awaiting(&self) -> bool {
+        matches!(self.phase, Phase::Awaiting { .. })
     }
 
     /// Whether the connection is finished: the caller closes the socket.
@@ -269,7 +294,9 @@ impl<S> Conn<S> {
     /// The next deadline, if any.
     pub fn poll_timeout(&self, cfg: &ConnConfig) -> Option<Instant> {
         match &self.phase {
-            Phase::Handshake { since, .. } => since.checked_add(cfg.handshake_timeout),
+            Phase::Handshake { since, .. } | Phase::Awaiting { since } => {
+                since.checked_add(cfg.handshake_timeout)
+            }
             Phase::Open { .. } => {
                 let ping = cfg.ping_interval.and_then(|p| match self.ping_sent {
                     Some(t) => t.checked_add(cfg.pong_timeout),
@@ -326,6 +353,10 @@ impl<S> Conn<S> {
         self.eof = true;
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Handshake { .. } | Phase::Closed => self.release(ev),
+            Phase::Awaiting { .. } => {
+                ev.upgrade_settled();
+                self.release(ev);
+            }
             Phase::Open { app } => {
                 ev.close(app, CloseCode::ABNORMAL, "connection dropped");
                 self.drain(now, ev);
@@ -357,6 +388,7 @@ impl<S> Conn<S> {
                 reason: r,
                 ..
             } => ev.close(app, c, &r),
+            Phase::Awaiting { .. } => ev.upgrade_settled(),
             _ => {}
         }
         ev.discard();
@@ -377,6 +409,10 @@ impl<S> Conn<S> {
                 };
             }
             Phase::Handshake { .. } => self.abort(CloseCode::ABNORMAL, "", ev),
+            awaiting @ Phase::Awaiting { .. } => {
+                self.phase = awaiting;
+                self.abort(CloseCode::ABNORMAL, "", ev);
+            }
             other => self.phase = other,
         }
     }
@@ -451,7 +487,7 @@ impl<S> Conn<S> {
         }
         let passed = |t: Option<Instant>| t.is_some_and(|t| now >= t);
         Some(match self.phase {
-            Phase::Handshake { .. } => {
+            Phase::Handshake { .. } | Phase::Awaiting { .. } => {
                 self.abort(CloseCode::ABNORMAL, "handshake timeout", ev);
                 Timeout::Handshake
             }
@@ -494,8 +530,47 @@ impl<S> Conn<S> {
     fn reading(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Handshake { .. } | Phase::Open { .. } | Phase::Closing { .. }
+            Phase::Handshake { .. }
+                | Phase::Awaiting { .. }
+                | Phase::Open { .. }
+                | Phase::Closing { .. }
         )
+    }
+
+    /// The caller queued the answer to a deferred upgrade: `Some(state)` after a 101 (the
+    /// connection opens, and frames the client sent early are processed now), `None` after
+    /// a refusal (drain, then close). Ignored unless the upgrade is awaited.
+    pub fn handle_upgrade<E: Events<S>>(
+        &mut self,
+        now: Instant,
+        app: Option<S>,
+        cfg: &ConnConfig,
+        ev: &mut E,
+    ) {
+        if !self.is_awaiting() {
+            return;
+        }
+        ev.upgrade_settled();
+        let Some(app) = app else {
+            return self.drain(now, ev);
+        };
+        self.last_rx = now;
+        self.phase = Phase::Open { app };
+        if let Phase::Open { app } = &mut self.phase {
+            if ev.open(app) == Verdict::SlowConsumer {
+                self.handle_slow_consumer(now, ev);
+                return;
+            }
+        }
+        if !self.tail.is_empty() {
+            let mut buf = std::mem::take(&mut self.tail);
+            let used = self.frames(now, &mut buf, cfg, ev);
+            if used < buf.len() && self.reading() {
+                buf.drain(..used);
+                self.tail = buf;
+            }
+            self.account(now, ev);
+        }
     }
 
     /// Runs the phase machine over `buf`; returns the bytes consumed.
@@ -507,13 +582,27 @@ impl<S> Conn<S> {
         ev: &mut E,
     ) -> usize {
         let mut pos = 0;
-        if let Phase::Handshake { scanner, .. } = &mut self.phase {
+        if self.is_awaiting() {
+            // A client must wait for the 101 before it sends frames; what it sends early is
+            // kept (for after the answer), up to the size of a request head.
+            if buf.len() > cfg.max_head {
+                self.abort(CloseCode::ABNORMAL, "data before the handshake answer", ev);
+                return buf.len();
+            }
+            return 0;
+        }
+        if let Phase::Handshake { scanner, since } = &mut self.phase {
+            let since = *since;
             match scanner.find_end(buf, cfg.max_head) {
                 Ok(Status::Partial) => return 0,
                 Ok(Status::Complete(n)) => {
                     pos = n;
                     match ev.request(&buf[..n]) {
-                        Some(app) => {
+                        Head::Deferred => {
+                            self.phase = Phase::Awaiting { since };
+                            return pos;
+                        }
+                        Head::Open(app) => {
                             self.last_rx = now;
                             self.phase = Phase::Open { app };
                             if let Phase::Open { app } = &mut self.phase {
@@ -522,7 +611,7 @@ impl<S> Conn<S> {
                                 }
                             }
                         }
-                        None => self.drain(now, ev),
+                        Head::Answered => self.drain(now, ev),
                     }
                 }
                 Err(e) => {

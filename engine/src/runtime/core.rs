@@ -13,17 +13,16 @@
 
 use super::queue::{BufPool, WriteQueue};
 use super::timer::{millis, TimerWheel};
+use super::upgrade::{self, Answer, DeferSlot};
 use super::{Command, Config, ConnId, Handle, SlowConsumerPolicy, WorkerShared};
 use crate::broadcast::registry::{Added, Caps, Registry, Subs};
 use crate::broadcast::{
     encode_shared, group_by_worker, scratch_spike, Event, OwnedTarget, Target, Tracker,
 };
-use crate::handler::{Ctx, Handler, HttpResponse, Message, Upgrade};
-use crate::proto::conn::{self as machine, ConnConfig, Events, Held, Timeout, Verdict};
+use crate::handler::{Ctx, Handler, HttpResponse, Message, Reject, SendStatus, Upgrade};
+use crate::proto::conn::{self as machine, ConnConfig, Events, Head, Held, Timeout, Verdict};
 use crate::proto::frame::encode_header;
-use crate::proto::handshake::{
-    parse_request, write_accept_response, write_http_response, AcceptKey, EMPTY_HEADER, MAX_HEADERS,
-};
+use crate::proto::handshake::{parse_request, AcceptKey, EMPTY_HEADER, MAX_HEADERS};
 use crate::proto::{self, CloseCode, HandshakeError, OpCode};
 use slab::Slab;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +49,9 @@ pub(crate) struct Conn<S, Io> {
     dead: bool,
     /// Reading stopped because the write queue was over the budget (read backpressure).
     paused: bool,
+    /// The write queue went over the high-water mark: `on_drain` is owed once it is down to
+    /// half of it.
+    drain_owed: bool,
 }
 
 impl<S, Io> Conn<S, Io> {
@@ -61,10 +63,18 @@ impl<S, Io> Conn<S, Io> {
 /// A deferred action from a handler callback on some connection.
 #[derive(Debug)]
 enum Deferred {
-    Send(ConnId, Vec<u8>),
+    /// A frame for the callback's own connection, already admitted within its budget, that
+    /// waits behind an earlier deferred publish (so the connection sees both in order).
+    SendOwn(ConnId, Vec<u8>),
     Close(ConnId, CloseCode, String),
-    /// A publish: the frame, its target, and (origin, tag) if the origin wants a receipt.
-    Publish(Arc<[u8]>, OwnedTarget, Option<(ConnId, u64)>),
+    /// A publish: the frame, its target, (origin, tag) if the origin wants a receipt, and
+    /// the connection it skips.
+    Publish(
+        Arc<[u8]>,
+        OwnedTarget,
+        Option<(ConnId, u64)>,
+        Option<ConnId>,
+    ),
 }
 
 /// The worker-level pieces a callback's [`Ctx`] writes into.
@@ -74,9 +84,13 @@ pub(crate) struct Env {
     deferred: Vec<Deferred>,
     pub(crate) registry: Registry,
     budget: usize,
+    /// `Config::high_water`: past it a send reports backpressure and `on_drain` is owed.
+    high_water: usize,
     policy: SlowConsumerPolicy,
     /// Bytes this worker's connections hold in incomplete messages.
     held: Held,
+    /// Deferred upgrades not answered yet (at most `Config::max_pending_upgrades`).
+    pending_upgrades: usize,
 }
 
 /// The callback's own connection, when it can still send.
@@ -84,6 +98,7 @@ pub(crate) struct Env {
 pub(crate) struct Own<'a> {
     out: &'a mut WriteQueue,
     subs: &'a mut Option<Box<Subs>>,
+    drain_owed: &'a mut bool,
 }
 
 /// What a callback writes through its [`Ctx`]: straight into its own connection's queue
@@ -120,7 +135,23 @@ impl<'a> Outbox<'a> {
         self.own_id
     }
 
-    pub(crate) fn send(&mut self, id: ConnId, msg: Message<'_>) {
+    /// Unsent bytes of the own connection (0 once it cannot send).
+    pub(crate) fn buffered(&self) -> usize {
+        self.own.as_ref().map_or(0, |o| o.out.len())
+    }
+
+    /// Sends to the callback's own connection, within its write budget.
+    pub(crate) fn send_own(&mut self, msg: Message<'_>) -> SendStatus {
+        let Some(own) = self.own.as_mut() else {
+            return SendStatus::Closed;
+        };
+        if own.out.len() > self.env.budget {
+            match self.env.policy {
+                SlowConsumerPolicy::Close => self.over = true,
+                SlowConsumerPolicy::Drop => self.dropped += 1,
+            }
+            return SendStatus::Dropped;
+        }
         let op = match msg {
             Message::Text(_) => OpCode::Text,
             Message::Binary(_) => OpCode::Binary,
@@ -129,24 +160,33 @@ impl<'a> Outbox<'a> {
         let header = encode_header(true, op, payload.len() as u64, None);
         // Straight into the own queue, unless something is deferred before it (a publish):
         // then it waits its turn, so this connection sees both in the order they were made.
-        if id == self.own_id && self.env.deferred.is_empty() {
-            if let Some(own) = self.own.as_mut() {
-                if own.out.len() > self.env.budget {
-                    match self.env.policy {
-                        SlowConsumerPolicy::Close => self.over = true,
-                        SlowConsumerPolicy::Drop => self.dropped += 1,
-                    }
-                    return;
-                }
-                own.out.push_parts(&mut self.env.pool, &[&header, payload]);
-                self.sent += 1;
-            }
-            return;
+        if self.env.deferred.is_empty() {
+            own.out.push_parts(&mut self.env.pool, &[&header, payload]);
+        } else {
+            let mut frame = Vec::with_capacity(header.len() + payload.len());
+            frame.extend_from_slice(&header);
+            frame.extend_from_slice(payload);
+            self.env
+                .deferred
+                .push(Deferred::SendOwn(self.own_id, frame));
         }
-        let mut frame = Vec::with_capacity(header.len() + payload.len());
-        frame.extend_from_slice(&header);
-        frame.extend_from_slice(payload);
-        self.env.deferred.push(Deferred::Send(id, frame));
+        self.sent += 1;
+        // What waits in `deferred` counts too: it is queued as soon as the callback returns.
+        let pending: usize = self
+            .env
+            .deferred
+            .iter()
+            .map(|d| match d {
+                Deferred::SendOwn(_, f) => f.len(),
+                _ => 0,
+            })
+            .sum();
+        if own.out.len() + pending > self.env.high_water {
+            *own.drain_owed = true;
+            SendStatus::Backpressure
+        } else {
+            SendStatus::Queued
+        }
     }
 
     pub(crate) fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
@@ -155,13 +195,20 @@ impl<'a> Outbox<'a> {
             .push(Deferred::Close(id, code, reason.to_owned()));
     }
 
-    pub(crate) fn publish(&mut self, target: Target<'_>, msg: Message<'_>, tag: Option<u64>) {
+    pub(crate) fn publish(
+        &mut self,
+        target: Target<'_>,
+        msg: Message<'_>,
+        tag: Option<u64>,
+        except: Option<ConnId>,
+    ) {
         let frame = encode_shared(msg);
         let tag = tag.map(|t| (self.own_id, t));
         self.env.deferred.push(Deferred::Publish(
             frame,
             OwnedTarget::from_target(&target),
             tag,
+            except,
         ));
     }
 
@@ -236,6 +283,7 @@ struct Ev<'a, H: Handler> {
     handler: &'a mut H,
     out: &'a mut WriteQueue,
     subs: &'a mut Option<Box<Subs>>,
+    drain_owed: &'a mut bool,
     env: &'a mut Env,
     handle: &'a Handle,
     stats: &'a super::WorkerStats,
@@ -256,6 +304,7 @@ impl<H: Handler> Ev<'_, H> {
                 Some(Own {
                     out: &mut *self.out,
                     subs: &mut *self.subs,
+                    drain_owed: &mut *self.drain_owed,
                 }),
                 &mut *self.env,
             ),
@@ -278,12 +327,40 @@ impl<H: Handler> Ev<'_, H> {
     /// Answers a plain HTTP request.
     fn http_response(&mut self, resp: &HttpResponse) {
         let mut out = Vec::new();
-        if write_http_response(&mut out, resp.status, resp.content_type, &[], &resp.body).is_err() {
-            out.clear();
-            write_http_response(&mut out, 500, "text/plain", &[], b"internal error\n")
-                .expect("static");
-        }
+        upgrade::write_response(&mut out, resp);
         self.out.push_owned(out);
+    }
+
+    /// Queues the answer to an upgrade, now or deferred: the 101 (and returns the state the
+    /// connection opens with) or the rejection.
+    fn finish_upgrade(
+        &mut self,
+        result: Result<H::State, Reject>,
+        accept: &AcceptKey,
+        protocol: Option<&str>,
+        headers: &[(String, String)],
+    ) -> Option<H::State> {
+        let state = match result {
+            Ok(s) => s,
+            Err(rej) => {
+                tracing::debug!(conn = %self.id, status = rej.status, "upgrade rejected by the handler");
+                self.stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.http_response(&upgrade::rejection(rej));
+                return None;
+            }
+        };
+        let mut resp = self.env.pool.take(256);
+        if !upgrade::write_accept(&mut resp, accept, protocol, headers) {
+            // The handler's state is dropped: the connection never opened.
+            drop(state);
+            self.out.push_owned(resp);
+            return None;
+        }
+        self.out.push_owned(resp);
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        Some(state)
     }
 
     /// Refuses a request with the status its error maps to.
@@ -320,13 +397,13 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
     }
 
     /// A complete request head arrived.
-    fn request(&mut self, head: &[u8]) -> Option<H::State> {
+    fn request(&mut self, head: &[u8]) -> Head<H::State> {
         let mut headers = [EMPTY_HEADER; MAX_HEADERS];
         let req = match parse_request(head, &mut headers) {
             Ok(r) => r,
             Err(e) => {
                 self.http_error(&e);
-                return None;
+                return Head::Answered;
             }
         };
         let client_key = match req.validate() {
@@ -342,59 +419,46 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
                     }
                     None => self.http_error(&HandshakeError::NotUpgrade),
                 }
-                return None;
+                return Head::Answered;
             }
             Err(e) => {
                 self.http_error(&e);
-                return None;
+                return Head::Answered;
             }
         };
         if !req.origin_allowed(&self.cfg.allowed_origins) {
             self.http_error(&HandshakeError::OriginNotAllowed);
-            return None;
+            return Head::Answered;
         }
-        let mut upgrade = Upgrade::default();
-        let state = match self.handler.on_upgrade(&req, &mut upgrade) {
-            Ok(s) => s,
-            Err(rej) => {
-                tracing::debug!(status = rej.status, "upgrade rejected by the handler");
-                self.stats
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                let resp = HttpResponse {
-                    status: rej.status,
-                    content_type: "text/plain; charset=utf-8",
-                    body: rej.body.into_bytes(),
-                };
-                self.http_response(&resp);
-                return None;
-            }
-        };
         let accept = AcceptKey::from_key(client_key.as_bytes());
-        let extra: Vec<(&str, &str)> = upgrade
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let mut resp = self.env.pool.take(256);
-        if let Err(e) =
-            write_accept_response(&mut resp, &accept, upgrade.protocol.as_deref(), &extra)
-        {
-            tracing::error!("handler produced an invalid upgrade response: {e}");
-            self.env.pool.give(resp);
-            let resp = HttpResponse {
-                status: 500,
-                content_type: "text/plain",
-                body: b"internal error\n".to_vec(),
-            };
-            // The handler's state is dropped: the connection never opened.
-            drop(state);
-            self.http_response(&resp);
-            return None;
+        let mut upgrade = Upgrade::default();
+        if self.env.pending_upgrades < self.cfg.max_pending_upgrades {
+            upgrade.slot = Some(DeferSlot {
+                handle: self.handle.clone(),
+                id: self.id,
+                accept,
+            });
         }
-        self.out.push_owned(resp);
-        self.stats.opened.fetch_add(1, Ordering::Relaxed);
-        Some(state)
+        let result = self.handler.on_upgrade(&req, &mut upgrade);
+        if upgrade.deferred {
+            // The answer comes through the inbox (`Core::answer_upgrade`); what on_upgrade
+            // returned is not it.
+            drop(result);
+            self.env.pending_upgrades += 1;
+            self.stats.upgrades_deferred.fetch_add(1, Ordering::Relaxed);
+            return Head::Deferred;
+        }
+        let Upgrade {
+            protocol, headers, ..
+        } = upgrade;
+        match self.finish_upgrade(result, &accept, protocol.as_deref(), &headers) {
+            Some(state) => Head::Open(state),
+            None => Head::Answered,
+        }
+    }
+
+    fn upgrade_settled(&mut self) {
+        self.env.pending_upgrades = self.env.pending_upgrades.saturating_sub(1);
     }
 
     fn refuse(&mut self, e: &HandshakeError) {
@@ -455,6 +519,7 @@ impl<H: Handler, Io> Core<H, Io> {
             m => m,
         };
         let budget = cfg.write_budget;
+        let high_water = cfg.high_water.min(budget);
         let caps = Caps {
             keys: cfg.max_keys_per_conn,
             topics: cfg.max_topics_per_conn,
@@ -483,6 +548,7 @@ impl<H: Handler, Io> Core<H, Io> {
             dead: Vec::new(),
             env: Env {
                 budget,
+                high_water,
                 registry: Registry::with_caps(caps),
                 policy,
                 held,
@@ -553,6 +619,7 @@ impl<H: Handler, Io> Core<H, Io> {
             dirty: false,
             dead: false,
             paused: false,
+            drain_owed: false,
         });
         if self.max_conns != usize::MAX {
             self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
@@ -605,12 +672,17 @@ impl<H: Handler, Io> Core<H, Io> {
         let conn = conns.get_mut(key).filter(|c| !c.dead)?;
         let id = ConnId::new(*worker, key, conn.gen);
         let Conn {
-            machine, out, subs, ..
+            machine,
+            out,
+            subs,
+            drain_owed,
+            ..
         } = conn;
         let mut ev = Ev {
             handler,
             out,
             subs,
+            drain_owed,
             env,
             handle,
             stats: &shared.workers[*worker as usize].stats,
@@ -683,7 +755,10 @@ impl<H: Handler, Io> Core<H, Io> {
     }
 
     /// After a flush: true once if `key` stopped reading for backpressure and may read again.
+    /// Also runs `on_drain` if it is owed and the queue is down to half the high-water mark
+    /// (every backend calls this after each write that made progress).
     pub(crate) fn take_resume(&mut self, key: usize) -> bool {
+        self.drained(key);
         let Some(c) = self.conns.get_mut(key) else {
             return false;
         };
@@ -692,6 +767,25 @@ impl<H: Handler, Io> Core<H, Io> {
             return true;
         }
         false
+    }
+
+    /// Runs `on_drain` for `key` if its queue went over the high-water mark and is now down
+    /// to half of it.
+    fn drained(&mut self, key: usize) {
+        let low = self.env.high_water / 2;
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !c.drain_owed || c.dead || c.out.len() > low {
+            return;
+        }
+        c.drain_owed = false;
+        if !c.machine.is_open() {
+            return;
+        }
+        self.callback(key, |h, ctx, s| h.on_drain(ctx, s));
+        self.apply_deferred();
+        self.settle(key);
     }
 
     /// Starts a close handshake from our side.
@@ -729,9 +823,11 @@ impl<H: Handler, Io> Core<H, Io> {
             let batch = std::mem::take(&mut self.env.deferred);
             for d in batch {
                 match d {
-                    Deferred::Send(id, frame) => self.send_frame(id, frame),
+                    Deferred::SendOwn(id, frame) => self.send_own(id, frame),
                     Deferred::Close(id, code, reason) => self.close_id(id, code, &reason),
-                    Deferred::Publish(frame, target, tag) => self.publish(frame, target, tag),
+                    Deferred::Publish(frame, target, tag, except) => {
+                        self.publish(frame, target, tag, except)
+                    }
                 }
             }
         }
@@ -744,33 +840,16 @@ impl<H: Handler, Io> Core<H, Io> {
         (c.gen == id.gen() && !c.dead).then_some(key)
     }
 
-    fn send_frame(&mut self, id: ConnId, frame: Vec<u8>) {
-        if id.worker() != self.worker as usize {
-            if let Some(w) = self.shared.workers.get(id.worker()) {
-                w.push(Command::Send(id, frame));
-            }
-            return;
-        }
+    /// Queues a frame a callback sent to its own connection (admitted within the budget
+    /// when it was sent; only a close since then stops it).
+    fn send_own(&mut self, id: ConnId, frame: Vec<u8>) {
         let Some(key) = self
             .resolve(id)
             .filter(|&k| self.conns[k].machine.is_open())
         else {
-            self.me()
-                .stats
-                .unknown_target
-                .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if self.conns[key].out.len() > self.cfg.write_budget {
-            return match self.cfg.slow_consumer {
-                SlowConsumerPolicy::Close => self.slow_consumer(key),
-                SlowConsumerPolicy::Drop => {
-                    self.me().stats.drops.fetch_add(1, Ordering::Relaxed);
-                }
-            };
-        }
         self.conns[key].out.push_owned(frame);
-        self.me().stats.messages_out.fetch_add(1, Ordering::Relaxed);
         self.mark_output(key);
     }
 
@@ -889,6 +968,7 @@ impl<H: Handler, Io> Core<H, Io> {
         frame: Arc<[u8]>,
         target: OwnedTarget,
         tag: Option<(ConnId, u64)>,
+        except: Option<ConnId>,
     ) {
         let n = self.shared.workers.len();
         self.me()
@@ -909,6 +989,7 @@ impl<H: Handler, Io> Core<H, Io> {
                     frame,
                     target: other,
                     tracker: None,
+                    except,
                 });
                 return self.fan_out_all(shared, tag);
             }
@@ -932,6 +1013,7 @@ impl<H: Handler, Io> Core<H, Io> {
                 frame: frame.clone(),
                 target: t,
                 tracker: tracker.clone(),
+                except,
             });
             if w == self.worker as usize {
                 self.deliver_event(&ev);
@@ -987,17 +1069,34 @@ impl<H: Handler, Io> Core<H, Io> {
                 }
             }
             OwnedTarget::Conns(ids) => {
+                let mut unknown = 0;
                 for id in ids {
-                    if let Some(k) = (id.worker() == self.worker as usize)
+                    match (id.worker() == self.worker as usize)
                         .then(|| self.resolve(*id))
                         .flatten()
+                        .filter(|&k| self.conns[k].machine.is_open())
                     {
-                        slots.push(k as u32);
+                        Some(k) => slots.push(k as u32),
+                        None => unknown += 1,
                     }
+                }
+                if unknown > 0 {
+                    self.me()
+                        .stats
+                        .unknown_target
+                        .fetch_add(unknown, Ordering::Relaxed);
                 }
                 slots.sort_unstable();
                 slots.dedup();
             }
+        }
+        // The publisher's own connection, when it asked to be left out.
+        if let Some(k) = ev.except.and_then(|id| {
+            (id.worker() == self.worker as usize)
+                .then(|| self.resolve(id))
+                .flatten()
+        }) {
+            slots.retain(|&s| s as usize != k);
         }
         let mut reached = 0;
         for &slot in &slots {
@@ -1039,6 +1138,9 @@ impl<H: Handler, Io> Core<H, Io> {
             return false;
         }
         conn.out.push_shared(frame.clone());
+        if conn.out.len() > self.env.high_water {
+            conn.drain_owed = true;
+        }
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
@@ -1096,6 +1198,37 @@ impl<H: Handler, Io> Core<H, Io> {
                 .bindings_refused
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A deferred upgrade's answer arrived from another thread ([`upgrade::Pending`]).
+    fn answer_upgrade(&mut self, id: ConnId, answer: Answer) {
+        let Some(key) = self
+            .resolve(id)
+            .filter(|&k| self.conns[k].machine.is_awaiting())
+        else {
+            tracing::debug!(conn = %id, "answer to an upgrade no longer awaited (timed out or dropped)");
+            return;
+        };
+        let Answer {
+            accept,
+            protocol,
+            headers,
+            result,
+        } = answer;
+        let result = match result.downcast::<Result<H::State, Reject>>() {
+            Ok(r) => *r,
+            Err(_) => {
+                tracing::error!(conn = %id, "a deferred upgrade was answered with a state of another type: 500");
+                Err(Reject::new(500, "internal error\n"))
+            }
+        };
+        let now = self.now;
+        self.with_conn(key, |m, ev, cfg| {
+            let state = ev.finish_upgrade(result, &accept, protocol.as_deref(), &headers);
+            m.handle_upgrade(now, state, cfg, ev);
+        });
+        self.apply_deferred();
+        self.settle(key);
     }
 
     // ---- timers ----
@@ -1176,7 +1309,6 @@ impl<H: Handler, Io> Core<H, Io> {
         let mut shutdown = false;
         for cmd in cmds.drain(..) {
             match cmd {
-                Command::Send(id, frame) => self.send_frame(id, frame),
                 Command::Close(id, code, reason) => self.close_id(id, code, &reason),
                 Command::Shutdown => shutdown = true,
                 Command::Publish(ev) => self.deliver_event(&ev),
@@ -1186,6 +1318,7 @@ impl<H: Handler, Io> Core<H, Io> {
                     reached,
                 } => self.receipt(origin, tag, reached),
                 Command::Bind(id, name, op) => self.bind_op(id, &name, op),
+                Command::Upgrade(id, answer) => self.answer_upgrade(id, *answer),
             }
         }
         self.commands = cmds;

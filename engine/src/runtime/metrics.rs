@@ -85,11 +85,7 @@ pub(crate) fn protocol_closes<'a>(
 
 /// The `200` answer with every worker's counters.
 pub(crate) fn response(handle: &Handle) -> HttpResponse {
-    HttpResponse {
-        status: 200,
-        content_type: CONTENT_TYPE,
-        body: handle.prometheus().into_bytes(),
-    }
+    HttpResponse::new(200, CONTENT_TYPE, handle.prometheus())
 }
 
 /// The metrics listener thread.
@@ -185,7 +181,7 @@ fn serve(mut s: TcpStream, handle: &Handle) -> io::Result<()> {
     let r = match (method, path) {
         (Some(b"GET"), Some(b"/metrics")) => {
             let resp = response(handle);
-            write_http_response(&mut out, resp.status, resp.content_type, &[], &resp.body)
+            write_http_response(&mut out, resp.status, &resp.content_type, &[], &resp.body)
         }
         (Some(b"GET"), _) => write_http_response(&mut out, 404, "text/plain", &[], b"not found\n"),
         _ => write_http_response(

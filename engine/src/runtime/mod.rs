@@ -9,12 +9,14 @@ pub(crate) mod core;
 pub(crate) mod metrics;
 pub(crate) mod queue;
 pub(crate) mod timer;
+pub(crate) mod upgrade;
+
+pub use upgrade::Pending;
 
 use crate::broadcast::Target;
 use crate::driver;
 use crate::handler::{Handler, Message};
-use crate::proto::encode::encode_frame;
-use crate::proto::{CloseCode, Limits, OpCode};
+use crate::proto::{CloseCode, Limits};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -66,6 +68,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Unsent bytes a connection may hold; past it the connection is closed with 1008.
     pub write_budget: usize,
+    /// Unsent bytes past which `Ctx::send` reports `SendStatus::Backpressure` and
+    /// `Handler::on_drain` is owed (run once the queue is down to half of it); at most
+    /// `write_budget`.
+    pub high_water: usize,
     /// Size of each worker's receive buffer (mio).
     pub recv_buffer: usize,
     /// io_uring: most direct descriptors in one ring's fixed-file table (0, the default: the
@@ -107,6 +113,9 @@ pub struct Config {
     /// WebSocket hijacking. A request without `Origin` (not from a browser) is let through.
     /// Empty (the default): every origin.
     pub allowed_origins: Vec<String>,
+    /// Most upgrades one worker lets `Handler::on_upgrade` defer at a time
+    /// (`Upgrade::defer`); past it `defer` answers 503 with `Retry-After: 1` at once.
+    pub max_pending_upgrades: usize,
     /// The I/O backend.
     pub backend: Backend,
 }
@@ -163,6 +172,7 @@ impl Config {
             incomplete_budget: 256 << 20,
             shutdown_timeout: Duration::from_secs(5),
             write_budget: 4 << 20,
+            high_water: 1 << 20,
             recv_buffer: 256 * 1024,
             uring_ring_slots: 0,
             uring_buffers: (1024, 4096),
@@ -174,6 +184,7 @@ impl Config {
             metrics_path: None,
             metrics_addr: None,
             allowed_origins: Vec::new(),
+            max_pending_upgrades: 1024,
             backend: Backend::Auto,
         }
     }
@@ -242,6 +253,13 @@ impl Config {
         self
     }
 
+    /// Sets the high-water mark of a connection's unsent bytes (backpressure and
+    /// `on_drain`; capped at the write budget).
+    pub fn high_water(mut self, bytes: usize) -> Self {
+        self.high_water = bytes;
+        self
+    }
+
     /// Caps the direct descriptors of one io_uring ring (0: the soft open-files limit).
     pub fn uring_ring_slots(mut self, slots: usize) -> Self {
         self.uring_ring_slots = slots;
@@ -288,6 +306,12 @@ impl Config {
     /// io_uring: use zero-copy sends for batches of at least `min` bytes (`None`: never).
     pub fn uring_send_zc(mut self, min: Option<usize>) -> Self {
         self.uring_send_zc_min = min;
+        self
+    }
+
+    /// Sets the most upgrades a worker may have deferred at a time.
+    pub fn max_pending_upgrades(mut self, n: usize) -> Self {
+        self.max_pending_upgrades = n;
         self
     }
 
@@ -483,8 +507,10 @@ stats! {
     opened,
     /// Handshakes refused with an HTTP error.
     handshake_failures,
-    /// Clients dropped for not finishing their request head in time.
+    /// Clients dropped for not finishing their request head (or for a deferred upgrade not answered) in time.
     handshake_timeouts,
+    /// Upgrades `Handler::on_upgrade` deferred (`Upgrade::defer`).
+    upgrades_deferred,
     /// Connections refused with 503 because the server was full.
     rejected_full,
     /// Data messages received.
@@ -536,8 +562,6 @@ stats! {
 /// A request to a worker from another thread.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Queue an encoded frame.
-    Send(ConnId, Vec<u8>),
     /// Start a close handshake.
     Close(ConnId, CloseCode, String),
     /// Stop accepting, close every connection with 1001, exit.
@@ -552,6 +576,8 @@ pub(crate) enum Command {
     },
     /// Change a connection's key or topic bindings.
     Bind(ConnId, Box<str>, core::BindOp),
+    /// The answer to a deferred upgrade.
+    Upgrade(ConnId, Box<upgrade::Answer>),
 }
 
 /// Wakes a worker's poller from another thread.
@@ -628,18 +654,11 @@ impl Handle {
         self.shared.workers.get(id.worker())
     }
 
-    /// Sends a message to a connection. Unknown or closed ids are ignored (and counted).
+    /// Sends a message to a connection: the same as `publish(Target::Conn(id), msg)`.
+    /// Unknown or closed ids are ignored (and counted in `Stats::unknown_target`); the
+    /// connection's write budget applies.
     pub fn send(&self, id: ConnId, msg: Message<'_>) {
-        if let Some(w) = self.worker(id) {
-            let op = if matches!(msg, Message::Text(_)) {
-                OpCode::Text
-            } else {
-                OpCode::Binary
-            };
-            let mut frame = Vec::new();
-            encode_frame(op, msg.as_bytes(), &mut frame);
-            w.push(Command::Send(id, frame));
-        }
+        self.publish(Target::Conn(id), msg);
     }
 
     /// Sends a text message to a connection.
@@ -666,6 +685,17 @@ impl Handle {
     /// Returns false, and delivers nothing, if `target` lists more keys than
     /// `Config::max_keys_per_event` (logged and counted in `publishes_refused`).
     pub fn publish(&self, target: Target<'_>, msg: Message<'_>) -> bool {
+        self.publish_inner(target, msg, None)
+    }
+
+    /// Like [`Handle::publish`], but connection `except` does not receive it even if
+    /// `target` includes it: a service relaying a client's message to the others of its
+    /// room (as `Ctx::publish_others` does inside a callback).
+    pub fn publish_except(&self, target: Target<'_>, msg: Message<'_>, except: ConnId) -> bool {
+        self.publish_inner(target, msg, Some(except))
+    }
+
+    fn publish_inner(&self, target: Target<'_>, msg: Message<'_>, except: Option<ConnId>) -> bool {
         if self.over_key_cap(&target, 0) {
             return false;
         }
@@ -688,6 +718,7 @@ impl Handle {
                             frame: frame.clone(),
                             target,
                             tracker: None,
+                            except,
                         };
                         workers[w].push(Command::Publish(Arc::new(ev)));
                     }
@@ -699,6 +730,7 @@ impl Handle {
                     frame,
                     target,
                     tracker: None,
+                    except,
                 });
                 for w in workers {
                     w.push(Command::Publish(ev.clone()));

@@ -96,7 +96,7 @@ pub fn parse_binary_envelope(b: &[u8]) -> Result<(Vec<&str>, &[u8]), &'static st
 impl Reference {
     fn notify_json(&mut self, ctx: &mut Ctx<'_>, text: &str) {
         let reply_err = |ctx: &mut Ctx<'_>, e: &str| {
-            ctx.send_text(&serde_json::json!({ "error": e }).to_string())
+            ctx.send_text(&serde_json::json!({ "error": e }).to_string());
         };
         let event = match parse_json_envelope(text, self.max_keys_per_event, valid_name) {
             Ok(e) => e,
@@ -142,17 +142,22 @@ impl Reference {
     }
 
     fn pubsub(&mut self, ctx: &mut Ctx<'_>, state: &mut State, msg: Message<'_>) {
+        // Replies are answers to this connection's own commands: read backpressure paces
+        // them, so their SendStatus is not needed.
         let Message::Text(line) = msg else {
-            return ctx.send_text(
+            ctx.send_text(
                 "-ERR pubsub commands are text: SUB topic | UNSUB topic | PUB topic payload",
             );
+            return;
         };
         let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
         match cmd {
-            "SUB" if valid_name(rest) => match ctx.try_subscribe(rest) {
-                Ok(_) => ctx.send_text(&format!("+SUB {rest}")),
-                Err(e) => ctx.send_text(&format!("-ERR too many subscriptions ({e})")),
-            },
+            "SUB" if valid_name(rest) => {
+                let _ = match ctx.try_subscribe(rest) {
+                    Ok(_) => ctx.send_text(&format!("+SUB {rest}")),
+                    Err(e) => ctx.send_text(&format!("-ERR too many subscriptions ({e})")),
+                };
+            }
             "UNSUB" if valid_name(rest) => {
                 ctx.unsubscribe(rest);
                 ctx.send_text(&format!("+UNSUB {rest}"));
@@ -160,7 +165,8 @@ impl Reference {
             "PUB" => {
                 let (topic, payload) = rest.split_once(' ').unwrap_or((rest, ""));
                 if !valid_name(topic) {
-                    return ctx.send_text("-ERR invalid topic");
+                    ctx.send_text("-ERR invalid topic");
+                    return;
                 }
                 if state.pending_pubs.len() >= 1024 {
                     return ctx.close(CloseCode::POLICY_VIOLATION, "too many publishes in flight");
@@ -169,8 +175,12 @@ impl Reference {
                 // A topic target is never refused (only key lists are capped).
                 ctx.publish_tracked(Target::Topic(topic), Message::Text(payload), TAG_PUB);
             }
-            "SUB" | "UNSUB" => ctx.send_text("-ERR invalid topic"),
-            _ => ctx.send_text("-ERR unknown command (SUB, UNSUB, PUB)"),
+            "SUB" | "UNSUB" => {
+                ctx.send_text("-ERR invalid topic");
+            }
+            _ => {
+                ctx.send_text("-ERR unknown command (SUB, UNSUB, PUB)");
+            }
         }
     }
 }
@@ -202,16 +212,12 @@ impl Handler for Reference {
 
     fn on_http(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
         match req.path {
-            "/" | "/index.html" => Some(HttpResponse {
-                status: 200,
-                content_type: "text/html; charset=utf-8",
-                body: INDEX_HTML.replace("MODE", self.mode.name()).into_bytes(),
-            }),
-            _ => Some(HttpResponse {
-                status: 404,
-                content_type: "text/plain",
-                body: b"not found\n".to_vec(),
-            }),
+            "/" | "/index.html" => Some(HttpResponse::new(
+                200,
+                "text/html; charset=utf-8",
+                INDEX_HTML.replace("MODE", self.mode.name()),
+            )),
+            _ => Some(HttpResponse::new(404, "text/plain", "not found\n")),
         }
     }
 
@@ -224,7 +230,9 @@ impl Handler for Reference {
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, state: &mut State, msg: Message<'_>) {
         match self.mode {
-            Mode::Echo => ctx.send(msg),
+            Mode::Echo => {
+                ctx.send(msg);
+            }
             Mode::Broadcast => {
                 ctx.publish(Target::All, msg);
             }
@@ -243,7 +251,9 @@ impl Handler for Reference {
                 r.extend_from_slice(&(reached as u32).to_be_bytes());
                 ctx.send_binary(&r);
             }
-            TAG_JSON => ctx.send_text(&format!("{{\"reached\":{reached}}}")),
+            TAG_JSON => {
+                ctx.send_text(&format!("{{\"reached\":{reached}}}"));
+            }
             _ => {
                 let topic = state.pending_pubs.pop_front().unwrap_or_default();
                 ctx.send_text(&format!("+PUB {topic} {reached}"));

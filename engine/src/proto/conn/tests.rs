@@ -88,17 +88,17 @@ impl Events<u32> for Ev {
     fn held(&mut self) -> &mut Held {
         &mut self.held
     }
-    fn request(&mut self, head: &[u8]) -> Option<u32> {
+    fn request(&mut self, head: &[u8]) -> Head<u32> {
         if head.starts_with(b"GET ") {
             self.queue
                 .extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
             let app = self.next_app;
             self.next_app += 1;
-            Some(app)
+            Head::Open(app)
         } else {
             self.queue
                 .extend_from_slice(b"HTTP/1.1 400 Bad Request\r\n\r\n");
-            None
+            Head::Answered
         }
     }
     fn refuse(&mut self, _e: &HandshakeError) {
