@@ -1,42 +1,55 @@
-//! A chat room: every message is relayed to every other member, and a background thread of
-//! the "host backend" announces the time through the `Handle` every ten seconds.
+//! A chat with rooms, on topics: each room is a topic, a line is published once to the
+//! room's topic leaving out its sender (`Ctx::publish_others`), and the engine fans the one
+//! encoded frame out to every other member on every worker. No lock, no member list, no
+//! per-recipient copy. A thread of the "host backend" announces itself to everyone through
+//! the `Handle` every ten seconds.
 //!
-//! `cargo run --release --example chat`, then connect two WebSocket clients to
-//! ws://127.0.0.1:9002/?name=alice and ws://127.0.0.1:9002/?name=bob.
+//! `cargo run --release --example chat [ADDR]` (default 127.0.0.1:9002), then connect
+//! WebSocket clients to ws://ADDR/?name=alice&room=lobby and ws://ADDR/?name=bob&room=lobby.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use volley::{CloseCode, Config, ConnId, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
+use volley::{CloseCode, Config, Ctx, Handler, Message, Reject, Request, Server, Target, Upgrade};
 
-#[derive(Clone, Default)]
-struct Chat {
-    members: Arc<Mutex<HashSet<ConnId>>>,
-}
+#[derive(Clone)]
+struct Chat;
 
 struct Member {
     name: String,
+    /// The room's topic, `room:<name>`.
+    topic: String,
+}
+
+/// A query parameter's value (no percent-decoding: names are plain ASCII here).
+fn param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn valid(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 impl Handler for Chat {
     type State = Member;
 
     fn on_upgrade(&mut self, req: &Request<'_>, _: &mut Upgrade) -> Result<Member, Reject> {
-        let name = req
-            .query
-            .and_then(|q| q.strip_prefix("name="))
-            .unwrap_or("anonymous");
-        if name.is_empty() || name.len() > 32 {
-            return Err(Reject::new(400, "name must be 1 to 32 bytes"));
+        let name = param(req.query, "name").unwrap_or("anonymous");
+        let room = param(req.query, "room").unwrap_or("lobby");
+        if !valid(name) || !valid(room) {
+            return Err(Reject::new(400, "name and room: 1 to 32 of [A-Za-z0-9_]\n"));
         }
         Ok(Member {
             name: name.to_owned(),
+            topic: format!("room:{room}"),
         })
     }
 
     fn on_open(&mut self, ctx: &mut Ctx<'_>, me: &mut Member) {
-        self.members.lock().unwrap().insert(ctx.id());
+        ctx.subscribe(&me.topic);
         ctx.send_text(&format!("welcome, {}", me.name));
+        let line = format!("* {} joined", me.name);
+        ctx.publish_others(Target::Topic(&me.topic), Message::Text(&line));
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, me: &mut Member, msg: Message<'_>) {
@@ -44,36 +57,27 @@ impl Handler for Chat {
             return ctx.close(CloseCode::UNSUPPORTED_DATA, "text only");
         };
         let line = format!("{}: {text}", me.name);
-        let others: Vec<ConnId> = self
-            .members
-            .lock()
-            .unwrap()
-            .iter()
-            .copied()
-            .filter(|&id| id != ctx.id())
-            .collect();
-        for id in others {
-            ctx.send_to(id, Message::Text(&line));
-        }
+        ctx.publish_others(Target::Topic(&me.topic), Message::Text(&line));
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx<'_>, me: Member, code: CloseCode, _reason: &str) {
-        self.members.lock().unwrap().remove(&ctx.id());
-        println!("{} left ({code})", me.name);
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, me: Member, _code: CloseCode, _reason: &str) {
+        // Delivered after this returns, when this connection is no longer open: only the
+        // others get it.
+        let line = format!("* {} left", me.name);
+        ctx.publish(Target::Topic(&me.topic), Message::Text(&line));
     }
 }
 
 fn main() -> std::io::Result<()> {
-    let chat = Chat::default();
-    let server = Server::start(Config::new("127.0.0.1:9002"), chat.clone())?;
-    println!("chat on ws://{}/?name=you", server.local_addr());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9002".into());
+    let server = Server::start(Config::new(addr), Chat)?;
+    println!("chat on ws://{}/?name=you&room=lobby", server.local_addr());
     let handle = server.handle();
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_secs(10));
-        let members: Vec<ConnId> = chat.members.lock().unwrap().iter().copied().collect();
-        for id in members {
-            handle.send_text(id, "server: still here");
-        }
+        handle.publish(Target::All, Message::Text("server: still here"));
     });
     server.join();
     Ok(())

@@ -117,6 +117,8 @@ pub(crate) struct Outbox<'a> {
     /// the message was not queued and the connection is closed as a slow consumer after the
     /// callback.
     over: bool,
+    /// The callback closed its own connection: nothing more is sent to it.
+    closing: bool,
 }
 
 impl<'a> Outbox<'a> {
@@ -128,6 +130,7 @@ impl<'a> Outbox<'a> {
             sent: 0,
             dropped: 0,
             over: false,
+            closing: false,
         }
     }
 
@@ -142,7 +145,7 @@ impl<'a> Outbox<'a> {
 
     /// Sends to the callback's own connection, within its write budget.
     pub(crate) fn send_own(&mut self, msg: Message<'_>) -> SendStatus {
-        let Some(own) = self.own.as_mut() else {
+        let Some(own) = self.own.as_mut().filter(|_| !self.closing) else {
             return SendStatus::Closed;
         };
         if own.out.len() > self.env.budget {
@@ -190,6 +193,7 @@ impl<'a> Outbox<'a> {
     }
 
     pub(crate) fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+        self.closing |= id == self.own_id;
         self.env
             .deferred
             .push(Deferred::Close(id, code, reason.to_owned()));

@@ -1,0 +1,424 @@
+//! The embedding API as a backend uses it (issue 17): send status and `on_drain`, publish
+//! excluding the sender, upgrades answered later from another thread, headers on
+//! rejections. Each on both backends.
+
+mod common;
+
+use common::{rand_bytes, Got, RawClient};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use volley::proto::encode::encode_client_frame;
+use volley::proto::handshake::{write_client_request, ClientKey};
+use volley::proto::OpCode;
+use volley::{
+    Backend, Config, ConnId, Ctx, Handler, Message, Pending, Reject, Request, SendStatus, Server,
+    Target, Upgrade,
+};
+
+// ---- a producer that pauses on backpressure and resumes on drain ----
+
+const CHUNK: usize = 8 * 1024;
+const TOTAL: u32 = 2_000; // 16 MB through a 64 KiB high-water mark
+
+#[derive(Clone, Default)]
+struct Producer {
+    backpressured: Arc<AtomicUsize>,
+    drains: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+    buffered_at_pause: Arc<AtomicUsize>,
+}
+
+impl Producer {
+    /// Sends numbered chunks until the connection pushes back or all are sent.
+    fn pump(&self, ctx: &mut Ctx<'_>, next: &mut u32) {
+        let mut chunk = vec![0u8; CHUNK];
+        while *next < TOTAL {
+            chunk[..4].copy_from_slice(&next.to_be_bytes());
+            let status = ctx.send_binary(&chunk);
+            match status {
+                SendStatus::Queued => *next += 1,
+                SendStatus::Backpressure => {
+                    *next += 1;
+                    self.backpressured.fetch_add(1, Ordering::Relaxed);
+                    self.buffered_at_pause
+                        .fetch_max(ctx.buffered_amount(), Ordering::Relaxed);
+                    return;
+                }
+                SendStatus::Dropped | SendStatus::Closed => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Handler for Producer {
+    type State = u32;
+    fn on_upgrade(&mut self, _: &Request<'_>, _: &mut Upgrade) -> Result<u32, Reject> {
+        Ok(0)
+    }
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, next: &mut u32) {
+        self.pump(ctx, next);
+    }
+    fn on_message(&mut self, _: &mut Ctx<'_>, _: &mut u32, _: Message<'_>) {}
+    fn on_drain(&mut self, ctx: &mut Ctx<'_>, next: &mut u32) {
+        self.drains.fetch_add(1, Ordering::Relaxed);
+        self.pump(ctx, next);
+    }
+}
+
+fn producer_pauses_on_backpressure_and_resumes_on_drain(b: Backend) {
+    let p = Producer::default();
+    let cfg = Config::new("127.0.0.1:0")
+        .workers(1)
+        .backend(b)
+        .high_water(64 * 1024)
+        .write_budget(256 * 1024);
+    let server = Server::start(cfg, p.clone()).unwrap();
+    let mut c = RawClient::connect(server.local_addr(), "/");
+    // Not reading for a while: the queue fills to the mark and the producer pauses.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(p.backpressured.load(Ordering::Relaxed) >= 1);
+    let paused_at = p.buffered_at_pause.load(Ordering::Relaxed);
+    assert!(
+        paused_at > 64 * 1024 && paused_at <= 64 * 1024 + CHUNK + 16,
+        "paused with {paused_at} bytes buffered"
+    );
+    for i in 0..TOTAL {
+        match c.recv() {
+            Got::Binary(b) => {
+                assert_eq!(b.len(), CHUNK);
+                assert_eq!(
+                    u32::from_be_bytes(b[..4].try_into().unwrap()),
+                    i,
+                    "in order"
+                );
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    assert_eq!(p.dropped.load(Ordering::Relaxed), 0, "nothing dropped");
+    assert!(
+        p.drains.load(Ordering::Relaxed) >= 1,
+        "resumed by on_drain ({} pauses)",
+        p.backpressured.load(Ordering::Relaxed)
+    );
+    let st = server.handle().stats();
+    assert_eq!((st.slow_consumer_closes, st.drops), (0, 0));
+    server.shutdown();
+}
+
+/// Over the write budget a send is refused with `Dropped` (Drop policy: the connection stays).
+#[derive(Clone)]
+struct Flood(Arc<Mutex<Vec<SendStatus>>>);
+
+impl Handler for Flood {
+    type State = ();
+    fn on_upgrade(&mut self, _: &Request<'_>, _: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _: &mut (), _: Message<'_>) {
+        let big = vec![1u8; 20 * 1024];
+        let mut seen = self.0.lock().unwrap();
+        for _ in 0..6 {
+            seen.push(ctx.send_binary(&big));
+        }
+        ctx.close(volley::CloseCode::NORMAL, "");
+        seen.push(ctx.send_text("after close"));
+    }
+}
+
+fn send_reports_dropped_over_the_budget_and_closed_after_close(b: Backend) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let cfg = Config::new("127.0.0.1:0")
+        .workers(1)
+        .backend(b)
+        .high_water(32 * 1024)
+        .write_budget(64 * 1024)
+        .slow_consumer(volley::SlowConsumerPolicy::Drop);
+    let server = Server::start(cfg, Flood(seen.clone())).unwrap();
+    let mut c = RawClient::connect(server.local_addr(), "/");
+    c.send_text("go");
+    let _ = c.expect_close();
+    drop(c);
+    use SendStatus::*;
+    // 20 KiB each: within the 32 KiB mark, then over it, then (past 64 KiB) refused.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            Queued,
+            Backpressure,
+            Backpressure,
+            Backpressure,
+            Dropped,
+            Dropped,
+            Closed
+        ]
+    );
+    assert_eq!(server.handle().stats().drops, 2);
+    server.shutdown();
+}
+
+// ---- publish excluding the sender ----
+
+#[derive(Clone)]
+struct Room {
+    opened: Arc<Mutex<mpsc::Sender<ConnId>>>,
+}
+
+impl Handler for Room {
+    type State = ();
+    fn on_upgrade(&mut self, _: &Request<'_>, _: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, _: &mut ()) {
+        assert!(ctx.subscribe("room"));
+        let _ = self.opened.lock().unwrap().send(ctx.id());
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _: &mut (), msg: Message<'_>) {
+        let Message::Text(t) = msg else { return };
+        if let Some(x) = t.strip_prefix("say:") {
+            assert!(ctx.publish_others(Target::Topic("room"), Message::Text(x)));
+        } else if let Some(x) = t.strip_prefix("echo:") {
+            ctx.send_text(x);
+        }
+    }
+}
+
+/// The next data message must be `want` (nothing before it, so no copy of an earlier one).
+fn next_is(c: &mut RawClient, want: &str) {
+    assert_eq!(c.recv(), Got::Text(want.into()));
+}
+
+fn publish_excluding_the_sender_reaches_everyone_else_once(b: Backend) {
+    let (tx, rx) = mpsc::channel();
+    let room = Room {
+        opened: Arc::new(Mutex::new(tx)),
+    };
+    let server = Server::start(Config::new("127.0.0.1:0").workers(2).backend(b), room).unwrap();
+    let mut clients: Vec<RawClient> = (0..6)
+        .map(|_| RawClient::connect(server.local_addr(), "/"))
+        .collect();
+    let ids: Vec<ConnId> = (0..6)
+        .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
+    // Subscribed in on_open: a round trip through each client makes sure it ran.
+    for c in &mut clients {
+        c.send_text("echo:ready");
+        next_is(c, "ready");
+    }
+    clients[0].send_text("say:hello");
+    // The sender's own publish would arrive before the echo of its next message.
+    clients[0].send_text("echo:end");
+    next_is(&mut clients[0], "end");
+    for c in &mut clients[1..] {
+        next_is(c, "hello");
+        c.send_text("echo:end");
+        next_is(c, "end");
+    }
+    // From another thread: Handle::publish_except leaves one connection out, whichever
+    // client it is (the test does not know which client got which id, so it checks counts).
+    let h = server.handle();
+    assert!(h.publish_except(Target::Topic("room"), Message::Text("news"), ids[3]));
+    let mut got = 0;
+    for c in &mut clients {
+        c.send_text("echo:end");
+        match c.recv() {
+            Got::Text(t) if t == "news" => {
+                got += 1;
+                next_is(c, "end");
+            }
+            Got::Text(t) if t == "end" => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, 5, "everyone but the excluded connection, once");
+    server.shutdown();
+}
+
+// ---- upgrades answered later, rejections with headers ----
+
+#[derive(Clone, Default)]
+struct Auth {
+    /// Upgrades deliberately never answered (kept alive so they are not dropped).
+    kept: Arc<Mutex<Vec<Pending<String>>>>,
+}
+
+impl Handler for Auth {
+    type State = String;
+    fn on_upgrade(&mut self, req: &Request<'_>, up: &mut Upgrade) -> Result<String, Reject> {
+        let token = req
+            .query
+            .and_then(|q| q.strip_prefix("token="))
+            .unwrap_or("")
+            .to_owned();
+        match token.as_str() {
+            "sync-bad" => Err(Reject::new(401, "no token\n")
+                .header("WWW-Authenticate", "Bearer realm=\"volley\"")
+                .header("Retry-After", "5")),
+            "sync-inject" => {
+                Err(Reject::new(401, "no\n").header("WWW-Authenticate", "x\r\nSet-Cookie: evil=1"))
+            }
+            "never" => {
+                let kept = self.kept.clone();
+                up.defer(move |p| kept.lock().unwrap().push(p))
+            }
+            "drop" => up.defer(drop::<Pending<String>>),
+            _ => up.defer(move |mut p: Pending<String>| {
+                // The "auth service": another thread that takes its time.
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    match token.as_str() {
+                        t if t.starts_with("good") => {
+                            p.header("X-User", t);
+                            p.accept(format!("user {t}"))
+                        }
+                        "inject" => {
+                            p.header("X-User", "a\r\nSet-Cookie: evil=1");
+                            p.accept("never opens".into())
+                        }
+                        _ => p.reject(
+                            Reject::new(401, "bad token\n")
+                                .header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
+                                .header("Retry-After", "7"),
+                        ),
+                    }
+                });
+            }),
+        }
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, who: &mut String, _: Message<'_>) {
+        ctx.send_text(who);
+    }
+}
+
+fn auth_server(b: Backend, cfg: impl FnOnce(Config) -> Config) -> (Server, Auth) {
+    let auth = Auth::default();
+    let c = cfg(Config::new("127.0.0.1:0").workers(1).backend(b));
+    (Server::start(c, auth.clone()).unwrap(), auth)
+}
+
+fn deferred_upgrade_accepted_from_another_thread_opens(b: Backend) {
+    let (server, _) = auth_server(b, |c| c);
+    let mut c = RawClient::connect(server.local_addr(), "/?token=good1");
+    assert!(c.head.contains("X-User: good1\r\n"), "{}", c.head);
+    c.send_text("who");
+    assert_eq!(c.recv(), Got::Text("user good1".into()));
+    // A client that sends a frame right behind its request (before the 101): it is kept
+    // while the answer is pending and handled once the connection opens.
+    let addr = server.local_addr();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let key = ClientKey::from_nonce(rand_bytes());
+    let mut bytes = Vec::new();
+    write_client_request(&mut bytes, &addr.to_string(), "/?token=good2", &key, &[]).unwrap();
+    encode_client_frame(OpCode::Text, true, b"who", rand_bytes::<4>(), &mut bytes);
+    s.write_all(&bytes).unwrap();
+    let want = b"\x81\x0auser good2";
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while memchr::memmem::find(&got, want).is_none() {
+        let n = s.read(&mut tmp).expect("the early frame is answered");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&tmp[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101 "));
+    assert_eq!(server.handle().stats().upgrades_deferred, 2);
+    server.shutdown();
+}
+
+fn rejections_carry_headers_now_or_later(b: Backend) {
+    let (server, _) = auth_server(b, |c| c);
+    let addr = server.local_addr();
+    let c = RawClient::connect_raw(addr, "/?token=sync-bad", &[]);
+    assert_eq!(c.status, 401, "{}", c.head);
+    assert!(c
+        .head
+        .contains("WWW-Authenticate: Bearer realm=\"volley\"\r\n"));
+    assert!(c.head.contains("Retry-After: 5\r\n"));
+    let c = RawClient::connect_raw(addr, "/?token=bad", &[]);
+    assert_eq!(c.status, 401, "{}", c.head);
+    assert!(c
+        .head
+        .contains("WWW-Authenticate: Bearer error=\"invalid_token\"\r\n"));
+    assert!(c.head.contains("Retry-After: 7\r\n"));
+    // CR/LF in a header: a 500, and nothing injected, now or later.
+    for token in ["sync-inject", "inject"] {
+        let c = RawClient::connect_raw(addr, &format!("/?token={token}"), &[]);
+        assert_eq!(c.status, 500, "{}", c.head);
+        assert!(!c.head.contains("Set-Cookie"), "{}", c.head);
+    }
+    // A Pending dropped unanswered: 500 at once, not a wait for the timeout.
+    let t = Instant::now();
+    let c = RawClient::connect_raw(addr, "/?token=drop", &[]);
+    assert_eq!(c.status, 500, "{}", c.head);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    server.shutdown();
+}
+
+/// Reads until the server closes; returns what came and how long it took.
+fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    (got, t.elapsed())
+}
+
+fn raw_upgrade(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let key = ClientKey::from_nonce(rand_bytes());
+    let mut req = Vec::new();
+    write_client_request(&mut req, &addr.to_string(), path, &key, &[]).unwrap();
+    s.write_all(&req).unwrap();
+    s
+}
+
+fn deferred_upgrade_never_answered_is_dropped_at_the_handshake_timeout(b: Backend) {
+    let (server, auth) = auth_server(b, |c| {
+        c.handshake_timeout(Duration::from_millis(500))
+            .max_pending_upgrades(2)
+    });
+    let addr = server.local_addr();
+    let mut a = raw_upgrade(addr, "/?token=never");
+    let mut b2 = raw_upgrade(addr, "/?token=never");
+    // Wait until both are pending, then the third is over the bound: 503 at once.
+    let t = Instant::now();
+    while auth.kept.lock().unwrap().len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let c = RawClient::connect_raw(addr, "/?token=never", &[]);
+    assert_eq!(c.status, 503, "{}", c.head);
+    assert!(c.head.contains("Retry-After: 1\r\n"));
+    for s in [&mut a, &mut b2] {
+        let (got, took) = read_to_close(s);
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        assert!(
+            took < Duration::from_secs(3),
+            "dropped at the timeout: {took:?}"
+        );
+    }
+    assert!(server.handle().stats().handshake_timeouts >= 2);
+    // Answers after the timeout are ignored; the bound is free again.
+    for p in auth.kept.lock().unwrap().drain(..) {
+        p.accept("late".into());
+    }
+    let mut c = RawClient::connect(addr, "/?token=good3");
+    c.send_text("who");
+    assert_eq!(c.recv(), Got::Text("user good3".into()));
+    server.shutdown();
+}
+
+both_backends!(
+    producer_pauses_on_backpressure_and_resumes_on_drain,
+    send_reports_dropped_over_the_budget_and_closed_after_close,
+    publish_excluding_the_sender_reaches_everyone_else_once,
+    deferred_upgrade_accepted_from_another_thread_opens,
+    rejections_carry_headers_now_or_later,
+    deferred_upgrade_never_answered_is_dropped_at_the_handshake_timeout,
+);
