@@ -201,6 +201,30 @@ impl Config {
         self
     }
 
+    /// Sets the listen backlog.
+    pub fn backlog(mut self, n: i32) -> Self {
+        self.backlog = n;
+        self
+    }
+
+    /// Sets the largest request head (431 beyond it).
+    pub fn max_head(mut self, bytes: usize) -> Self {
+        self.max_head = bytes;
+        self
+    }
+
+    /// Sets how long a graceful shutdown waits for close handshakes.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Sets the size of each worker's receive buffer (mio).
+    pub fn recv_buffer(mut self, bytes: usize) -> Self {
+        self.recv_buffer = bytes;
+        self
+    }
+
     /// Sets the maximum frame and message sizes.
     pub fn limits(mut self, max_frame: usize, max_message: usize) -> Self {
         self.limits = Limits {

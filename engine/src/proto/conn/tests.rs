@@ -19,6 +19,10 @@ struct Ev {
     /// The handler echoes each message; over the budget it asks for a slow-consumer close.
     echo: bool,
     next_app: u32,
+    /// `request` defers its answer (as `Upgrade::defer` does).
+    defer: bool,
+    /// `upgrade_settled` calls.
+    settled: u32,
 }
 
 impl Ev {
@@ -32,6 +36,8 @@ impl Ev {
             messages: Vec::new(),
             echo: false,
             next_app: 1,
+            defer: false,
+            settled: 0,
         }
     }
 
@@ -89,6 +95,9 @@ impl Events<u32> for Ev {
         &mut self.held
     }
     fn request(&mut self, head: &[u8]) -> Head<u32> {
+        if self.defer {
+            return Head::Deferred;
+        }
         if head.starts_with(b"GET ") {
             self.queue
                 .extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
@@ -100,6 +109,9 @@ impl Events<u32> for Ev {
                 .extend_from_slice(b"HTTP/1.1 400 Bad Request\r\n\r\n");
             Head::Answered
         }
+    }
+    fn upgrade_settled(&mut self) {
+        self.settled += 1;
     }
     fn refuse(&mut self, _e: &HandshakeError) {
         self.queue
@@ -577,4 +589,81 @@ fn a_slow_consumer_is_closed_with_1008_and_its_queue_dropped() {
         s.ev.frames(),
         vec![(OpCode::Close, 1008u16.to_be_bytes().to_vec())]
     );
+}
+
+fn deferred(cfg: ConnConfig) -> Sim {
+    let mut s = Sim::new(cfg);
+    s.ev.defer = true;
+    s
+}
+
+#[test]
+fn a_deferred_upgrade_keeps_the_handshake_deadline() {
+    let mut s = deferred(cfg());
+    s.read(HEAD);
+    assert!(s.conn.is_awaiting() && s.conn.is_handshaking());
+    assert_eq!(s.deadline_ms(), Some(1000));
+    s.at(500);
+    s.read(&client(OpCode::Text, true, b"early"));
+    assert_eq!(s.deadline_ms(), Some(1000), "bytes do not extend it");
+    assert_eq!(s.at(1000), Some(Timeout::Handshake));
+    assert!(s.conn.is_closed());
+    assert_eq!(s.ev.settled, 1);
+    assert!(s.ev.messages.is_empty() && s.ev.closes.is_empty());
+    // A late answer changes nothing.
+    s.conn.handle_upgrade(s.now, Some(9), &s.cfg, &mut s.ev);
+    assert!(s.conn.is_closed());
+    assert_eq!((s.ev.opened, s.ev.settled), (0, 1));
+}
+
+#[test]
+fn a_deferred_accept_opens_and_handles_what_the_client_sent_early() {
+    let mut s = deferred(cfg());
+    let mut bytes = HEAD.to_vec();
+    bytes.extend(client(OpCode::Text, true, b"hi"));
+    bytes.extend(client(OpCode::Text, false, b"par"));
+    s.read(&bytes);
+    assert!(s.conn.is_awaiting());
+    assert!(s.ev.messages.is_empty(), "nothing reaches the handler before it opens");
+    s.conn.handle_upgrade(s.now, Some(5), &s.cfg, &mut s.ev);
+    assert!(s.conn.is_open());
+    assert_eq!((s.ev.opened, s.ev.settled), (1, 1));
+    assert_eq!(s.ev.messages, vec![b"hi".to_vec()]);
+    // The rest of the fragmented message completes as usual.
+    s.read(&client(OpCode::Continuation, true, b"t"));
+    assert_eq!(s.ev.messages, vec![b"hi".to_vec(), b"part".to_vec()]);
+}
+
+#[test]
+fn a_deferred_reject_drains_and_closes() {
+    let mut s = deferred(cfg());
+    s.read(HEAD);
+    s.conn.handle_upgrade(s.now, None, &s.cfg, &mut s.ev);
+    assert!(!s.conn.is_open() && !s.conn.is_handshaking());
+    assert_eq!((s.ev.opened, s.ev.settled), (0, 1));
+    assert!(s.flush(), "our side is shut once the answer is out");
+}
+
+#[test]
+fn early_bytes_past_a_request_head_drop_a_deferred_upgrade() {
+    let mut c = cfg();
+    c.max_head = 256;
+    let mut s = deferred(c);
+    s.read(HEAD);
+    s.read(&[0u8; 200]);
+    assert!(s.conn.is_awaiting());
+    s.read(&[0u8; 100]);
+    assert!(s.conn.is_closed());
+    assert_eq!(s.ev.settled, 1);
+}
+
+#[test]
+fn eof_while_an_upgrade_is_deferred_settles_it_once() {
+    let mut s = deferred(cfg());
+    s.read(HEAD);
+    s.conn.handle_eof(s.now, &mut s.ev);
+    assert!(s.conn.is_closed());
+    assert_eq!(s.ev.settled, 1);
+    s.conn.abort(CloseCode::ABNORMAL, "", &mut s.ev);
+    assert_eq!(s.ev.settled, 1);
 }
