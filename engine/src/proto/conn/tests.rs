@@ -624,7 +624,10 @@ fn a_deferred_accept_opens_and_handles_what_the_client_sent_early() {
     bytes.extend(client(OpCode::Text, false, b"par"));
     s.read(&bytes);
     assert!(s.conn.is_awaiting());
-    assert!(s.ev.messages.is_empty(), "nothing reaches the handler before it opens");
+    assert!(
+        s.ev.messages.is_empty(),
+        "nothing reaches the handler before it opens"
+    );
     s.conn.handle_upgrade(s.now, Some(5), &s.cfg, &mut s.ev);
     assert!(s.conn.is_open());
     assert_eq!((s.ev.opened, s.ev.settled), (1, 1));
