@@ -11,7 +11,12 @@ use crate::runtime::core::Outbox;
 use crate::runtime::upgrade::DeferSlot;
 use crate::runtime::{ConnId, Handle, Pending};
 
-/// A data message received from a client. Control frames are handled by the engine.
+/// A data message, received from a client or sent to one. Control frames are the engine's.
+///
+/// The one message type of the embedding API. [`crate::proto::Message`] is the sans-IO
+/// decoder's output for those who drive the protocol core themselves (a client, a
+/// load generator): the same `Text` and `Binary`, plus the control frames; convert with
+/// `From` and `TryFrom`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message<'a> {
     /// A text message (valid UTF-8, checked).
@@ -26,6 +31,28 @@ impl<'a> Message<'a> {
         match self {
             Message::Text(t) => t.as_bytes(),
             Message::Binary(b) => b,
+        }
+    }
+}
+
+impl<'a> From<Message<'a>> for crate::proto::Message<'a> {
+    fn from(m: Message<'a>) -> Self {
+        match m {
+            Message::Text(t) => crate::proto::Message::Text(t),
+            Message::Binary(b) => crate::proto::Message::Binary(b),
+        }
+    }
+}
+
+impl<'a> TryFrom<crate::proto::Message<'a>> for Message<'a> {
+    /// A control frame (ping, pong, close) is not a data message: given back.
+    type Error = crate::proto::Message<'a>;
+
+    fn try_from(m: crate::proto::Message<'a>) -> Result<Self, Self::Error> {
+        match m {
+            crate::proto::Message::Text(t) => Ok(Message::Text(t)),
+            crate::proto::Message::Binary(b) => Ok(Message::Binary(b)),
+            control => Err(control),
         }
     }
 }
@@ -79,6 +106,10 @@ impl Upgrade {
     /// }
     /// ```
     pub fn defer<S: Send + 'static>(&mut self, f: impl FnOnce(Pending<S>)) -> Result<S, Reject> {
+        if self.deferred {
+            tracing::error!("Upgrade::defer called twice: the first Pending answers");
+            return Err(Reject::new(500, "internal error\n"));
+        }
         let Some(slot) = self.slot.take() else {
             tracing::info!(
                 "upgrade refused: max_pending_upgrades deferred upgrades on this worker"
@@ -304,12 +335,12 @@ impl Ctx<'_> {
         self.out.buffered()
     }
 
-    /// Sends a message to another connection (of any worker): the same as
-    /// `publish(Target::Conn(id), msg)` (the frame is encoded once, not copied per
-    /// recipient). Unknown or closed ids are ignored and counted (`Stats::unknown_target`);
+    /// Sends a message to another connection (of any worker), after the callback returns:
+    /// delivered as `publish(Target::Conn(id), msg)` is (one shared frame, queued by
+    /// reference). Unknown or closed ids are ignored and counted (`Stats::unknown_target`);
     /// the recipient's write budget applies.
     pub fn send_to(&mut self, id: ConnId, msg: Message<'_>) {
-        self.out.publish(Target::Conn(id), msg, None, None);
+        self.out.send_to(id, msg);
     }
 
     /// Starts the close handshake of this connection with `code` and `reason`.

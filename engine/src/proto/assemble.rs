@@ -64,6 +64,8 @@ impl Default for Limits {
 }
 
 /// A complete message (or control frame), borrowed from the input or the assembly buffer.
+/// The embedding API's [`crate::Message`] is its data part (`Text`, `Binary`); `From` and
+/// `TryFrom` convert between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message<'a> {
     /// A text message, valid UTF-8.

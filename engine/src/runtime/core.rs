@@ -66,6 +66,8 @@ enum Deferred {
     /// A frame for the callback's own connection, already admitted within its budget, that
     /// waits behind an earlier deferred publish (so the connection sees both in order).
     SendOwn(ConnId, Vec<u8>),
+    /// A message for another connection (`Ctx::send_to`).
+    Send(ConnId, Arc<[u8]>),
     Close(ConnId, CloseCode, String),
     /// A publish: the frame, its target, (origin, tag) if the origin wants a receipt, and
     /// the connection it skips.
@@ -190,6 +192,13 @@ impl<'a> Outbox<'a> {
         } else {
             SendStatus::Queued
         }
+    }
+
+    /// A message for another connection (or for this one, after what is deferred).
+    pub(crate) fn send_to(&mut self, id: ConnId, msg: Message<'_>) {
+        self.env
+            .deferred
+            .push(Deferred::Send(id, encode_shared(msg)));
     }
 
     pub(crate) fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
@@ -474,10 +483,8 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
     }
 
     fn message(&mut self, app: &mut H::State, msg: proto::Message<'_>) -> Verdict {
-        let data = match msg {
-            proto::Message::Text(t) => Message::Text(t),
-            proto::Message::Binary(b) => Message::Binary(b),
-            _ => return Verdict::Continue,
+        let Ok(data) = Message::try_from(msg) else {
+            return Verdict::Continue;
         };
         self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
         self.call(app, |h, ctx, s| h.on_message(ctx, s, data))
@@ -828,6 +835,7 @@ impl<H: Handler, Io> Core<H, Io> {
             for d in batch {
                 match d {
                     Deferred::SendOwn(id, frame) => self.send_own(id, frame),
+                    Deferred::Send(id, frame) => self.send_shared(id, frame),
                     Deferred::Close(id, code, reason) => self.close_id(id, code, &reason),
                     Deferred::Publish(frame, target, tag, except) => {
                         self.publish(frame, target, tag, except)
@@ -855,6 +863,29 @@ impl<H: Handler, Io> Core<H, Io> {
         };
         self.conns[key].out.push_owned(frame);
         self.mark_output(key);
+    }
+
+    /// Queues a shared frame for one connection of any worker (`send_to`, `Handle::send`).
+    fn send_shared(&mut self, id: ConnId, frame: Arc<[u8]>) {
+        if id.worker() != self.worker as usize {
+            if let Some(w) = self.shared.workers.get(id.worker()) {
+                w.push(Command::Send(id, frame));
+            }
+            return;
+        }
+        let Some(key) = self
+            .resolve(id)
+            .filter(|&k| self.conns[k].machine.is_open())
+        else {
+            self.me()
+                .stats
+                .unknown_target
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if self.push_shared_to(key, &frame) {
+            self.me().stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn close_id(&mut self, id: ConnId, code: CloseCode, reason: &str) {
@@ -1313,6 +1344,7 @@ impl<H: Handler, Io> Core<H, Io> {
         let mut shutdown = false;
         for cmd in cmds.drain(..) {
             match cmd {
+                Command::Send(id, frame) => self.send_shared(id, frame),
                 Command::Close(id, code, reason) => self.close_id(id, code, &reason),
                 Command::Shutdown => shutdown = true,
                 Command::Publish(ev) => self.deliver_event(&ev),

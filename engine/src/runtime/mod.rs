@@ -586,6 +586,8 @@ stats! {
 /// A request to a worker from another thread.
 #[derive(Debug)]
 pub(crate) enum Command {
+    /// Queue a message for one connection (the frame shared as a publish's is).
+    Send(ConnId, Arc<[u8]>),
     /// Start a close handshake.
     Close(ConnId, CloseCode, String),
     /// Stop accepting, close every connection with 1001, exit.
@@ -678,11 +680,14 @@ impl Handle {
         self.shared.workers.get(id.worker())
     }
 
-    /// Sends a message to a connection: the same as `publish(Target::Conn(id), msg)`.
-    /// Unknown or closed ids are ignored (and counted in `Stats::unknown_target`); the
-    /// connection's write budget applies.
+    /// Sends a message to a connection: delivered as `publish(Target::Conn(id), msg)` is
+    /// (one shared frame, queued by reference), in order with this thread's other sends and
+    /// publishes. Unknown or closed ids are ignored (and counted in
+    /// `Stats::unknown_target`); the connection's write budget applies.
     pub fn send(&self, id: ConnId, msg: Message<'_>) {
-        self.publish(Target::Conn(id), msg);
+        if let Some(w) = self.worker(id) {
+            w.push(Command::Send(id, crate::broadcast::encode_shared(msg)));
+        }
     }
 
     /// Sends a text message to a connection.
