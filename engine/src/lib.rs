@@ -13,7 +13,10 @@
 //! * [`Server`], [`Config`], [`Handle`]: the thread-per-core runtime: one worker per core,
 //!   each with its own poller, `SO_REUSEPORT` listener, slab of connections, timer wheel and
 //!   inbox.
-//! * [`Handler`], [`Ctx`]: what an application implements and what its callbacks can do.
+//! * [`Handler`], [`Ctx`]: what an application implements and what its callbacks can do:
+//!   sends that report backpressure ([`SendStatus`], [`Handler::on_drain`]), publishes to
+//!   [`Target`]s (leaving the sender out with [`Ctx::publish_others`]), upgrades answered
+//!   later from any thread ([`Upgrade::defer`], [`Pending`]). docs/embedding.md is the guide.
 //!
 //! # Embedding in ten lines
 //! ```no_run
