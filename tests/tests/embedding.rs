@@ -274,11 +274,11 @@ impl Handler for Auth {
                     std::thread::sleep(Duration::from_millis(50));
                     match token.as_str() {
                         t if t.starts_with("good") => {
-                            p.header("X-User", t);
+                            p.upgrade().header("X-User", t);
                             p.accept(format!("user {t}"))
                         }
                         "inject" => {
-                            p.header("X-User", "a\r\nSet-Cookie: evil=1");
+                            p.upgrade().header("X-User", "a\r\nSet-Cookie: evil=1");
                             p.accept("never opens".into())
                         }
                         _ => p.reject(

@@ -7,7 +7,7 @@
 //! key and the response headers it needs: the worker keeps nothing for it but the phase.
 
 use super::{Command, ConnId, Handle};
-use crate::handler::{HttpResponse, Reject};
+use crate::handler::{HttpResponse, Reject, Upgrade};
 use crate::proto::handshake::{write_accept_response, write_http_response, AcceptKey};
 use std::any::Any;
 use std::fmt;
@@ -48,8 +48,8 @@ impl fmt::Debug for Answer {
 /// dropped unanswered rejects the upgrade with 500 (logged).
 pub struct Pending<S: Send + 'static> {
     slot: Option<DeferSlot>,
-    protocol: Option<String>,
-    headers: Vec<(String, String)>,
+    /// The 101's subprotocol and headers (never deferred again: it holds no slot).
+    upgrade: Upgrade,
     _state: PhantomData<fn() -> S>,
 }
 
@@ -69,8 +69,11 @@ impl<S: Send + 'static> Pending<S> {
     ) -> Self {
         Pending {
             slot: Some(slot),
-            protocol,
-            headers,
+            upgrade: Upgrade {
+                protocol,
+                headers,
+                ..Upgrade::default()
+            },
             _state: PhantomData,
         }
     }
@@ -80,16 +83,10 @@ impl<S: Send + 'static> Pending<S> {
         self.slot.as_ref().expect("answered once").id
     }
 
-    /// Chooses one of the subprotocols the client offered, for the 101.
-    pub fn protocol(&mut self, p: impl Into<String>) -> &mut Self {
-        self.protocol = Some(p.into());
-        self
-    }
-
-    /// Adds a header to the 101. A name or value with CR/LF fails the upgrade with 500.
-    pub fn header(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.headers.push((name.into(), value.into()));
-        self
+    /// What the 101 will carry: the subprotocol and headers set in `on_upgrade` so far, to
+    /// change before [`Pending::accept`] (`pending.upgrade().header("X-User", name)`).
+    pub fn upgrade(&mut self) -> &mut Upgrade {
+        &mut self.upgrade
     }
 
     /// Accepts: the 101 is sent and the connection opens with `state` (`on_open` follows,
@@ -107,8 +104,8 @@ impl<S: Send + 'static> Pending<S> {
         let Some(slot) = self.slot.take() else { return };
         let answer = Answer {
             accept: slot.accept,
-            protocol: self.protocol.take(),
-            headers: std::mem::take(&mut self.headers),
+            protocol: self.upgrade.protocol.take(),
+            headers: std::mem::take(&mut self.upgrade.headers),
             result: Box::new(result),
         };
         if let Some(w) = slot.handle.shared.workers.get(slot.id.worker()) {
