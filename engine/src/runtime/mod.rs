@@ -730,42 +730,10 @@ impl Handle {
         }
         let frame = crate::broadcast::encode_shared(msg);
         let workers = &self.shared.workers;
-        match target {
-            Target::Conn(_) | Target::Conns(_) => {
-                let ids: &[ConnId] = match &target {
-                    Target::Conn(id) => std::slice::from_ref(id),
-                    Target::Conns(ids) => ids,
-                    _ => unreachable!(),
-                };
-                for (w, ids) in crate::broadcast::group_by_worker(ids, workers.len())
-                    .into_iter()
-                    .enumerate()
-                {
-                    if !ids.is_empty() {
-                        let target = crate::broadcast::OwnedTarget::Conns(ids);
-                        let ev = crate::broadcast::Event {
-                            frame: frame.clone(),
-                            target,
-                            tracker: None,
-                            except,
-                        };
-                        workers[w].push(Command::Publish(Arc::new(ev)));
-                    }
-                }
-            }
-            _ => {
-                let target = crate::broadcast::OwnedTarget::from_target(&target);
-                let ev = Arc::new(crate::broadcast::Event {
-                    frame,
-                    target,
-                    tracker: None,
-                    except,
-                });
-                for w in workers {
-                    w.push(Command::Publish(ev.clone()));
-                }
-            }
-        }
+        let target = crate::broadcast::OwnedTarget::from_target(&target);
+        crate::broadcast::route(frame, target, workers.len(), None, except, |w, ev| {
+            workers[w].push(Command::Publish(ev))
+        });
         if let Some(w) = workers.first() {
             w.stats.events_published.fetch_add(1, Ordering::Relaxed);
         }
