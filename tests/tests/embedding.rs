@@ -109,6 +109,7 @@ fn producer_pauses_on_backpressure_and_resumes_on_drain(b: Backend) {
     );
     let st = server.handle().stats();
     assert_eq!((st.slow_consumer_closes, st.drops), (0, 0));
+    drop(c);
     server.shutdown();
 }
 
@@ -239,6 +240,7 @@ fn publish_excluding_the_sender_reaches_everyone_else_once(b: Backend) {
         next_is(c, "end");
     }
     assert_eq!(got, 5, "everyone but the excluded connection, once");
+    drop(clients);
     server.shutdown();
 }
 
@@ -330,6 +332,7 @@ fn deferred_upgrade_accepted_from_another_thread_opens(b: Backend) {
     }
     assert!(got.starts_with(b"HTTP/1.1 101 "));
     assert_eq!(server.handle().stats().upgrades_deferred, 2);
+    drop((c, s));
     server.shutdown();
 }
 
@@ -413,6 +416,7 @@ fn deferred_upgrade_never_answered_is_dropped_at_the_handshake_timeout(b: Backen
     let mut c = RawClient::connect(addr, "/?token=good3");
     c.send_text("who");
     assert_eq!(c.recv(), Got::Text("user good3".into()));
+    drop(c);
     server.shutdown();
 }
 
