@@ -10,6 +10,10 @@
 //!   never one per recipient. Keys and topics are looked up by the worker that owns the
 //!   connections (each worker holds its part of the tables, see [`registry`]); lists of
 //!   connections are grouped by worker before they leave the publisher.
+//! * With permessage-deflate on, an event also carries the cell of its compressed twin
+//!   ([`Twin`]): the first worker with a recipient that negotiated compression fills it
+//!   (one deflate per event, whatever the recipients and workers), and each recipient gets
+//!   the variant it negotiated by reference.
 
 pub(crate) mod registry;
 
@@ -18,7 +22,7 @@ use crate::proto::frame::encode_header;
 use crate::proto::OpCode;
 use crate::runtime::ConnId;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Who receives an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,19 @@ pub(crate) struct Event {
     pub(crate) frame: Arc<[u8]>,
     pub(crate) target: OwnedTarget,
     pub(crate) tracker: Option<Arc<Tracker>>,
+    /// The compressed twin's cell (`None` when the server does not compress).
+    pub(crate) twin: Twin,
+}
+
+/// The compressed twin of an event's frame: filled at most once, by the first worker that
+/// delivers it to a connection with permessage-deflate; `Some(None)` inside when the
+/// payload is under the threshold or does not shrink. Shared by the parts of an event split
+/// by worker, so it is compressed once per event, not once per worker.
+pub(crate) type Twin = Option<Arc<OnceLock<Option<Arc<[u8]>>>>>;
+
+/// An empty twin cell when the server compresses (one allocation per event), else none.
+pub(crate) fn new_twin(deflate: bool) -> Twin {
+    deflate.then(|| Arc::new(OnceLock::new()))
 }
 
 /// Encodes a message once as a complete, unmasked server frame in one allocation.
