@@ -446,13 +446,23 @@ mod tests {
         wire: &[u8],
         chunk: usize,
     ) -> Result<Vec<Owned>, ProtocolError> {
+        feed_chunked_with(dec, wire, chunk, None)
+    }
+
+    /// [`feed_chunked`] on a connection with permessage-deflate (`inf` given).
+    pub(crate) fn feed_chunked_with(
+        dec: &mut Decoder,
+        wire: &[u8],
+        chunk: usize,
+        mut inf: Option<&mut Inflater>,
+    ) -> Result<Vec<Owned>, ProtocolError> {
         let mut out = Vec::new();
         let mut pending: Vec<u8> = Vec::new();
         for piece in wire.chunks(chunk.max(1)) {
             pending.extend_from_slice(piece);
             let mut pos = 0;
             loop {
-                let step = dec.decode(&mut pending[pos..])?;
+                let step = dec.decode_with(&mut pending[pos..], inf.as_deref_mut())?;
                 pos += step.consumed;
                 match step.message {
                     Some(m) => out.push(own(m)),
@@ -733,5 +743,156 @@ mod tests {
         let w = client(OpCode::Binary, true, &payload);
         let out = feed_chunked(&mut server_dec(), &w, 64 * 1024 + 7).unwrap();
         assert_eq!(out, vec![Owned::Binary(payload)]);
+    }
+
+    /// A compressed client frame: RSV1 on the first frame only, as RFC 7692 section 6.1 says.
+    fn compressed_frames(op: OpCode, payload: &[u8], pieces: usize) -> Vec<u8> {
+        let mut c = Vec::new();
+        crate::proto::deflate::Deflater::new(6).compress(15, payload, &mut c);
+        let size = c.len().div_ceil(pieces.max(1)).max(1);
+        let mut wire = Vec::new();
+        let parts: Vec<&[u8]> = if c.is_empty() {
+            vec![&[][..]]
+        } else {
+            c.chunks(size).collect()
+        };
+        for (i, part) in parts.iter().enumerate() {
+            let first = i == 0;
+            let op = if first { op } else { OpCode::Continuation };
+            let mut f = client(op, i + 1 == parts.len(), part);
+            if first {
+                f[0] |= 0x40;
+            }
+            wire.extend(f);
+        }
+        wire
+    }
+
+    #[test]
+    fn compressed_messages_inflate_at_every_split() {
+        let text = "κόσμε {\"a\":1} ".repeat(200);
+        let mut wire = compressed_frames(OpCode::Text, text.as_bytes(), 3);
+        wire.extend(client(OpCode::Ping, true, b"p"));
+        wire.extend(compressed_frames(OpCode::Binary, &[9u8; 5000], 1));
+        // An uncompressed message on the same connection goes as before.
+        wire.extend(client(OpCode::Text, true, b"plain"));
+        let expect = vec![
+            Owned::Text(text.clone()),
+            Owned::Ping(b"p".to_vec()),
+            Owned::Binary(vec![9u8; 5000]),
+            Owned::Text("plain".into()),
+        ];
+        let mut inf = Inflater::new(256);
+        for chunk in [1, 2, 7, 64, 1000, wire.len()] {
+            let mut d = server_dec();
+            let got = feed_chunked_with(&mut d, &wire, chunk, Some(&mut inf)).unwrap();
+            assert_eq!(got, expect, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn rsv1_rules() {
+        let mut inf = Inflater::new(256);
+        let mut rsv1 = |op, fin: bool, with: bool| {
+            let mut w = client(op, fin, b"\x00");
+            w[0] |= 0x40;
+            let d = &mut server_dec();
+            let inf = if with { Some(&mut inf) } else { None };
+            feed_chunked_with(d, &w, 100, inf).unwrap_err()
+        };
+        // Without negotiation, RSV1 is a reserved bit.
+        assert_eq!(rsv1(OpCode::Text, true, false), ProtocolError::ReservedBits);
+        for op in [OpCode::Ping, OpCode::Pong, OpCode::Close] {
+            let e = rsv1(op, true, true);
+            assert_eq!(e, ProtocolError::CompressedControl);
+            assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+        }
+        // RSV1 on a continuation of a compressed (or plain) message.
+        let mut w = client(OpCode::Text, false, b"a");
+        let mut c = client(OpCode::Continuation, true, b"b");
+        c[0] |= 0x40;
+        w.extend(c);
+        let e = feed_chunked_with(&mut server_dec(), &w, 100, Some(&mut inf)).unwrap_err();
+        assert_eq!(e, ProtocolError::CompressedContinuation);
+        assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+        // RSV2 and RSV3 stay reserved.
+        let mut w = client(OpCode::Text, true, b"a");
+        w[0] |= 0x20;
+        let e = feed_chunked_with(&mut server_dec(), &w, 100, Some(&mut inf)).unwrap_err();
+        assert_eq!(e, ProtocolError::ReservedBits);
+    }
+
+    #[test]
+    fn bad_compressed_data_and_bad_text() {
+        let mut inf = Inflater::new(256);
+        // BTYPE 11 (reserved): not a deflate stream.
+        for (op, want, code) in [
+            (
+                OpCode::Text,
+                ProtocolError::CorruptCompressedText,
+                CloseCode::INVALID_PAYLOAD,
+            ),
+            (
+                OpCode::Binary,
+                ProtocolError::CorruptCompressedBinary,
+                CloseCode::PROTOCOL_ERROR,
+            ),
+        ] {
+            let mut w = client(op, true, &[0xff, 0xff, 0xff]);
+            w[0] |= 0x40;
+            let e = feed_chunked_with(&mut server_dec(), &w, 100, Some(&mut inf)).unwrap_err();
+            assert_eq!((e, e.close_code()), (want, code));
+        }
+        // Valid deflate of invalid UTF-8.
+        let w = compressed_frames(OpCode::Text, &[b'a', 0xff, b'b'], 1);
+        let e = feed_chunked_with(&mut server_dec(), &w, 100, Some(&mut inf)).unwrap_err();
+        assert_eq!(e, ProtocolError::InvalidUtf8);
+        assert_eq!(e.close_code(), CloseCode::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn a_zip_bomb_costs_at_most_max_message() {
+        // 64 MiB of zeros compress to about 64 KiB; the limit is 1 MiB.
+        let limits = Limits {
+            max_frame: 1 << 20,
+            max_message: 1 << 20,
+        };
+        let bomb = compressed_frames(OpCode::Binary, &vec![0u8; 64 << 20], 4);
+        assert!(bomb.len() < 100 << 10, "{}", bomb.len());
+        let mut inf = Inflater::new(0);
+        let mut d = Decoder::new(Role::Server, limits);
+        let e = feed_chunked_with(&mut d, &bomb, 1 << 20, Some(&mut inf)).unwrap_err();
+        assert_eq!(e, ProtocolError::InflatedTooBig { max: 1 << 20 });
+        assert_eq!(e.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        assert!(d.buffered_capacity() <= (1 << 20) + 1);
+        // The ratio cap closes it earlier, with the same code.
+        let mut d = Decoder::new(Role::Server, Limits::default());
+        let e =
+            feed_chunked_with(&mut d, &bomb, 1 << 20, Some(&mut Inflater::new(100))).unwrap_err();
+        assert_eq!(e, ProtocolError::InflateRatio);
+        assert_eq!(e.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        // The compressed size counts against max_message too, before it is held.
+        let limits = Limits {
+            max_frame: 1 << 20,
+            max_message: 1000,
+        };
+        let mut x = 0x9E37_79B9u32;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let w = compressed_frames(OpCode::Binary, &noise, 1);
+        let e = feed_chunked_with(
+            &mut Decoder::new(Role::Server, limits),
+            &w,
+            100,
+            Some(&mut inf),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ProtocolError::MessageTooBig { .. }), "{e:?}");
     }
 }

@@ -38,9 +38,9 @@
 //!   a worker holds in incomplete messages are bounded by [`Held`] (1013 past it).
 
 use super::close::CloseCode;
+use super::deflate::Inflater;
 use super::encode::encode_close_frame;
 use super::frame::{encode_header, OpCode};
-use super::deflate::Inflater;
 use super::handshake::HeadScanner;
 use super::{Decoder, HandshakeError, Limits, Message, ProtocolError, Role, Status};
 use std::time::{Duration, Instant};

@@ -55,9 +55,7 @@ impl Agreed {
 
     /// The `Sec-WebSocket-Extensions` value of the answer.
     pub fn response(&self) -> String {
-        let mut s = format!(
-            "{EXTENSION}; server_no_context_takeover; client_no_context_takeover"
-        );
+        let mut s = format!("{EXTENSION}; server_no_context_takeover; client_no_context_takeover");
         if let Some(n) = self.server_max_window_bits {
             s.push_str(&format!("; server_max_window_bits={n}"));
         }
@@ -383,16 +381,34 @@ mod tests {
                 "permessage-deflate; server_max_window_bits=10; server_max_window_bits=10",
                 DuplicateParameter,
             ),
-            ("permessage-deflate; server_no_context_takeover=1", InvalidValue),
-            ("permessage-deflate; client_no_context_takeover=", InvalidValue),
+            (
+                "permessage-deflate; server_no_context_takeover=1",
+                InvalidValue,
+            ),
+            (
+                "permessage-deflate; client_no_context_takeover=",
+                InvalidValue,
+            ),
             ("permessage-deflate; server_max_window_bits", InvalidValue),
-            ("permessage-deflate; server_max_window_bits=16", InvalidValue),
+            (
+                "permessage-deflate; server_max_window_bits=16",
+                InvalidValue,
+            ),
             ("permessage-deflate; server_max_window_bits=7", InvalidValue),
-            ("permessage-deflate; server_max_window_bits=09", InvalidValue),
+            (
+                "permessage-deflate; server_max_window_bits=09",
+                InvalidValue,
+            ),
             ("permessage-deflate; server_max_window_bits=", InvalidValue),
             ("permessage-deflate; client_max_window_bits=0", InvalidValue),
-            ("permessage-deflate; client_max_window_bits=\"15", InvalidValue),
-            ("permessage-deflate; server_max_window_bits=8", WindowTooSmall),
+            (
+                "permessage-deflate; client_max_window_bits=\"15",
+                InvalidValue,
+            ),
+            (
+                "permessage-deflate; server_max_window_bits=8",
+                WindowTooSmall,
+            ),
         ];
         for (offer, want) in cases {
             assert_eq!(accept_offer(offer), Err(want), "{offer:?}");
@@ -427,8 +443,11 @@ mod tests {
         );
         // 7.2.3.5: "Hello" in a stored block (no compression).
         assert_eq!(
-            inflate_all(&[0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00], 100)
-                .unwrap(),
+            inflate_all(
+                &[0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00],
+                100
+            )
+            .unwrap(),
             b"Hello"
         );
         let text: Vec<u8> = (0..50_000u32)
@@ -471,7 +490,10 @@ mod tests {
         assert!(c.len() < 20_000, "{}", c.len());
         let mut out = Vec::new();
         let mut inf = Inflater::new(0);
-        assert_eq!(inf.inflate(&c, &mut out, 1 << 20), Err(InflateError::TooBig));
+        assert_eq!(
+            inf.inflate(&c, &mut out, 1 << 20),
+            Err(InflateError::TooBig)
+        );
         assert!(out.capacity() <= (1 << 20) + 1, "{}", out.capacity());
         // The ratio cap stops it earlier.
         let mut out = Vec::new();

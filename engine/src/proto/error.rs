@@ -128,7 +128,10 @@ impl fmt::Display for ProtocolError {
                 write!(f, "message of {len} bytes exceeds the limit of {max}")
             }
             ProtocolError::InflatedTooBig { max } => {
-                write!(f, "compressed message inflates past the limit of {max} bytes")
+                write!(
+                    f,
+                    "compressed message inflates past the limit of {max} bytes"
+                )
             }
             other => f.write_str(other.reason()),
         }?;
