@@ -120,7 +120,8 @@ fn autobahn_fuzzingclient(b: Backend) {
         );
     }
     let venv = harness();
-    let srv = ChildServer::spawn(&["--backend", &backend, "--mode", "echo"]);
+    // --deflate: groups 12 and 13 (permessage-deflate) run too.
+    let srv = ChildServer::spawn(&["--backend", &backend, "--mode", "echo", "--deflate"]);
     let out = target_dir().join("autobahn").join(&backend);
     let run = Command::new(workspace_root().join("tests/autobahn/run.sh"))
         .arg(format!("ws://{}", srv.addr))
