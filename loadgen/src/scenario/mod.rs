@@ -47,6 +47,8 @@ pub struct Common {
     pub ports: Option<Arc<crate::client::SourcePorts>>,
     /// Where to write the SVG plot of the report.
     pub plot: Option<std::path::PathBuf>,
+    /// Offer permessage-deflate (`--deflate`).
+    pub deflate: bool,
 }
 
 /// A load with a timeline, which `soak` holds and `ramp` steps up: the echo or fanout
@@ -397,6 +399,8 @@ pub struct Pool {
     /// Connections open or closing.
     pub live: usize,
     last_timeout_scan: u64,
+    /// Offer permessage-deflate on every connection.
+    deflate: bool,
 }
 
 impl Pool {
@@ -421,6 +425,7 @@ impl Pool {
             pending: 0,
             live: 0,
             last_timeout_scan: 0,
+            deflate: common.deflate,
         })
     }
 
@@ -461,6 +466,7 @@ impl Pool {
             &self.target.path,
             &mut self.rng,
             now,
+            self.deflate,
         );
         self.conns.push(Some(conn));
         self.pending += 1;

@@ -455,6 +455,24 @@ pub fn open_lean(addr: SocketAddr) -> TcpStream {
     let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     s.write_all(req).unwrap();
+    finish_lean(s)
+}
+
+/// [`open_lean`] with `extra` header lines (each ending in CRLF) in the request (this one
+/// formats the request on the heap).
+pub fn open_lean_with(addr: SocketAddr, extra: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    finish_lean(s)
+}
+
+/// Reads a lean connection's 101 through a stack buffer.
+fn finish_lean(mut s: TcpStream) -> TcpStream {
     let mut buf = [0u8; 512];
     let mut got = 0;
     while !buf[..got].ends_with(b"\r\n\r\n") {
@@ -474,7 +492,16 @@ pub fn hold_connections_main() {
     };
     let addr: SocketAddr = addr.parse().unwrap();
     let n: usize = std::env::var("HOLD_N").unwrap().parse().unwrap();
-    let conns: Vec<TcpStream> = (0..n).map(|_| open_lean(addr)).collect();
+    let deflate = std::env::var_os("HOLD_DEFLATE").is_some();
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            if deflate {
+                open_lean_with(addr, "Sec-WebSocket-Extensions: permessage-deflate\r\n")
+            } else {
+                open_lean(addr)
+            }
+        })
+        .collect();
     println!("ready {}", conns.len());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -490,8 +517,17 @@ pub fn hold_connections_main() {
 /// ignored `hold_connections` test), so the server's process keeps its file table for its
 /// own sockets. Returns once they are all open; drop the child's stdin to release them.
 pub fn spawn_holder(addr: SocketAddr, n: usize) -> std::process::Child {
+    spawn_holder_with(addr, n, false)
+}
+
+/// [`spawn_holder`]; with `deflate`, every connection offers permessage-deflate.
+pub fn spawn_holder_with(addr: SocketAddr, n: usize, deflate: bool) -> std::process::Child {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    if deflate {
+        cmd.env("HOLD_DEFLATE", "1");
+    }
+    let mut child = cmd
         .args([
             "--ignored",
             "--exact",
