@@ -689,44 +689,12 @@ impl Handle {
             return false;
         }
         let frame = crate::broadcast::encode_shared(msg);
-        let twin = crate::broadcast::new_twin(self.shared.deflate);
         let workers = &self.shared.workers;
-        match target {
-            Target::Conn(_) | Target::Conns(_) => {
-                let ids: &[ConnId] = match &target {
-                    Target::Conn(id) => std::slice::from_ref(id),
-                    Target::Conns(ids) => ids,
-                    _ => unreachable!(),
-                };
-                for (w, ids) in crate::broadcast::group_by_worker(ids, workers.len())
-                    .into_iter()
-                    .enumerate()
-                {
-                    if !ids.is_empty() {
-                        let target = crate::broadcast::OwnedTarget::Conns(ids);
-                        let ev = crate::broadcast::Event {
-                            frame: frame.clone(),
-                            target,
-                            tracker: None,
-                            twin: twin.clone(),
-                        };
-                        workers[w].push(Command::Publish(Arc::new(ev)));
-                    }
-                }
-            }
-            _ => {
-                let target = crate::broadcast::OwnedTarget::from_target(&target);
-                let ev = Arc::new(crate::broadcast::Event {
-                    frame,
-                    target,
-                    tracker: None,
-                    twin,
-                });
-                for w in workers {
-                    w.push(Command::Publish(ev.clone()));
-                }
-            }
-        }
+        let target = crate::broadcast::OwnedTarget::from_target(&target);
+        let deflate = self.shared.deflate;
+        crate::broadcast::route(frame, target, workers.len(), None, deflate, |w, ev| {
+            workers[w].push(Command::Publish(ev))
+        });
         if let Some(w) = workers.first() {
             w.stats.events_published.fetch_add(1, Ordering::Relaxed);
         }
