@@ -602,18 +602,7 @@ fn report(
         "sent / received",
         format!("{} / {}", group(sent), group(received)),
     );
-    let wire_per = wire as f64 / received.max(1) as f64;
-    t.row(
-        "bytes on the wire per echo",
-        format!(
-            "{wire_per:.1} ({})",
-            if common.deflate {
-                "permessage-deflate offered"
-            } else {
-                "uncompressed"
-            }
-        ),
-    );
+    let wire_per = super::wire_row(&mut t, "echo", wire, received, common.deflate);
     t.row("verify failures", group(verify));
     if unexpected > 0 {
         t.row("unexpected messages", group(unexpected));

@@ -971,17 +971,12 @@ fn report(
     t.row("publisher echoes (not counted)", group(echoes));
     // Every message received (deliveries and the publishers' own copies) over the bytes
     // their frames took.
-    let wire_per = r.wire_bytes as f64 / (received + echoes).max(1) as f64;
-    t.row(
-        "bytes on the wire per delivery",
-        format!(
-            "{wire_per:.1} ({})",
-            if common.deflate {
-                "permessage-deflate offered"
-            } else {
-                "uncompressed"
-            }
-        ),
+    let wire_per = super::wire_row(
+        &mut t,
+        "delivery",
+        r.wire_bytes,
+        received + echoes,
+        common.deflate,
     );
     t.row("sends late by > 1 ms", group(late));
     t.row("connection failures", run_failures.summary());

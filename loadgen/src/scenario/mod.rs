@@ -936,3 +936,25 @@ pub fn join<T>(handles: Vec<std::thread::JoinHandle<Result<T, Error>>>) -> Resul
     }
     Ok(out)
 }
+
+/// Adds the row "bytes on the wire per `what`" (`wire` bytes of frames received over
+/// `messages`, saying whether permessage-deflate was offered) to `t`; returns the figure.
+pub(crate) fn wire_row(
+    t: &mut crate::stats::Table,
+    what: &str,
+    wire: u64,
+    messages: u64,
+    deflate: bool,
+) -> f64 {
+    let per = wire as f64 / messages.max(1) as f64;
+    let how = if deflate {
+        "permessage-deflate offered"
+    } else {
+        "uncompressed"
+    };
+    t.row(
+        &format!("bytes on the wire per {what}"),
+        format!("{per:.1} ({how})"),
+    );
+    per
+}
