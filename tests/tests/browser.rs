@@ -48,6 +48,7 @@ fn browser_page_echo(b: Backend) {
         "browser check failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    println!("{stdout}");
     assert!(stdout.contains("got its echoes"));
     // Compressed messages went both ways: the server inflated Chromium's and deflated its
     // echo (the page showed the echo, so Chromium inflated it).
