@@ -173,8 +173,9 @@ impl Default for DeflateConfig {
 /// well are common and harmless).
 pub const RATIO_FLOOR: usize = 64 << 10;
 
-/// A worker's compressors, one per window size in use, each made on first use (about 270 KiB
-/// each at 15 bits). Each message is compressed from a reset state (no context takeover).
+/// A worker's compressors, one per window size in use, each made on first use (by zlib's
+/// sizing, `2^(bits+2) + 128 KiB`: 256 KiB at 15 bits). Each message is compressed from a
+/// reset state (no context takeover).
 pub struct Deflater {
     by_bits: [Option<Box<Compress>>; (MAX_WINDOW_BITS - MIN_WINDOW_BITS + 1) as usize],
     level: u32,
