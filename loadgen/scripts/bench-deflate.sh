@@ -46,7 +46,8 @@ run() { # step mode(plain|deflate) round
     local spid=$!
     pids+=("$spid")
     sleep 0.5
-    local json="$OUT/$step-$mode-$r.json" common="--url ws://$ADDR/ --pin 1 --server-pid $spid --json $json $flag"
+    local json="$OUT/$step-$mode-$r.json"
+    local common="--url ws://$ADDR/ --pin 1 --server-pid $spid --json $json $flag"
     case $step in
         idle) "$BIN/loadgen" connect $common --conns 10000 --hold 5 >/dev/null ;;
         s1k) "$BIN/loadgen" fanout $common --subscribers 1000 --publishers 1 --rate 50 --size 1024 \
@@ -73,6 +74,8 @@ run() { # step mode(plain|deflate) round
     esac
 }
 
+# The loop runs in this shell (not a pipeline's subshell), so the EXIT trap kills its servers.
+exec > >(tee "$OUT/results.tsv")
 echo "# $(date -u +%F' '%T) UTC, $(nproc) CPUs, load: $(cut -d' ' -f1-3 /proc/loadavg), backend $BACKEND"
 for r in $(seq 1 "$ROUNDS"); do
     for step in "${STEPS[@]}"; do
@@ -80,5 +83,5 @@ for r in $(seq 1 "$ROUNDS"); do
             run "$step" "$mode" "$r"
         done
     done
-done | tee "$OUT/results.tsv"
+done
 echo "# done $(date -u +%T) UTC, load: $(cut -d' ' -f1-3 /proc/loadavg)"
