@@ -49,4 +49,6 @@ pub use broadcast::{LimitReached, Target};
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
-pub use runtime::{Backend, Config, ConnId, Handle, Server, SlowConsumerPolicy, Stats};
+pub use runtime::{
+    Backend, Config, ConnId, DeflateConfig, Handle, Server, SlowConsumerPolicy, Stats,
+};
