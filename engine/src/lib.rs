@@ -52,4 +52,6 @@ pub use broadcast::{LimitReached, Target};
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, SendStatus, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
-pub use runtime::{Backend, Config, ConnId, Handle, Pending, Server, SlowConsumerPolicy, Stats};
+pub use runtime::{
+    Backend, Config, ConnId, DeflateConfig, Handle, Pending, Server, SlowConsumerPolicy, Stats,
+};

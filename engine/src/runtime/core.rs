@@ -12,6 +12,7 @@
 //! the slab, the write queues, the handler calls, broadcast and the inbox; it reads the clock
 //! once per loop turn and passes `now` to the machines.
 
+use super::compress::Compression;
 use super::queue::{BufPool, WriteQueue};
 use super::timer::{millis, TimerWheel};
 use super::upgrade::{self, Answer, DeferSlot};
@@ -20,6 +21,7 @@ use crate::broadcast::registry::{Added, Caps, Registry, Subs};
 use crate::broadcast::{encode_shared, route, scratch_spike, Event, OwnedTarget, Target};
 use crate::handler::{Ctx, Handler, HttpResponse, Message, Reject, SendStatus, Upgrade};
 use crate::proto::conn::{self as machine, ConnConfig, Events, Head, Held, Timeout, Verdict};
+use crate::proto::deflate::{self, Agreed, Inflater, MAX_WINDOW_BITS};
 use crate::proto::frame::encode_header;
 use crate::proto::handshake::{parse_request, AcceptKey, EMPTY_HEADER, MAX_HEADERS};
 use crate::proto::{self, CloseCode, HandshakeError, OpCode};
@@ -51,6 +53,9 @@ pub(crate) struct Conn<S, Io> {
     /// The write queue went over the high-water mark: `on_drain` is owed once it is down to
     /// half of it.
     drain_owed: bool,
+    /// permessage-deflate: 0 if not negotiated, else the window (bits) agreed for what we
+    /// send. The connection holds no compression state: it is the worker's.
+    deflate: u8,
 }
 
 /// A backend's view of one connection: its socket handle and its unsent output, the only
@@ -143,6 +148,8 @@ pub(crate) struct Env {
     held: Held,
     /// Deferred upgrades not answered yet (at most `Config::max_pending_upgrades`).
     pending_upgrades: usize,
+    /// permessage-deflate state, when `Config::deflate` is on.
+    compression: Option<Compression>,
 }
 
 /// The callback's own connection, when it can still send.
@@ -151,6 +158,8 @@ pub(crate) struct Own<'a> {
     out: &'a mut WriteQueue,
     subs: &'a mut Option<Box<Subs>>,
     drain_owed: &'a mut bool,
+    /// The connection's agreed window for compressed messages (0: none).
+    deflate: u8,
 }
 
 /// What a callback writes through its [`Ctx`]: straight into its own connection's queue
@@ -216,7 +225,14 @@ impl<'a> Outbox<'a> {
         // Straight into the own queue, unless something is deferred before it (a publish):
         // then it waits its turn, so this connection sees both in the order they were made.
         if self.env.deferred.is_empty() {
-            own.out.push_parts(&mut self.env.pool, &[&header, payload]);
+            let compressed = match (own.deflate, self.env.compression.as_mut()) {
+                (0, _) | (_, None) => None,
+                (bits, Some(c)) => c.message(bits, op, payload),
+            };
+            match compressed {
+                Some((h, p)) => own.out.push_parts(&mut self.env.pool, &[&h, p]),
+                None => own.out.push_parts(&mut self.env.pool, &[&header, payload]),
+            }
         } else {
             let mut frame = Vec::with_capacity(header.len() + payload.len());
             frame.extend_from_slice(&header);
@@ -347,6 +363,7 @@ struct Ev<'a, H: Handler> {
     out: &'a mut WriteQueue,
     subs: &'a mut Option<Box<Subs>>,
     drain_owed: &'a mut bool,
+    deflate: &'a mut u8,
     env: &'a mut Env,
     handle: &'a Handle,
     stats: &'a super::WorkerStats,
@@ -368,6 +385,7 @@ impl<H: Handler> Ev<'_, H> {
                     out: &mut *self.out,
                     subs: &mut *self.subs,
                     drain_owed: &mut *self.drain_owed,
+                    deflate: *self.deflate,
                 }),
                 &mut *self.env,
             ),
@@ -402,6 +420,7 @@ impl<H: Handler> Ev<'_, H> {
         accept: &AcceptKey,
         protocol: Option<&str>,
         headers: &[(String, String)],
+        offer: Option<Agreed>,
     ) -> Option<H::State> {
         let state = match result {
             Ok(s) => s,
@@ -414,8 +433,18 @@ impl<H: Handler> Ev<'_, H> {
                 return None;
             }
         };
+        // permessage-deflate, unless the application answers the extensions itself.
+        let agreed = offer.filter(|_| {
+            !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+        });
+        let mut extra = headers.to_vec();
+        if let Some(a) = agreed {
+            extra.push(("Sec-WebSocket-Extensions".into(), a.response()));
+        }
         let mut resp = self.env.pool.take(256);
-        if !upgrade::write_accept(&mut resp, accept, protocol, headers) {
+        if !upgrade::write_accept(&mut resp, accept, protocol, &extra) {
             // The handler's state is dropped: the connection never opened.
             drop(state);
             self.out.push_owned(resp);
@@ -423,6 +452,7 @@ impl<H: Handler> Ev<'_, H> {
         }
         self.out.push_owned(resp);
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        *self.deflate = agreed.map_or(0, |a| a.window_bits());
         Some(state)
     }
 
@@ -494,12 +524,21 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
             return Head::Answered;
         }
         let accept = AcceptKey::from_key(client_key.as_bytes());
+        // What permessage-deflate offer we could accept (decided with the answer: the
+        // application may answer the extensions itself).
+        let offer = self
+            .env
+            .compression
+            .is_some()
+            .then(|| deflate::negotiate(req.extensions()))
+            .flatten();
         let mut upgrade = Upgrade::default();
         if self.env.pending_upgrades < self.cfg.max_pending_upgrades {
             upgrade.slot = Some(DeferSlot {
                 handle: self.handle.clone(),
                 id: self.id,
                 accept,
+                offer,
             });
         }
         let result = self.handler.on_upgrade(&req, &mut upgrade);
@@ -514,7 +553,7 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
         let Upgrade {
             protocol, headers, ..
         } = upgrade;
-        match self.finish_upgrade(result, &accept, protocol.as_deref(), &headers) {
+        match self.finish_upgrade(result, &accept, protocol.as_deref(), &headers, offer) {
             Some(state) => Head::Open(state),
             None => Head::Answered,
         }
@@ -556,6 +595,13 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
         }
     }
 
+    fn inflater(&mut self) -> Option<&mut Inflater> {
+        match *self.deflate {
+            0 => None,
+            _ => self.env.compression.as_mut().map(|c| &mut c.inflater),
+        }
+    }
+
     fn over_incomplete_budget(&mut self) {
         tracing::info!(conn = %self.id, held = self.env.held.bytes, budget = self.env.held.max, "incomplete messages over the worker's budget: closing with 1013");
         self.stats
@@ -587,6 +633,7 @@ impl<H: Handler, Io> Core<H, Io> {
         };
         let policy = cfg.slow_consumer;
         let held = Held::new(cfg.incomplete_budget);
+        let compression = cfg.deflate.map(Compression::new);
         let conn_cfg = cfg.conn_config();
         let epoch = Instant::now();
         Core {
@@ -613,6 +660,7 @@ impl<H: Handler, Io> Core<H, Io> {
                 registry: Registry::with_caps(caps),
                 policy,
                 held,
+                compression,
                 ..Env::default()
             },
             scratch: Vec::new(),
@@ -681,6 +729,7 @@ impl<H: Handler, Io> Core<H, Io> {
             dead: false,
             paused: false,
             drain_owed: false,
+            deflate: 0,
         });
         if self.max_conns != usize::MAX {
             self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
@@ -790,6 +839,7 @@ impl<H: Handler, Io> Core<H, Io> {
             out,
             subs,
             drain_owed,
+            deflate,
             ..
         } = conn;
         let mut ev = Ev {
@@ -797,6 +847,7 @@ impl<H: Handler, Io> Core<H, Io> {
             out,
             subs,
             drain_owed,
+            deflate,
             env,
             handle,
             stats: &shared.workers[*worker as usize].stats,
@@ -1042,6 +1093,12 @@ impl<H: Handler, Io> Core<H, Io> {
         for &key in &dirty {
             self.with_conn(key, |m, ev, cfg| m.poll_transmit(cfg, ev));
         }
+        if let Some(c) = self.env.compression.as_mut() {
+            let (deflated, inflated) = c.take_counts();
+            let st = &self.shared.workers[self.worker as usize].stats;
+            st.messages_deflated.fetch_add(deflated, Ordering::Relaxed);
+            st.messages_inflated.fetch_add(inflated, Ordering::Relaxed);
+        }
         dirty
     }
 
@@ -1116,7 +1173,8 @@ impl<H: Handler, Io> Core<H, Io> {
         let me = self.worker as usize;
         let mut local = None;
         let workers = &self.shared.workers;
-        let parts = route(frame, target, n, tag, except, |w, ev| {
+        let deflate = self.cfg.deflate.is_some();
+        let parts = route(frame, target, n, tag, except, deflate, |w, ev| {
             if w == me {
                 local = Some(ev);
             } else {
@@ -1189,8 +1247,23 @@ impl<H: Handler, Io> Core<H, Io> {
             slots.retain(|&s| s as usize != k);
         }
         let mut reached = 0;
+        // The compressed twin, looked up (and made, if no worker has yet) on the first
+        // recipient that takes it: a refcount, never a per-recipient deflate or copy.
+        let mut twin: Option<Option<Arc<[u8]>>> = None;
         for &slot in &slots {
-            if self.push_shared_to(slot as usize, &ev.frame) {
+            let wants_twin = ev.twin.is_some()
+                && self
+                    .conns
+                    .get(slot as usize)
+                    .is_some_and(|c| c.deflate == MAX_WINDOW_BITS);
+            if wants_twin && twin.is_none() {
+                twin = Some(self.twin_of(ev));
+            }
+            let frame = match &twin {
+                Some(Some(t)) if wants_twin => t,
+                _ => &ev.frame,
+            };
+            if self.push_shared_to(slot as usize, frame) {
                 reached += 1;
             }
         }
@@ -1207,6 +1280,13 @@ impl<H: Handler, Io> Core<H, Io> {
                 self.receipt(t.origin, t.tag, total);
             }
         }
+    }
+
+    /// The event's compressed twin, compressed by this worker if no worker has yet.
+    fn twin_of(&mut self, ev: &Event) -> Option<Arc<[u8]>> {
+        let cell = ev.twin.as_ref()?;
+        let comp = self.env.compression.as_mut()?;
+        cell.get_or_init(|| comp.twin(&ev.frame)).clone()
     }
 
     /// Queues a shared frame for one connection, applying the slow-consumer policy.
@@ -1301,6 +1381,7 @@ impl<H: Handler, Io> Core<H, Io> {
         };
         let Answer {
             accept,
+            offer,
             protocol,
             headers,
             result,
@@ -1314,7 +1395,7 @@ impl<H: Handler, Io> Core<H, Io> {
         };
         let now = self.now;
         self.with_conn(key, |m, ev, cfg| {
-            let state = ev.finish_upgrade(result, &accept, protocol.as_deref(), &headers);
+            let state = ev.finish_upgrade(result, &accept, protocol.as_deref(), &headers, offer);
             m.handle_upgrade(now, state, cfg, ev);
         });
         self.apply_deferred();

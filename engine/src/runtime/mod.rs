@@ -5,6 +5,7 @@
 //! (`SO_REUSEPORT`), its own slab of connections, timer wheel and inbox. Workers share
 //! nothing on the hot path; other threads reach them through their inboxes.
 
+pub(crate) mod compress;
 pub(crate) mod core;
 pub(crate) mod metrics;
 pub(crate) mod queue;
@@ -16,6 +17,7 @@ pub use upgrade::Pending;
 use crate::broadcast::Target;
 use crate::driver;
 use crate::handler::{Handler, Message};
+pub use crate::proto::deflate::DeflateConfig;
 use crate::proto::{CloseCode, Limits};
 use std::fmt;
 use std::io;
@@ -118,6 +120,10 @@ pub struct Config {
     pub max_pending_upgrades: usize,
     /// The I/O backend.
     pub backend: Backend,
+    /// permessage-deflate (RFC 7692): `None` (the default) refuses every offer; `Some`
+    /// accepts one, always without context takeover, so compression state is per worker
+    /// (see `proto::deflate` and docs/protocol.md).
+    pub deflate: Option<DeflateConfig>,
 }
 
 /// Which I/O backend the workers run on.
@@ -186,7 +192,14 @@ impl Config {
             allowed_origins: Vec::new(),
             max_pending_upgrades: 1024,
             backend: Backend::Auto,
+            deflate: None,
         }
+    }
+
+    /// Turns permessage-deflate on (with [`DeflateConfig::default`]) or off.
+    pub fn deflate(mut self, on: bool) -> Self {
+        self.deflate = on.then(DeflateConfig::default);
+        self
     }
 
     /// Sets the worker count (0: one per core).
@@ -569,6 +582,10 @@ stats! {
     bindings_refused,
     /// Publishes refused for listing more keys than `Config::max_keys_per_event`.
     publishes_refused,
+    /// Messages compressed (permessage-deflate): at most one per broadcast event, one per compressed direct send.
+    messages_deflated,
+    /// Compressed messages received and inflated.
+    messages_inflated,
     /// Accepts that failed (out of files or fixed-file slots); retried shortly.
     accept_errors,
     /// io_uring: multishot receives that ran out of provided buffers (re-armed).
@@ -665,6 +682,8 @@ pub(crate) struct Shared {
     pub(crate) open_conns: std::sync::atomic::AtomicUsize,
     /// `Config::max_keys_per_event`, checked where a publish is made.
     pub(crate) max_keys_per_event: usize,
+    /// `Config::deflate` is on: events carry a compressed twin's cell.
+    pub(crate) deflate: bool,
     /// `Config::max_keys_per_conn` and `max_topics_per_conn`, to report a refusal.
     pub(crate) max_bindings: (usize, usize),
 }
@@ -731,9 +750,16 @@ impl Handle {
         let frame = crate::broadcast::encode_shared(msg);
         let workers = &self.shared.workers;
         let target = crate::broadcast::OwnedTarget::from_target(&target);
-        crate::broadcast::route(frame, target, workers.len(), None, except, |w, ev| {
-            workers[w].push(Command::Publish(ev))
-        });
+        let deflate = self.shared.deflate;
+        crate::broadcast::route(
+            frame,
+            target,
+            workers.len(),
+            None,
+            except,
+            deflate,
+            |w, ev| workers[w].push(Command::Publish(ev)),
+        );
         if let Some(w) = workers.first() {
             w.stats.events_published.fetch_add(1, Ordering::Relaxed);
         }

@@ -8,6 +8,7 @@
 
 use super::{Command, ConnId, Handle};
 use crate::handler::{HttpResponse, Reject, Upgrade};
+use crate::proto::deflate::Agreed;
 use crate::proto::handshake::{write_accept_response, write_http_response, AcceptKey};
 use std::any::Any;
 use std::fmt;
@@ -20,12 +21,15 @@ pub(crate) struct DeferSlot {
     pub(crate) handle: Handle,
     pub(crate) id: ConnId,
     pub(crate) accept: AcceptKey,
+    /// The permessage-deflate offer the server could accept (settled with the answer).
+    pub(crate) offer: Option<Agreed>,
 }
 
 /// A deferred answer on its way to the worker. `result` is a boxed
 /// `Result<H::State, Reject>` (checked by a downcast).
 pub(crate) struct Answer {
     pub(crate) accept: AcceptKey,
+    pub(crate) offer: Option<Agreed>,
     pub(crate) protocol: Option<String>,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) result: Box<dyn Any + Send>,
@@ -104,6 +108,7 @@ impl<S: Send + 'static> Pending<S> {
         let Some(slot) = self.slot.take() else { return };
         let answer = Answer {
             accept: slot.accept,
+            offer: slot.offer,
             protocol: self.upgrade.protocol.take(),
             headers: std::mem::take(&mut self.upgrade.headers),
             result: Box::new(result),

@@ -117,6 +117,14 @@ struct ServeArgs {
     /// Most keys one connection may be bound to (0: no limit).
     #[arg(long, default_value_t = 16)]
     max_keys_per_conn: usize,
+    /// Accept permessage-deflate (RFC 7692) from clients that offer it (browsers do),
+    /// always without context takeover: compression state is per worker, not per
+    /// connection. Broadcast events are compressed once, whatever the recipients.
+    #[arg(long)]
+    deflate: bool,
+    /// With --deflate: messages shorter than this many bytes are sent uncompressed.
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    deflate_threshold: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,7 +167,7 @@ fn main() {
         Some(Command::Serve(a)) => a,
         None => ServeArgs::default(),
     };
-    let cfg = Config::new(args.addr.clone())
+    let mut cfg = Config::new(args.addr.clone())
         .workers(args.workers)
         .pin_workers(args.pin)
         .limits(args.max_message, args.max_message)
@@ -186,6 +194,10 @@ fn main() {
             SlowPolicy::Close => SlowConsumerPolicy::Close,
             SlowPolicy::Drop => SlowConsumerPolicy::Drop,
         });
+    cfg.deflate = args.deflate.then(|| volley::DeflateConfig {
+        threshold: args.deflate_threshold,
+        ..Default::default()
+    });
     let reference = Reference {
         mode: args.mode,
         max_keys_per_event: args.max_keys_per_event,
