@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use std::hint::black_box;
 use volley::proto::frame::encode_header;
 use volley::proto::mask::apply_mask;
-use volley::proto::{Decoder, FrameHeader, Limits, Message, OpCode, Role, Status};
+use volley::proto::{Decoded, Decoder, FrameHeader, Limits, OpCode, Role, Status};
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
@@ -53,7 +53,7 @@ fn bench_decode(c: &mut Criterion) {
     assert_eq!(step.consumed, frame_len);
     assert_eq!(
         step.message,
-        Some(Message::Text(std::str::from_utf8(TEXT).expect("ASCII")))
+        Some(Decoded::Text(std::str::from_utf8(TEXT).expect("ASCII")))
     );
 
     let mut g = c.benchmark_group("frame_decode");

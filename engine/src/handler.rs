@@ -13,7 +13,7 @@ use crate::runtime::{ConnId, Handle, Pending};
 
 /// A data message, received from a client or sent to one. Control frames are the engine's.
 ///
-/// The one message type of the embedding API. [`crate::proto::Message`] is the sans-IO
+/// The one message type of the embedding API. [`crate::proto::Decoded`] is the sans-IO
 /// decoder's output for those who drive the protocol core themselves (a client, a
 /// load generator): the same `Text` and `Binary`, plus the control frames; convert with
 /// `From` and `TryFrom`.
@@ -35,23 +35,23 @@ impl<'a> Message<'a> {
     }
 }
 
-impl<'a> From<Message<'a>> for crate::proto::Message<'a> {
+impl<'a> From<Message<'a>> for crate::proto::Decoded<'a> {
     fn from(m: Message<'a>) -> Self {
         match m {
-            Message::Text(t) => crate::proto::Message::Text(t),
-            Message::Binary(b) => crate::proto::Message::Binary(b),
+            Message::Text(t) => crate::proto::Decoded::Text(t),
+            Message::Binary(b) => crate::proto::Decoded::Binary(b),
         }
     }
 }
 
-impl<'a> TryFrom<crate::proto::Message<'a>> for Message<'a> {
+impl<'a> TryFrom<crate::proto::Decoded<'a>> for Message<'a> {
     /// A control frame (ping, pong, close) is not a data message: given back.
-    type Error = crate::proto::Message<'a>;
+    type Error = crate::proto::Decoded<'a>;
 
-    fn try_from(m: crate::proto::Message<'a>) -> Result<Self, Self::Error> {
+    fn try_from(m: crate::proto::Decoded<'a>) -> Result<Self, Self::Error> {
         match m {
-            crate::proto::Message::Text(t) => Ok(Message::Text(t)),
-            crate::proto::Message::Binary(b) => Ok(Message::Binary(b)),
+            crate::proto::Decoded::Text(t) => Ok(Message::Text(t)),
+            crate::proto::Decoded::Binary(b) => Ok(Message::Binary(b)),
             control => Err(control),
         }
     }

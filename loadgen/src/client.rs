@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use volley::proto::deflate::{Deflater, Inflater};
 use volley::proto::encode::encode_client_frame;
 use volley::proto::handshake::{verify_response, write_client_request, ClientKey};
-use volley::proto::{ClientHandshakeError, CloseCode, Decoder, Limits, Message, OpCode, Role};
+use volley::proto::{ClientHandshakeError, CloseCode, Decoded, Decoder, Limits, OpCode, Role};
 
 /// Iovecs per vectored write.
 const MAX_IOV: usize = 64;
@@ -146,11 +146,11 @@ impl Payloads {
     }
 
     /// Whether `msg` is exactly what message `seq` sent.
-    pub fn matches(&self, seq: u64, msg: &Message<'_>) -> bool {
+    pub fn matches(&self, seq: u64, msg: &Decoded<'_>) -> bool {
         let want = &self.plain[self.index(seq)];
         match *msg {
-            Message::Text(t) => self.text && t.as_bytes() == want.as_slice(),
-            Message::Binary(b) => !self.text && b == want.as_slice(),
+            Decoded::Text(t) => self.text && t.as_bytes() == want.as_slice(),
+            Decoded::Binary(b) => !self.text && b == want.as_slice(),
             _ => false,
         }
     }
@@ -272,7 +272,7 @@ pub enum Event<'a> {
     /// The handshake completed.
     Opened,
     /// A text or binary message from the server.
-    Message(Message<'a>),
+    Message(Decoded<'a>),
 }
 
 /// A piece of queued output.
@@ -743,13 +743,13 @@ impl Conn {
                 continue;
             };
             match msg {
-                Message::Ping(p) => {
+                Decoded::Ping(p) => {
                     if self.state == State::Open {
                         self.queue_control(OpCode::Pong, p);
                     }
                 }
-                Message::Pong(_) => {}
-                Message::Close(frame) => {
+                Decoded::Pong(_) => {}
+                Decoded::Close(frame) => {
                     let code = frame.map_or(CloseCode::NO_STATUS.0, |f| f.code.0);
                     if self.state == State::Closing {
                         // Our close handshake is complete; wait for the server's FIN.
@@ -767,7 +767,7 @@ impl Conn {
                     pos = buf.len();
                     break;
                 }
-                m @ (Message::Text(_) | Message::Binary(_)) => {
+                m @ (Decoded::Text(_) | Decoded::Binary(_)) => {
                     if self.state == State::Open || self.state == State::Closing {
                         on_event(self, Event::Message(m), now);
                     }

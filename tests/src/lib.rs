@@ -22,7 +22,7 @@ use volley::proto::frame::{encode_header, OpCode};
 use volley::proto::handshake::{
     parse_request, write_accept_response, AcceptKey, HeadScanner, EMPTY_HEADER, MAX_HEADERS,
 };
-use volley::proto::{Decoder, HandshakeError, Limits, Message, ProtocolError, Role, Status};
+use volley::proto::{Decoded, Decoder, HandshakeError, Limits, ProtocolError, Role, Status};
 
 /// Most bytes the feeding loop may have to keep between reads (2 + 8 + 4 + 125).
 ///
@@ -46,19 +46,19 @@ pub enum Owned {
 }
 
 /// Copies a borrowed message.
-pub fn own(m: Message<'_>) -> Owned {
+pub fn own(m: Decoded<'_>) -> Owned {
     match m {
-        Message::Text(t) => Owned::Text(t.to_owned()),
-        Message::Binary(b) => Owned::Binary(b.to_vec()),
-        Message::Ping(b) => Owned::Ping(b.to_vec()),
-        Message::Pong(b) => Owned::Pong(b.to_vec()),
-        Message::Close(c) => Owned::Close(c.map(|c| (c.code.0, c.reason.to_owned()))),
+        Decoded::Text(t) => Owned::Text(t.to_owned()),
+        Decoded::Binary(b) => Owned::Binary(b.to_vec()),
+        Decoded::Ping(b) => Owned::Ping(b.to_vec()),
+        Decoded::Pong(b) => Owned::Pong(b.to_vec()),
+        Decoded::Close(c) => Owned::Close(c.map(|c| (c.code.0, c.reason.to_owned()))),
     }
 }
 
 /// What the decoder made of a stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Decoded {
+pub struct Transcript {
     /// Messages in the order they were handed out.
     pub messages: Vec<Owned>,
     /// The error that ended decoding, if any.
@@ -115,13 +115,13 @@ pub fn check_protocol_error(e: &ProtocolError) {
     assert!(!e.to_string().is_empty());
 }
 
-fn check_message(m: &Message<'_>, limits: Limits) {
+fn check_message(m: &Decoded<'_>, limits: Limits) {
     match m {
-        Message::Text(t) => assert!(t.len() <= limits.max_message),
-        Message::Binary(b) => assert!(b.len() <= limits.max_message),
-        Message::Ping(b) | Message::Pong(b) => assert!(b.len() <= 125),
-        Message::Close(None) => {}
-        Message::Close(Some(c)) => {
+        Decoded::Text(t) => assert!(t.len() <= limits.max_message),
+        Decoded::Binary(b) => assert!(b.len() <= limits.max_message),
+        Decoded::Ping(b) | Decoded::Pong(b) => assert!(b.len() <= 125),
+        Decoded::Close(None) => {}
+        Decoded::Close(Some(c)) => {
             assert!(
                 c.code.is_allowed_on_wire(),
                 "close code {} delivered",
@@ -142,9 +142,9 @@ pub fn drive_decoder(
     limits: Limits,
     wire: &[u8],
     cuts: &[usize],
-) -> (Decoded, Watermarks) {
+) -> (Transcript, Watermarks) {
     let mut dec = Decoder::new(role, limits);
-    let mut out = Decoded::default();
+    let mut out = Transcript::default();
     let mut marks = Watermarks::default();
     let mut pending: Vec<u8> = Vec::new();
     let mut start = 0;
@@ -241,14 +241,14 @@ fn close_code_ok(c: u16) -> bool {
 ///
 /// A stream that ends inside a frame is not an error, except that text already received
 /// must be a valid UTF-8 prefix (fail fast, section 8.1).
-pub fn model_decode(role: Role, limits: Limits, wire: &[u8]) -> Decoded {
+pub fn model_decode(role: Role, limits: Limits, wire: &[u8]) -> Transcript {
     use ProtocolError as E;
-    let mut out = Decoded::default();
+    let mut out = Transcript::default();
     let mut i = 0usize;
     let mut closed = false;
     // (is_text, payload so far) of the message being assembled.
     let mut msg: Option<(bool, Vec<u8>)> = None;
-    let fail = |mut out: Decoded, e: ProtocolError| {
+    let fail = |mut out: Transcript, e: ProtocolError| {
         out.error = Some(e);
         out
     };
@@ -838,12 +838,12 @@ impl volley::proto::conn::Events<u32> for ConnEv {
         assert_eq!(self.opened, 1, "opened twice");
         volley::proto::conn::Verdict::Continue
     }
-    fn message(&mut self, app: &mut u32, msg: Message<'_>) -> volley::proto::conn::Verdict {
+    fn message(&mut self, app: &mut u32, msg: Decoded<'_>) -> volley::proto::conn::Verdict {
         assert_eq!(*app, 7);
         assert_eq!(self.closes, 0, "a message after on_close");
         let len = match msg {
-            Message::Text(t) => t.len(),
-            Message::Binary(b) => b.len(),
+            Decoded::Text(t) => t.len(),
+            Decoded::Binary(b) => b.len(),
             other => panic!("{other:?} reached the handler"),
         };
         if self.queue > self.budget {

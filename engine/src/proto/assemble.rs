@@ -19,13 +19,13 @@
 //!
 //! # Examples
 //! ```
-//! use volley::proto::{Decoder, Limits, Message, Role};
+//! use volley::proto::{Decoded, Decoder, Limits, Role};
 //! // RFC 6455 section 5.7: a masked "Hello" from a client.
 //! let mut bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
 //! let mut dec = Decoder::new(Role::Server, Limits::default());
 //! let step = dec.decode(&mut bytes).unwrap();
 //! assert_eq!(step.consumed, 11);
-//! assert_eq!(step.message, Some(Message::Text("Hello")));
+//! assert_eq!(step.message, Some(Decoded::Text("Hello")));
 //! ```
 
 use super::close::{parse_close_payload, CloseFrame};
@@ -64,11 +64,12 @@ impl Default for Limits {
     }
 }
 
-/// A complete message (or control frame), borrowed from the input or the assembly buffer.
-/// The embedding API's [`crate::Message`] is its data part (`Text`, `Binary`); `From` and
+/// What the decoder hands out: a complete message or a control frame, borrowed from the input
+/// or the assembly buffer. The embedding API's [`crate::Message`] is its data part (`Text`,
+/// `Binary`), named apart so a user never meets two types of the same name; `From` and
 /// `TryFrom` convert between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Message<'a> {
+pub enum Decoded<'a> {
     /// A text message, valid UTF-8.
     Text(&'a str),
     /// A binary message.
@@ -87,7 +88,7 @@ pub struct Step<'a> {
     /// Bytes of the input consumed. The caller drops them and presents the rest again.
     pub consumed: usize,
     /// A complete message, if one ended within the consumed bytes.
-    pub message: Option<Message<'a>>,
+    pub message: Option<Decoded<'a>>,
 }
 
 /// A message being assembled from several frames or several reads.
@@ -231,11 +232,11 @@ impl Decoder {
                 apply_mask(payload, k, 0);
             }
             let message = match h.opcode {
-                OpCode::Ping => Message::Ping(payload),
-                OpCode::Pong => Message::Pong(payload),
+                OpCode::Ping => Decoded::Ping(payload),
+                OpCode::Pong => Decoded::Pong(payload),
                 _ => {
                     self.closed = true;
-                    Message::Close(parse_close_payload(payload)?)
+                    Decoded::Close(parse_close_payload(payload)?)
                 }
             };
             return Ok(Step {
@@ -286,9 +287,9 @@ impl Decoder {
                 apply_mask(payload, k, 0);
             }
             let message = if h.opcode == OpCode::Text {
-                Message::Text(utf8::validate(payload)?)
+                Decoded::Text(utf8::validate(payload)?)
             } else {
-                Message::Binary(payload)
+                Decoded::Binary(payload)
             };
             return Ok(Step {
                 consumed: hlen + len,
@@ -364,9 +365,9 @@ impl Decoder {
         let message = if asm.opcode == OpCode::Text {
             asm.utf8.finish()?;
             // Validated piece by piece already; this second pass only produces the `&str`.
-            Message::Text(utf8::validate(&asm.buf)?)
+            Decoded::Text(utf8::validate(&asm.buf)?)
         } else {
-            Message::Binary(&asm.buf)
+            Decoded::Binary(&asm.buf)
         };
         Ok(Step {
             consumed,
@@ -398,7 +399,7 @@ fn inflate_into<'a>(
     compressed: &[u8],
     asm: &'a mut Assembly,
     max: usize,
-) -> Result<Message<'a>, ProtocolError> {
+) -> Result<Decoded<'a>, ProtocolError> {
     let text = asm.opcode == OpCode::Text;
     if let Err(e) = inf.inflate(compressed, &mut asm.buf, max) {
         asm.buf = Vec::new();
@@ -410,9 +411,9 @@ fn inflate_into<'a>(
         });
     }
     Ok(if text {
-        Message::Text(utf8::validate(&asm.buf)?)
+        Decoded::Text(utf8::validate(&asm.buf)?)
     } else {
-        Message::Binary(&asm.buf)
+        Decoded::Binary(&asm.buf)
     })
 }
 
@@ -432,13 +433,13 @@ mod tests {
         Close(Option<(u16, String)>),
     }
 
-    pub(crate) fn own(m: Message<'_>) -> Owned {
+    pub(crate) fn own(m: Decoded<'_>) -> Owned {
         match m {
-            Message::Text(t) => Owned::Text(t.to_owned()),
-            Message::Binary(b) => Owned::Binary(b.to_vec()),
-            Message::Ping(b) => Owned::Ping(b.to_vec()),
-            Message::Pong(b) => Owned::Pong(b.to_vec()),
-            Message::Close(c) => Owned::Close(c.map(|c| (c.code.0, c.reason.to_owned()))),
+            Decoded::Text(t) => Owned::Text(t.to_owned()),
+            Decoded::Binary(b) => Owned::Binary(b.to_vec()),
+            Decoded::Ping(b) => Owned::Ping(b.to_vec()),
+            Decoded::Pong(b) => Owned::Pong(b.to_vec()),
+            Decoded::Close(c) => Owned::Close(c.map(|c| (c.code.0, c.reason.to_owned()))),
         }
     }
 
@@ -502,14 +503,14 @@ mod tests {
         );
         let mut c = Decoder::new(Role::Client, Limits::default());
         let step = c.decode(&mut unmasked).unwrap();
-        assert_eq!(step.message, Some(Message::Text("Hello")));
+        assert_eq!(step.message, Some(Decoded::Text("Hello")));
         // Masked "Hello".
         let mut masked = [
             0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
         ];
         assert_eq!(
             server_dec().decode(&mut masked).unwrap().message,
-            Some(Message::Text("Hello"))
+            Some(Decoded::Text("Hello"))
         );
         let mut c = Decoder::new(Role::Client, Limits::default());
         assert_eq!(
@@ -529,14 +530,14 @@ mod tests {
         let mut c = Decoder::new(Role::Client, Limits::default());
         assert_eq!(
             c.decode(&mut ping).unwrap().message,
-            Some(Message::Ping(b"Hello"))
+            Some(Decoded::Ping(b"Hello"))
         );
         let mut pong = [
             0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
         ];
         assert_eq!(
             server_dec().decode(&mut pong).unwrap().message,
-            Some(Message::Pong(b"Hello"))
+            Some(Decoded::Pong(b"Hello"))
         );
         // 256 bytes and 64 KiB binary in single frames.
         for n in [256usize, 65536] {
@@ -546,7 +547,7 @@ mod tests {
             let wire_len = wire.len();
             let step = d.decode(&mut wire).unwrap();
             assert_eq!(step.consumed, wire_len);
-            assert_eq!(step.message, Some(Message::Binary(&payload[..])));
+            assert_eq!(step.message, Some(Decoded::Binary(&payload[..])));
             assert!(!d.is_assembling());
         }
     }
@@ -715,7 +716,7 @@ mod tests {
         let mut w = client(OpCode::Close, true, &[]);
         assert_eq!(
             server_dec().decode(&mut w).unwrap().message,
-            Some(Message::Close(None))
+            Some(Decoded::Close(None))
         );
         let mut w = client(OpCode::Close, true, &[0x03]);
         assert_eq!(

@@ -42,7 +42,7 @@ use super::deflate::Inflater;
 use super::encode::encode_close_frame;
 use super::frame::{encode_header, OpCode};
 use super::handshake::HeadScanner;
-use super::{Decoder, HandshakeError, Limits, Message, ProtocolError, Role, Status};
+use super::{Decoded, Decoder, HandshakeError, Limits, ProtocolError, Role, Status};
 use std::time::{Duration, Instant};
 
 /// The limits and deadlines of a connection, shared by all of a worker's connections.
@@ -166,7 +166,7 @@ pub trait Events<S> {
     /// The connection opened (`on_open`).
     fn open(&mut self, app: &mut S) -> Verdict;
     /// A data message (`on_message`): only `Text` and `Binary` come here.
-    fn message(&mut self, app: &mut S, msg: Message<'_>) -> Verdict;
+    fn message(&mut self, app: &mut S, msg: Decoded<'_>) -> Verdict;
     /// The connection's life as the application sees it is over (`on_close`).
     fn close(&mut self, app: S, code: CloseCode, reason: &str);
     /// The peer broke the protocol (for logs and counters); the machine closes.
@@ -661,7 +661,7 @@ impl<S> Conn<S> {
                 continue;
             };
             match msg {
-                Message::Text(_) | Message::Binary(_) => {
+                Decoded::Text(_) | Decoded::Binary(_) => {
                     // Data after we sent our close frame is dropped (RFC 6455 5.5.1).
                     if let Phase::Open { app } = &mut self.phase {
                         if ev.message(app, msg) == Verdict::SlowConsumer {
@@ -670,7 +670,7 @@ impl<S> Conn<S> {
                         }
                     }
                 }
-                Message::Ping(p) if matches!(self.phase, Phase::Open { .. }) => {
+                Decoded::Ping(p) if matches!(self.phase, Phase::Open { .. }) => {
                     // While its pong fits in the budget every ping is answered at once, in
                     // order with the other output (a pong goes before the echo of a message
                     // that completes after the ping); pongs never take the queue past the
@@ -688,8 +688,8 @@ impl<S> Conn<S> {
                     }
                 }
                 // Pongs, and pings after we sent our close frame.
-                Message::Ping(_) | Message::Pong(_) => {}
-                Message::Close(frame) => {
+                Decoded::Ping(_) | Decoded::Pong(_) => {}
+                Decoded::Close(frame) => {
                     let (code, reason): (CloseCode, Box<str>) = match frame {
                         Some(f) => (f.code, f.reason.into()),
                         None => (CloseCode::NO_STATUS, "".into()),

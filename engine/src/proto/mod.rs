@@ -29,7 +29,7 @@ pub mod handshake;
 pub mod mask;
 pub mod utf8;
 
-pub use assemble::{Decoder, Limits, Message, Role, Step};
+pub use assemble::{Decoded, Decoder, Limits, Role, Step};
 pub use close::{CloseCode, CloseFrame};
 pub use error::{ClientHandshakeError, HandshakeError, ProtocolError};
 pub use frame::{FrameHeader, OpCode};

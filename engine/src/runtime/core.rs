@@ -571,7 +571,7 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
         self.call(app, |h, ctx, s| h.on_open(ctx, s))
     }
 
-    fn message(&mut self, app: &mut H::State, msg: proto::Message<'_>) -> Verdict {
+    fn message(&mut self, app: &mut H::State, msg: proto::Decoded<'_>) -> Verdict {
         let Ok(data) = Message::try_from(msg) else {
             return Verdict::Continue;
         };

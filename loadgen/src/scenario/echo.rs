@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use volley::proto::Message;
+use volley::proto::Decoded;
 
 /// How long answers still in flight are awaited after the last send.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -150,7 +150,7 @@ impl Worker {
         }
     }
 
-    fn echo(&mut self, slot: usize, conn: &mut crate::client::Conn, m: &Message<'_>, t: u64) {
+    fn echo(&mut self, slot: usize, conn: &mut crate::client::Conn, m: &Decoded<'_>, t: u64) {
         let e = &mut self.st[slot];
         let Some((intended, actual)) = e.pending.pop_front() else {
             self.res.unexpected += 1;

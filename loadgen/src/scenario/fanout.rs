@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use volley::proto::encode::encode_client_frame;
-use volley::proto::{Message, OpCode};
+use volley::proto::{Decoded, OpCode};
 
 /// How long subscribers wait for events still in flight after the last publish.
 const DRAIN: Duration = Duration::from_secs(3);
@@ -169,12 +169,12 @@ impl Worker {
         }
     }
 
-    fn message(&mut self, slot: usize, m: &Message<'_>, t: u64) {
+    fn message(&mut self, slot: usize, m: &Decoded<'_>, t: u64) {
         if self.publisher_of[slot].is_some() {
             self.res.publisher_echoes += 1;
             return;
         }
-        let Message::Binary(b) = *m else {
+        let Decoded::Binary(b) = *m else {
             self.res.malformed += 1;
             return;
         };

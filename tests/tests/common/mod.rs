@@ -12,7 +12,7 @@ use std::time::Duration;
 use volley::proto::deflate::{Deflater, Inflater};
 use volley::proto::encode::encode_client_frame;
 use volley::proto::handshake::{verify_response, write_client_request, ClientKey};
-use volley::proto::{Decoder, Limits, Message as PMsg, OpCode, Role, Status};
+use volley::proto::{Decoded, Decoder, Limits, OpCode, Role, Status};
 use volley::{CloseCode, Config, ConnId, Ctx, Handler, Message, Reject, Request, Server, Upgrade};
 
 /// What the recording handler saw.
@@ -307,11 +307,11 @@ impl RawClient {
                 pos += step.consumed;
                 if let Some(m) = step.message {
                     got = Some(match m {
-                        PMsg::Text(t) => Got::Text(t.to_owned()),
-                        PMsg::Binary(b) => Got::Binary(b.to_vec()),
-                        PMsg::Ping(b) => Got::Ping(b.to_vec()),
-                        PMsg::Pong(b) => Got::Pong(b.to_vec()),
-                        PMsg::Close(c) => Got::Close(c.map(|c| (c.code.0, c.reason.to_owned()))),
+                        Decoded::Text(t) => Got::Text(t.to_owned()),
+                        Decoded::Binary(b) => Got::Binary(b.to_vec()),
+                        Decoded::Ping(b) => Got::Ping(b.to_vec()),
+                        Decoded::Pong(b) => Got::Pong(b.to_vec()),
+                        Decoded::Close(c) => Got::Close(c.map(|c| (c.code.0, c.reason.to_owned()))),
                     });
                     break;
                 }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::proto::encode::encode_client_frame;
-use crate::proto::{Decoder, Message as PMsg};
+use crate::proto::{Decoded, Decoder};
 
 const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -55,14 +55,14 @@ impl Ev {
             let step = dec.decode(&mut buf[pos..]).expect("valid server frames");
             pos += step.consumed;
             match step.message {
-                Some(PMsg::Ping(p)) => out.push((OpCode::Ping, p.to_vec())),
-                Some(PMsg::Pong(p)) => out.push((OpCode::Pong, p.to_vec())),
-                Some(PMsg::Close(c)) => out.push((
+                Some(Decoded::Ping(p)) => out.push((OpCode::Ping, p.to_vec())),
+                Some(Decoded::Pong(p)) => out.push((OpCode::Pong, p.to_vec())),
+                Some(Decoded::Close(c)) => out.push((
                     OpCode::Close,
                     c.map_or(vec![], |c| c.code.0.to_be_bytes().to_vec()),
                 )),
-                Some(PMsg::Text(t)) => out.push((OpCode::Text, t.as_bytes().to_vec())),
-                Some(PMsg::Binary(b)) => out.push((OpCode::Binary, b.to_vec())),
+                Some(Decoded::Text(t)) => out.push((OpCode::Text, t.as_bytes().to_vec())),
+                Some(Decoded::Binary(b)) => out.push((OpCode::Binary, b.to_vec())),
                 None if step.consumed == 0 => return out,
                 None => {}
             }
@@ -121,10 +121,10 @@ impl Events<u32> for Ev {
         self.opened += 1;
         Verdict::Continue
     }
-    fn message(&mut self, _app: &mut u32, msg: Message<'_>) -> Verdict {
+    fn message(&mut self, _app: &mut u32, msg: Decoded<'_>) -> Verdict {
         let data = match msg {
-            Message::Text(t) => t.as_bytes(),
-            Message::Binary(b) => b,
+            Decoded::Text(t) => t.as_bytes(),
+            Decoded::Binary(b) => b,
             _ => panic!("only data messages reach the handler"),
         };
         self.messages.push(data.to_vec());
