@@ -48,7 +48,7 @@ pub mod handler;
 pub mod proto;
 pub mod runtime;
 
-pub use broadcast::{LimitReached, Target};
+pub use broadcast::{LimitReached, Receipt, Target};
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, SendStatus, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;

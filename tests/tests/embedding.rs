@@ -244,6 +244,82 @@ fn publish_excluding_the_sender_reaches_everyone_else_once(b: Backend) {
     server.shutdown();
 }
 
+// ---- Handle calls answer what they can know at once; tracked publishes from any thread ----
+
+fn handle_bindings_are_posted_and_publish_tracked_counts_from_any_thread(b: Backend) {
+    let (tx, rx) = mpsc::channel();
+    let room = Room {
+        opened: Arc::new(Mutex::new(tx)),
+    };
+    let cfg = Config::new("127.0.0.1:0")
+        .workers(2)
+        .max_keys_per_event(2)
+        .backend(b);
+    let server = Server::start(cfg, room).unwrap();
+    let mut clients: Vec<RawClient> = (0..4)
+        .map(|_| RawClient::connect(server.local_addr(), "/"))
+        .collect();
+    let ids: Vec<ConnId> = (0..4)
+        .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
+    for c in &mut clients {
+        c.send_text("echo:ready");
+        next_is(c, "ready");
+    }
+    let h = server.handle();
+    let wait = Duration::from_secs(5);
+
+    // The receipt is waited for on another thread than the one that published.
+    let receipt = h
+        .publish_tracked(Target::Topic("room"), Message::Text("tracked"))
+        .expect("within the caps");
+    let waiter = std::thread::spawn(move || receipt.wait_timeout(wait));
+    for c in &mut clients {
+        next_is(c, "tracked");
+    }
+    assert_eq!(
+        waiter.join().unwrap(),
+        Some(4),
+        "every member, on both workers"
+    );
+
+    // Bindings from a Handle are posted in order with this thread's publishes: the worker
+    // applies the bind before it delivers the next event.
+    let count = |t: Target<'_>| {
+        h.publish_tracked(t, Message::Text("x"))
+            .expect("within the caps")
+            .wait_timeout(wait)
+    };
+    assert!(h.bind_key(ids[0], "alice"));
+    assert!(h.subscribe(ids[1], "solo"));
+    assert_eq!(count(Target::Key("alice")), Some(1));
+    assert_eq!(count(Target::Topic("solo")), Some(1));
+    assert!(h.unbind_key(ids[0], "alice"));
+    assert!(h.unsubscribe(ids[1], "solo"));
+    assert_eq!(count(Target::Key("alice")), Some(0));
+    assert_eq!(count(Target::Topic("solo")), Some(0));
+    // No recipient on any worker: the receipt is ready at once.
+    let none = h
+        .publish_tracked(Target::Conns(&[]), Message::Text("x"))
+        .unwrap();
+    assert_eq!(none.try_get(), Some(0));
+    // Over `max_keys_per_event`: refused, no receipt, as `Ctx::publish_tracked` says false.
+    let three = ["a", "b", "c"];
+    assert!(h
+        .publish_tracked(Target::Keys(&three), Message::Text("x"))
+        .is_none());
+    assert_eq!(h.stats().publishes_refused, 1);
+
+    drop(clients);
+    h.shutdown();
+    // Shutting down: nothing more is posted.
+    assert!(!h.bind_key(ids[0], "late"));
+    assert!(!h.subscribe(ids[0], "late"));
+    assert!(!h.unbind_key(ids[0], "late"));
+    assert!(!h.unsubscribe(ids[0], "late"));
+    server.join();
+}
+
 // ---- upgrades answered later, rejections with headers ----
 
 #[derive(Clone, Default)]
@@ -424,6 +500,7 @@ both_backends!(
     producer_pauses_on_backpressure_and_resumes_on_drain,
     send_reports_dropped_over_the_budget_and_closed_after_close,
     publish_excluding_the_sender_reaches_everyone_else_once,
+    handle_bindings_are_posted_and_publish_tracked_counts_from_any_thread,
     deferred_upgrade_accepted_from_another_thread_opens,
     rejections_carry_headers_now_or_later,
     deferred_upgrade_never_answered_is_dropped_at_the_handshake_timeout,

@@ -22,7 +22,8 @@ use crate::proto::frame::encode_header;
 use crate::proto::OpCode;
 use crate::runtime::ConnId;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 /// Who receives an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,13 +98,67 @@ pub(crate) enum OwnedTarget {
 }
 
 /// Counts how many connections an event reached across workers; the last worker to finish
-/// reports the total to the publishing connection (`Handler::on_published`).
+/// reports the total to whoever asked (`ReceiptTo`).
 #[derive(Debug)]
 pub(crate) struct Tracker {
     pub(crate) remaining: AtomicUsize,
     pub(crate) reached: AtomicUsize,
-    pub(crate) origin: ConnId,
-    pub(crate) tag: u64,
+    pub(crate) to: ReceiptTo,
+}
+
+/// Who a tracked publish reports its total to.
+#[derive(Clone, Debug)]
+pub(crate) enum ReceiptTo {
+    /// The publishing connection, with its tag (`Ctx::publish_tracked`, `Handler::on_published`).
+    Conn(ConnId, u64),
+    /// A [`Receipt`] some thread may wait on (`Handle::publish_tracked`).
+    Waiter(Arc<ReceiptCell>),
+}
+
+/// Where a [`Receipt`]'s total lands; set once, by the last worker.
+#[derive(Debug, Default)]
+pub(crate) struct ReceiptCell {
+    reached: Mutex<Option<usize>>,
+    done: Condvar,
+}
+
+impl ReceiptCell {
+    /// Records the total and wakes every waiter.
+    pub(crate) fn complete(&self, reached: usize) {
+        let mut r = self.reached.lock().unwrap_or_else(|e| e.into_inner());
+        *r = Some(reached);
+        self.done.notify_all();
+    }
+}
+
+/// The receipt of a [`crate::Handle::publish_tracked`]: once every worker has delivered the
+/// event, the number of connections it reached. Cloneable and `Send + Sync`: wait for it
+/// from any thread.
+///
+/// A worker that stops (shutdown) before delivering never reports, so a wait is always
+/// bounded by a timeout.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    pub(crate) cell: Arc<ReceiptCell>,
+}
+
+impl Receipt {
+    /// The total if every worker has delivered, without waiting.
+    pub fn try_get(&self) -> Option<usize> {
+        *self.cell.reached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `timeout` for every worker to deliver; the number of connections
+    /// reached, or `None` on timeout.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<usize> {
+        let r = self.cell.reached.lock().unwrap_or_else(|e| e.into_inner());
+        let (r, _) = self
+            .cell
+            .done
+            .wait_timeout_while(r, timeout, |r| r.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        *r
+    }
 }
 
 impl Tracker {
@@ -202,7 +257,7 @@ pub(crate) fn group_by_worker(ids: &[ConnId], workers: usize) -> Vec<Vec<ConnId>
 /// any thread): a list of connections is grouped by owning worker (workers without one of
 /// them get nothing); keys, a topic or everyone go to every worker as one shared
 /// `Arc<Event>`, which each resolves against its own tables. With a `receipt` (the publishing
-/// connection and its tag), the parts share one [`Tracker`]; with `deflate` (the server
+/// connection and its tag, or a waiting [`Receipt`]), the parts share one [`Tracker`]; with `deflate` (the server
 /// compresses), they share one compressed twin's cell ([`Twin`]). `dispatch` is called once per
 /// part with the worker and its event; returns how many parts there were (0: no worker holds
 /// a recipient, and no receipt will come from the workers). Every part skips `except`.
@@ -210,19 +265,18 @@ pub(crate) fn route(
     frame: Arc<[u8]>,
     target: OwnedTarget,
     workers: usize,
-    receipt: Option<(ConnId, u64)>,
+    receipt: Option<ReceiptTo>,
     except: Option<ConnId>,
     deflate: bool,
     mut dispatch: impl FnMut(usize, Arc<Event>),
 ) -> usize {
     let twin = new_twin(deflate);
     let tracker = |parts: usize| {
-        receipt.map(|(origin, tag)| {
+        receipt.clone().map(|to| {
             Arc::new(Tracker {
                 remaining: AtomicUsize::new(parts),
                 reached: AtomicUsize::new(0),
-                origin,
-                tag,
+                to,
             })
         })
     };
@@ -292,7 +346,7 @@ mod tests {
             frame.clone(),
             OwnedTarget::from_target(&Target::Conns(&ids)),
             3,
-            Some((origin, 7)),
+            Some(ReceiptTo::Conn(origin, 7)),
             None,
             true,
             |w, ev| got.push((w, ev)),
@@ -383,8 +437,7 @@ mod tests {
         let t = Tracker {
             remaining: AtomicUsize::new(3),
             reached: AtomicUsize::new(0),
-            origin: ConnId::new(0, 1, 1),
-            tag: 9,
+            to: ReceiptTo::Conn(ConnId::new(0, 1, 1), 9),
         };
         assert_eq!(t.finish_part(2), None);
         assert_eq!(t.finish_part(0), None);

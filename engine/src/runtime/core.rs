@@ -18,7 +18,9 @@ use super::timer::{millis, TimerWheel};
 use super::upgrade::{self, Answer, DeferSlot};
 use super::{Command, Config, ConnId, Handle, SlowConsumerPolicy, WorkerShared};
 use crate::broadcast::registry::{Added, Caps, Registry, Subs};
-use crate::broadcast::{encode_shared, route, scratch_spike, Event, OwnedTarget, Target};
+use crate::broadcast::{
+    encode_shared, route, scratch_spike, Event, OwnedTarget, ReceiptTo, Target,
+};
 use crate::handler::{Ctx, Handler, HttpResponse, Message, Reject, SendStatus, Upgrade};
 use crate::proto::conn::{self as machine, ConnConfig, Events, Head, Held, Timeout, Verdict};
 use crate::proto::deflate::{self, Agreed, Inflater, MAX_WINDOW_BITS};
@@ -1174,7 +1176,8 @@ impl<H: Handler, Io> Core<H, Io> {
         let mut local = None;
         let workers = &self.shared.workers;
         let deflate = self.cfg.deflate.is_some();
-        let parts = route(frame, target, n, tag, except, deflate, |w, ev| {
+        let to = tag.map(|(origin, tag)| ReceiptTo::Conn(origin, tag));
+        let parts = route(frame, target, n, to, except, deflate, |w, ev| {
             if w == me {
                 local = Some(ev);
             } else {
@@ -1277,7 +1280,10 @@ impl<H: Handler, Io> Core<H, Io> {
             .fetch_add(reached as u64, Ordering::Relaxed);
         if let Some(t) = &ev.tracker {
             if let Some(total) = t.finish_part(reached) {
-                self.receipt(t.origin, t.tag, total);
+                match &t.to {
+                    ReceiptTo::Conn(origin, tag) => self.receipt(*origin, *tag, total),
+                    ReceiptTo::Waiter(cell) => cell.complete(total),
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ pub(crate) mod upgrade;
 
 pub use upgrade::Pending;
 
-use crate::broadcast::Target;
+use crate::broadcast::{Receipt, Target};
 use crate::driver;
 use crate::handler::{Handler, Message};
 pub use crate::proto::deflate::DeflateConfig;
@@ -733,17 +733,37 @@ impl Handle {
     /// Returns false, and delivers nothing, if `target` lists more keys than
     /// `Config::max_keys_per_event` (logged and counted in `publishes_refused`).
     pub fn publish(&self, target: Target<'_>, msg: Message<'_>) -> bool {
-        self.publish_inner(target, msg, None)
+        self.publish_inner(target, msg, None, None)
+    }
+
+    /// Like [`Handle::publish`], with a [`Receipt`]: once every worker has delivered the
+    /// event, it holds the number of connections reached, and any thread can wait for it
+    /// ([`Receipt::wait_timeout`]). The `Handle` twin of `Ctx::publish_tracked`, whose total
+    /// goes to `Handler::on_published` instead. `None`, and nothing delivered, on the same
+    /// refusal as `publish` (more keys than `Config::max_keys_per_event`).
+    pub fn publish_tracked(&self, target: Target<'_>, msg: Message<'_>) -> Option<Receipt> {
+        let receipt = Receipt {
+            cell: Arc::default(),
+        };
+        let to = crate::broadcast::ReceiptTo::Waiter(receipt.cell.clone());
+        self.publish_inner(target, msg, None, Some(to))
+            .then_some(receipt)
     }
 
     /// Like [`Handle::publish`], but connection `except` does not receive it even if
     /// `target` includes it: a service relaying a client's message to the others of its
     /// room (as `Ctx::publish_others` does inside a callback).
     pub fn publish_except(&self, target: Target<'_>, msg: Message<'_>, except: ConnId) -> bool {
-        self.publish_inner(target, msg, Some(except))
+        self.publish_inner(target, msg, Some(except), None)
     }
 
-    fn publish_inner(&self, target: Target<'_>, msg: Message<'_>, except: Option<ConnId>) -> bool {
+    fn publish_inner(
+        &self,
+        target: Target<'_>,
+        msg: Message<'_>,
+        except: Option<ConnId>,
+        receipt: Option<crate::broadcast::ReceiptTo>,
+    ) -> bool {
         if self.over_key_cap(&target, 0) {
             return false;
         }
@@ -751,15 +771,18 @@ impl Handle {
         let workers = &self.shared.workers;
         let target = crate::broadcast::OwnedTarget::from_target(&target);
         let deflate = self.shared.deflate;
-        crate::broadcast::route(
+        let parts = crate::broadcast::route(
             frame,
             target,
             workers.len(),
-            None,
+            receipt.clone(),
             except,
             deflate,
             |w, ev| workers[w].push(Command::Publish(ev)),
         );
+        if let (0, Some(crate::broadcast::ReceiptTo::Waiter(cell))) = (parts, &receipt) {
+            cell.complete(0); // no worker holds a recipient
+        }
         if let Some(w) = workers.first() {
             w.stats.events_published.fetch_add(1, Ordering::Relaxed);
         }
@@ -790,30 +813,45 @@ impl Handle {
         )
     }
 
-    fn bind_op(&self, id: ConnId, name: &str, op: core::BindOp) {
-        if let Some(w) = self.worker(id) {
-            w.push(Command::Bind(id, name.into(), op));
+    /// Posts a binding change to the connection's worker: true if posted, false if `id`
+    /// names no worker of this server or the server is shutting down.
+    fn bind_op(&self, id: ConnId, name: &str, op: core::BindOp) -> bool {
+        match self.worker(id) {
+            Some(w) if !self.is_shutting_down() => {
+                w.push(Command::Bind(id, name.into(), op));
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Binds a connection to an application key (a user id, a device id).
-    pub fn bind_key(&self, id: ConnId, key: &str) {
-        self.bind_op(id, key, core::BindOp::Bind);
+    /// Binds a connection to an application key (a user id, a device id). Posted, not yet
+    /// applied: true once posted to the connection's worker, which applies it in order with
+    /// this thread's other commands (an unknown or closed connection, or one at
+    /// `Config::max_keys_per_conn`, is then left as it is, the latter counted in
+    /// `bindings_refused`); false, and nothing posted, if `id` names no worker of this server
+    /// or the server is shutting down. (`Ctx::bind_key`, on the connection's own worker,
+    /// answers with the outcome instead.)
+    pub fn bind_key(&self, id: ConnId, key: &str) -> bool {
+        self.bind_op(id, key, core::BindOp::Bind)
     }
 
-    /// Unbinds a connection from an application key.
-    pub fn unbind_key(&self, id: ConnId, key: &str) {
-        self.bind_op(id, key, core::BindOp::Unbind);
+    /// Unbinds a connection from an application key. Posted, not yet applied: the return is
+    /// as for [`Handle::bind_key`].
+    pub fn unbind_key(&self, id: ConnId, key: &str) -> bool {
+        self.bind_op(id, key, core::BindOp::Unbind)
     }
 
-    /// Subscribes a connection to a topic.
-    pub fn subscribe(&self, id: ConnId, topic: &str) {
-        self.bind_op(id, topic, core::BindOp::Subscribe);
+    /// Subscribes a connection to a topic. Posted, not yet applied: the return is as for
+    /// [`Handle::bind_key`] (the worker's cap is `Config::max_topics_per_conn`).
+    pub fn subscribe(&self, id: ConnId, topic: &str) -> bool {
+        self.bind_op(id, topic, core::BindOp::Subscribe)
     }
 
-    /// Unsubscribes a connection from a topic.
-    pub fn unsubscribe(&self, id: ConnId, topic: &str) {
-        self.bind_op(id, topic, core::BindOp::Unsubscribe);
+    /// Unsubscribes a connection from a topic. Posted, not yet applied: the return is as for
+    /// [`Handle::bind_key`].
+    pub fn unsubscribe(&self, id: ConnId, topic: &str) -> bool {
+        self.bind_op(id, topic, core::BindOp::Unsubscribe)
     }
 
     /// The server's counters, summed over workers.
