@@ -393,7 +393,7 @@ mod tests {
             encode_shared(Message::Text("x")),
             OwnedTarget::Conns(vec![ConnId::new(7, 1, 1)]),
             3,
-            Some((origin, 8)),
+            Some(ReceiptTo::Conn(origin, 8)),
             None,
             true,
             |_, _| panic!("no worker holds a recipient"),
@@ -430,6 +430,23 @@ mod tests {
         assert!(!over_key_cap(&Target::All, 1, &refused));
         assert!(over_key_cap(&Target::Keys(&three), 2, &refused));
         assert_eq!(refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn receipt_waits_until_the_last_part_then_holds_the_total() {
+        let r = Receipt {
+            cell: Arc::default(),
+        };
+        assert_eq!(r.try_get(), None);
+        assert_eq!(r.wait_timeout(Duration::from_millis(20)), None, "times out");
+        let cell = r.cell.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            cell.complete(3);
+        });
+        assert_eq!(r.clone().wait_timeout(Duration::from_secs(5)), Some(3));
+        t.join().unwrap();
+        assert_eq!(r.try_get(), Some(3));
     }
 
     #[test]
