@@ -40,6 +40,7 @@
 #![cfg_attr(test, deny(warnings))]
 
 pub mod broadcast;
+pub mod cluster;
 mod driver;
 pub mod handler;
 pub mod proto;
@@ -49,4 +50,5 @@ pub use broadcast::{LimitReached, Target};
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
+pub use cluster::{ClusterConfig, ClusterStatsSnapshot};
 pub use runtime::{Backend, Config, ConnId, Handle, Server, SlowConsumerPolicy, Stats};

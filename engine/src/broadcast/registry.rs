@@ -8,6 +8,7 @@
 //! closing cost O(N²) when they left in an unlucky order). A per-connection cap ([`Caps`],
 //! from `Config`) bounds how many names one connection can hold.
 
+use crate::cluster::Kind;
 use std::collections::{HashMap, HashSet};
 
 /// Key and topic membership on one worker.
@@ -16,6 +17,9 @@ pub(crate) struct Registry {
     keys: HashMap<Box<str>, HashSet<u32>>,
     topics: HashMap<Box<str>, HashSet<u32>>,
     caps: Caps,
+    /// In a cluster: told when a name gets its first connection here or loses its last
+    /// (the node's interest in its subject).
+    pub(crate) watch: Option<crate::cluster::Watch>,
 }
 
 /// Most keys and topics one connection may hold (0: no limit).
@@ -69,7 +73,17 @@ impl Registry {
             return Added::Full;
         }
         subs.keys.insert(key.into());
-        self.keys.entry(key.into()).or_default().insert(slot);
+        match self.keys.get_mut(key) {
+            Some(set) => {
+                set.insert(slot);
+            }
+            None => {
+                self.keys.insert(key.into(), HashSet::from([slot]));
+                if let Some(w) = &self.watch {
+                    w.changed(Kind::Key, key, true);
+                }
+            }
+        }
         Added::Yes
     }
 
@@ -87,6 +101,9 @@ impl Registry {
             set.remove(&slot);
             if set.is_empty() {
                 self.keys.remove(key);
+                if let Some(w) = &self.watch {
+                    w.changed(Kind::Key, key, false);
+                }
             }
         }
     }
@@ -101,7 +118,17 @@ impl Registry {
             return Added::Full;
         }
         subs.topics.insert(topic.into());
-        self.topics.entry(topic.into()).or_default().insert(slot);
+        match self.topics.get_mut(topic) {
+            Some(set) => {
+                set.insert(slot);
+            }
+            None => {
+                self.topics.insert(topic.into(), HashSet::from([slot]));
+                if let Some(w) = &self.watch {
+                    w.changed(Kind::Topic, topic, true);
+                }
+            }
+        }
         Added::Yes
     }
 
@@ -119,6 +146,9 @@ impl Registry {
             set.remove(&slot);
             if set.is_empty() {
                 self.topics.remove(topic);
+                if let Some(w) = &self.watch {
+                    w.changed(Kind::Topic, topic, false);
+                }
             }
         }
     }

@@ -54,6 +54,7 @@ pub(crate) fn start<H: Handler>(
     addr: SocketAddr,
     n: usize,
     handler: H,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
     crate::runtime::raise_nofile_limit();
     let (listeners, local_addr) = super::bind_listeners(addr, n, cfg.backlog)?;
@@ -72,6 +73,7 @@ pub(crate) fn start<H: Handler>(
         open_conns: std::sync::atomic::AtomicUsize::new(0),
         max_keys_per_event: cfg.max_keys_per_event,
         max_bindings: (cfg.max_keys_per_conn, cfg.max_topics_per_conn),
+        cluster,
     });
     let parts: Vec<_> = polls.into_iter().zip(listeners).collect();
     super::spawn_workers(

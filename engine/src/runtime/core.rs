@@ -209,6 +209,8 @@ pub(crate) struct Core<H: Handler, Io> {
     pub(crate) shared: Arc<super::Shared>,
     pub(crate) handle: Handle,
     pub(crate) worker: u8,
+    /// This node's id in its cluster (0: not in one), carried in every `ConnId` made here.
+    node: u8,
     next_gen: u32,
     epoch: Instant,
     /// The time of this loop turn (read once per turn by [`Core::update_now`]).
@@ -463,6 +465,12 @@ impl<H: Handler, Io> Core<H, Io> {
         let held = Held::new(cfg.incomplete_budget);
         let conn_cfg = cfg.conn_config();
         let epoch = Instant::now();
+        let node = shared.node();
+        let mut registry = Registry::with_caps(caps);
+        registry.watch = shared.cluster.clone().map(|cluster| crate::cluster::Watch {
+            cluster,
+            worker,
+        });
         Core {
             handler,
             conns: Slab::new(),
@@ -473,6 +481,7 @@ impl<H: Handler, Io> Core<H, Io> {
             },
             shared,
             worker,
+            node,
             next_gen: 1,
             epoch,
             now: epoch,
@@ -483,7 +492,7 @@ impl<H: Handler, Io> Core<H, Io> {
             dead: Vec::new(),
             env: Env {
                 budget,
-                registry: Registry::with_caps(caps),
+                registry,
                 policy,
                 held,
                 ..Env::default()
@@ -542,7 +551,7 @@ impl<H: Handler, Io> Core<H, Io> {
     /// Takes a newly accepted connection; returns its key.
     pub(crate) fn insert(&mut self, io: Io) -> usize {
         let gen = self.next_gen;
-        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        self.next_gen = (self.next_gen.wrapping_add(1) & super::GEN_MASK).max(1);
         let key = self.conns.insert(Conn {
             io,
             out: WriteQueue::default(),
@@ -581,7 +590,7 @@ impl<H: Handler, Io> Core<H, Io> {
     }
 
     fn id(&self, key: usize) -> ConnId {
-        ConnId::new(self.worker, key, self.conns[key].gen)
+        ConnId::with_node(self.node, self.worker, key, self.conns[key].gen)
     }
 
     /// Runs `f` on `key`'s machine with the worker's side of it; `None` if `key` is gone or
@@ -598,12 +607,13 @@ impl<H: Handler, Io> Core<H, Io> {
             env,
             shared,
             worker,
+            node,
             cfg,
             conn_cfg,
             ..
         } = self;
         let conn = conns.get_mut(key).filter(|c| !c.dead)?;
-        let id = ConnId::new(*worker, key, conn.gen);
+        let id = ConnId::with_node(*node, *worker, key, conn.gen);
         let Conn {
             machine, out, subs, ..
         } = conn;
@@ -739,12 +749,18 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Resolves an id on this worker; `None` if it is stale or gone.
     fn resolve(&self, id: ConnId) -> Option<usize> {
+        if id.node() != self.node {
+            return None;
+        }
         let key = id.key();
         let c = self.conns.get(key)?;
         (c.gen == id.gen() && !c.dead).then_some(key)
     }
 
     fn send_frame(&mut self, id: ConnId, frame: Vec<u8>) {
+        if let Some(c) = self.shared.remote(id) {
+            return c.send(id, &frame);
+        }
         if id.worker() != self.worker as usize {
             if let Some(w) = self.shared.workers.get(id.worker()) {
                 w.push(Command::Send(id, frame));
@@ -775,6 +791,9 @@ impl<H: Handler, Io> Core<H, Io> {
     }
 
     fn close_id(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+        if let Some(c) = self.shared.remote(id) {
+            return c.close(id, code, reason);
+        }
         if id.worker() != self.worker as usize {
             if let Some(w) = self.shared.workers.get(id.worker()) {
                 w.push(Command::Close(id, code, reason.to_owned()));
@@ -895,15 +914,22 @@ impl<H: Handler, Io> Core<H, Io> {
             .stats
             .events_published
             .fetch_add(1, Ordering::Relaxed);
+        // Other nodes get theirs through the broker (only those with interest receive it).
+        if let Some(c) = &self.shared.cluster {
+            c.publish(&target, &frame);
+        }
         // Lists of connections are split by owning worker here; keys, topics and "all" are
         // resolved by each worker against its own tables.
         let parts: Vec<(usize, OwnedTarget)> = match target {
-            OwnedTarget::Conns(ids) => group_by_worker(&ids, n)
+            OwnedTarget::Conns(mut ids) => {
+                ids.retain(|id| id.node() == self.node);
+                group_by_worker(&ids, n)
                 .into_iter()
                 .enumerate()
                 .filter(|(_, ids)| !ids.is_empty())
                 .map(|(w, ids)| (w, OwnedTarget::Conns(ids)))
-                .collect(),
+                .collect()
+            }
             other => {
                 let shared = Arc::new(Event {
                     frame,
@@ -1068,6 +1094,9 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Binds, unbinds, subscribes or unsubscribes a connection on behalf of another thread.
     fn bind_op(&mut self, id: ConnId, name: &str, op: BindOp) {
+        if let Some(c) = self.shared.remote(id) {
+            return c.bind(id, name, op);
+        }
         if id.worker() != self.worker as usize {
             if let Some(w) = self.shared.workers.get(id.worker()) {
                 w.push(Command::Bind(id, name.into(), op));
