@@ -47,8 +47,8 @@ pub mod proto;
 pub mod runtime;
 
 pub use broadcast::{LimitReached, Target};
+pub use cluster::{ClusterConfig, ClusterStatsSnapshot};
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
-pub use cluster::{ClusterConfig, ClusterStatsSnapshot};
 pub use runtime::{Backend, Config, ConnId, Handle, Server, SlowConsumerPolicy, Stats};

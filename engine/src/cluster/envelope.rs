@@ -268,7 +268,10 @@ mod tests {
         let mut out = Vec::new();
         encode(&mut out, opcode, 7, 42, 1234, &body, payload);
         let e = decode(&out).expect("decodes");
-        assert_eq!((e.opcode, e.origin, e.seq, e.sent_us), (opcode, 7, 42, 1234));
+        assert_eq!(
+            (e.opcode, e.origin, e.seq, e.sent_us),
+            (opcode, 7, 42, 1234)
+        );
         assert_eq!(e.body, body);
         assert_eq!(e.payload, payload);
     }
@@ -279,7 +282,11 @@ mod tests {
         roundtrip(1, Body::All, b"hello");
         roundtrip(2, Body::Topic("news"), &[0, 255, 7]);
         roundtrip(1, Body::Keys(vec!["alice", "bob", ""]), b"{}");
-        roundtrip(2, Body::Conns(vec![id, ConnId::with_node(2, 0, 1, 1)]), b"x");
+        roundtrip(
+            2,
+            Body::Conns(vec![id, ConnId::with_node(2, 0, 1, 1)]),
+            b"x",
+        );
         roundtrip(1, Body::Send(id), b"");
         roundtrip(0, Body::Close(id, 1000, "bye"), b"");
         roundtrip(0, Body::Bind(id, 2, "room"), b"");

@@ -198,7 +198,10 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Connects to the broker (or, with `start_local_only`, starts connecting in the
     /// background) and subscribes to this node's subject and to `all`.
-    pub(crate) fn start(cfg: &ClusterConfig, limits_max_message: usize) -> io::Result<Arc<Cluster>> {
+    pub(crate) fn start(
+        cfg: &ClusterConfig,
+        limits_max_message: usize,
+    ) -> io::Result<Arc<Cluster>> {
         if cfg.node_id == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -265,8 +268,13 @@ impl Cluster {
                 name: format!("volley-node-{}", cfg.node_id),
                 max_queue: cfg.max_queue,
                 // A message carries one WebSocket message plus its envelope.
-                max_in: cfg.max_message.min(limits_max_message.saturating_add(1 << 20)),
-                fixed: vec![format!("{prefix}.all"), format!("{prefix}.node.{}", cfg.node_id)],
+                max_in: cfg
+                    .max_message
+                    .min(limits_max_message.saturating_add(1 << 20)),
+                fixed: vec![
+                    format!("{prefix}.all"),
+                    format!("{prefix}.node.{}", cfg.node_id),
+                ],
             },
             first,
             stats,
@@ -396,9 +404,12 @@ impl Cluster {
     pub(crate) fn publish(&self, target: &OwnedTarget, frame: &[u8]) {
         let (opcode, payload) = split_frame(frame);
         match target {
-            OwnedTarget::All => {
-                self.send_envelope(vec![format!("{}.all", self.prefix)], opcode, &Body::All, payload)
-            }
+            OwnedTarget::All => self.send_envelope(
+                vec![format!("{}.all", self.prefix)],
+                opcode,
+                &Body::All,
+                payload,
+            ),
             OwnedTarget::Topic(t) => self.send_envelope(
                 vec![self.subject(Kind::Topic, t)],
                 opcode,
@@ -472,7 +483,11 @@ impl Cluster {
             Err(e) => {
                 let n = self.stats.bad_in.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
-                    tracing::warn!(len = msg.len(), bad = n, "malformed broker message dropped: {e}");
+                    tracing::warn!(
+                        len = msg.len(),
+                        bad = n,
+                        "malformed broker message dropped: {e}"
+                    );
                 }
                 return;
             }
@@ -538,7 +553,10 @@ impl Cluster {
                     let mut ks: Vec<&str> = ks;
                     ks.sort_unstable();
                     ks.dedup();
-                    push_all(Some(m), OwnedTarget::Keys(ks.into_iter().map(Into::into).collect()));
+                    push_all(
+                        Some(m),
+                        OwnedTarget::Keys(ks.into_iter().map(Into::into).collect()),
+                    );
                 }
             }
             Body::Conns(ids) => {
@@ -604,19 +622,84 @@ impl Cluster {
         use std::fmt::Write as _;
         let s = self.snapshot();
         let rows: [(&str, &str, &str, u64); 13] = [
-            ("cluster_messages_in_total", "counter", "Broker messages received.", s.msgs_in),
-            ("cluster_received_bytes_total", "counter", "Payload bytes of broker messages received.", s.bytes_in),
-            ("cluster_messages_out_total", "counter", "Broker messages published (one per subject).", s.msgs_out),
-            ("cluster_sent_bytes_total", "counter", "Payload bytes published to the broker.", s.bytes_out),
-            ("cluster_link_up", "gauge", "1 while the broker link is connected.", s.link_up),
-            ("cluster_reconnects_total", "counter", "Reconnections of the broker link.", s.reconnects),
-            ("cluster_remote_dropped_total", "counter", "Events for other nodes dropped: link down, queue full or too large.", s.remote_dropped),
-            ("cluster_bad_messages_total", "counter", "Broker messages refused: malformed or over the size limit.", s.bad_in),
-            ("cluster_duplicates_skipped_total", "counter", "Copies of one multi-key event skipped.", s.duplicates_skipped),
-            ("cluster_subscriptions", "gauge", "Subjects subscribed on the broker.", s.subscriptions),
-            ("cluster_lag_samples_total", "counter", "Events from other nodes whose lag was measured.", s.lag_samples),
-            ("cluster_lag_microseconds_total", "counter", "Sum of cross-node lags (publish on the origin to arrival here), in microseconds.", s.lag_us_sum),
-            ("cluster_lag_max_microseconds", "gauge", "Largest cross-node lag seen, in microseconds.", s.lag_us_max),
+            (
+                "cluster_messages_in_total",
+                "counter",
+                "Broker messages received.",
+                s.msgs_in,
+            ),
+            (
+                "cluster_received_bytes_total",
+                "counter",
+                "Payload bytes of broker messages received.",
+                s.bytes_in,
+            ),
+            (
+                "cluster_messages_out_total",
+                "counter",
+                "Broker messages published (one per subject).",
+                s.msgs_out,
+            ),
+            (
+                "cluster_sent_bytes_total",
+                "counter",
+                "Payload bytes published to the broker.",
+                s.bytes_out,
+            ),
+            (
+                "cluster_link_up",
+                "gauge",
+                "1 while the broker link is connected.",
+                s.link_up,
+            ),
+            (
+                "cluster_reconnects_total",
+                "counter",
+                "Reconnections of the broker link.",
+                s.reconnects,
+            ),
+            (
+                "cluster_remote_dropped_total",
+                "counter",
+                "Events for other nodes dropped: link down, queue full or too large.",
+                s.remote_dropped,
+            ),
+            (
+                "cluster_bad_messages_total",
+                "counter",
+                "Broker messages refused: malformed or over the size limit.",
+                s.bad_in,
+            ),
+            (
+                "cluster_duplicates_skipped_total",
+                "counter",
+                "Copies of one multi-key event skipped.",
+                s.duplicates_skipped,
+            ),
+            (
+                "cluster_subscriptions",
+                "gauge",
+                "Subjects subscribed on the broker.",
+                s.subscriptions,
+            ),
+            (
+                "cluster_lag_samples_total",
+                "counter",
+                "Events from other nodes whose lag was measured.",
+                s.lag_samples,
+            ),
+            (
+                "cluster_lag_microseconds_total",
+                "counter",
+                "Sum of cross-node lags (publish on the origin to arrival here), in microseconds.",
+                s.lag_us_sum,
+            ),
+            (
+                "cluster_lag_max_microseconds",
+                "gauge",
+                "Largest cross-node lag seen, in microseconds.",
+                s.lag_us_max,
+            ),
         ];
         for (name, kind, help, v) in rows {
             let _ = writeln!(out, "# HELP volley_{name} {help}");

@@ -32,9 +32,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     Info(String),
-    Msg { subject: String, payload: Vec<u8> },
+    Msg {
+        subject: String,
+        payload: Vec<u8>,
+    },
     /// A message whose payload was over the bound: skipped.
-    Oversized { subject: String, len: usize },
+    Oversized {
+        subject: String,
+        len: usize,
+    },
     Ping,
     Pong,
     Ok,
@@ -196,11 +202,16 @@ pub(crate) fn server_addr(url: &str) -> Result<String, String> {
     if rest.is_empty() {
         return Err(format!("{url}: no host"));
     }
-    Ok(if rest.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-        rest.to_string()
-    } else {
-        format!("{rest}:4222")
-    })
+    Ok(
+        if rest
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            rest.to_string()
+        } else {
+            format!("{rest}:4222")
+        },
+    )
 }
 
 /// Connects to the first server of `addrs` (from `start`) that answers with `INFO`.
@@ -539,7 +550,11 @@ fn write_loop(
             }
             p.out_bytes = 0;
             let pong = std::mem::take(&mut p.pong_due);
-            (std::mem::take(&mut p.out), std::mem::take(&mut p.changed), pong)
+            (
+                std::mem::take(&mut p.out),
+                std::mem::take(&mut p.changed),
+                pong,
+            )
         };
         if pong {
             w.write_all(b"PONG\r\n")?;
@@ -747,7 +762,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(server_addr("nats://127.0.0.1:4222").unwrap(), "127.0.0.1:4222");
+        assert_eq!(
+            server_addr("nats://127.0.0.1:4222").unwrap(),
+            "127.0.0.1:4222"
+        );
         assert_eq!(server_addr("localhost").unwrap(), "localhost:4222");
         assert!(server_addr("tls://x:1").is_err());
         assert!(server_addr("nats://u:p@x:1").is_err());

@@ -467,10 +467,10 @@ impl<H: Handler, Io> Core<H, Io> {
         let epoch = Instant::now();
         let node = shared.node();
         let mut registry = Registry::with_caps(caps);
-        registry.watch = shared.cluster.clone().map(|cluster| crate::cluster::Watch {
-            cluster,
-            worker,
-        });
+        registry.watch = shared
+            .cluster
+            .clone()
+            .map(|cluster| crate::cluster::Watch { cluster, worker });
         Core {
             handler,
             conns: Slab::new(),
@@ -924,11 +924,11 @@ impl<H: Handler, Io> Core<H, Io> {
             OwnedTarget::Conns(mut ids) => {
                 ids.retain(|id| id.node() == self.node);
                 group_by_worker(&ids, n)
-                .into_iter()
-                .enumerate()
-                .filter(|(_, ids)| !ids.is_empty())
-                .map(|(w, ids)| (w, OwnedTarget::Conns(ids)))
-                .collect()
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, ids)| !ids.is_empty())
+                    .map(|(w, ids)| (w, OwnedTarget::Conns(ids)))
+                    .collect()
             }
             other => {
                 let shared = Arc::new(Event {

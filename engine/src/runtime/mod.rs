@@ -951,7 +951,10 @@ impl Server {
             },
         };
         let cluster = match &config.cluster {
-            Some(c) => Some(crate::cluster::Cluster::start(c, config.limits.max_message)?),
+            Some(c) => Some(crate::cluster::Cluster::start(
+                c,
+                config.limits.max_message,
+            )?),
             None => None,
         };
         let started = match backend {

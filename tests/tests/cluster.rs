@@ -1,0 +1,605 @@
+//! Several volley nodes as one server over a real `nats-server` (started here on free ports):
+//! keys, topics, `ConnId`s of other nodes and everyone reach exactly their connections;
+//! per-publisher order; no duplicates; the broker killed and restarted; a two-server NATS
+//! cluster losing one server; malformed and oversized broker messages.
+//!
+//! Needs `nats-server` on the PATH (`tests/run.sh` installs Debian's); without it these tests
+//! fail, unless `VOLLEY_SKIP_NATS=1` says to skip them.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use volley::{
+    Backend, ClusterConfig, Config, ConnId, Ctx, Handle, Handler, Message, Reject, Request, Server,
+    Target, Upgrade,
+};
+
+/// A `nats-server` child process; killed on drop.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    monitor: u16,
+    args: Vec<String>,
+}
+
+impl Nats {
+    /// `None` (after recording the skip) when nats-server is missing and skipping was asked.
+    fn available(test: &str) -> bool {
+        let ok = Command::new("nats-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return true;
+        }
+        if opted_out("VOLLEY_SKIP_NATS") {
+            skip(test, "nats-server not installed (VOLLEY_SKIP_NATS=1)");
+            return false;
+        }
+        panic!("nats-server not found: tests/run.sh installs it (apt-get install nats-server); set VOLLEY_SKIP_NATS=1 to skip");
+    }
+
+    fn start(extra: &[String]) -> Nats {
+        let (port, monitor) = (free_port(), free_port());
+        let mut args: Vec<String> = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend_from_slice(extra);
+        let mut n = Nats {
+            child: None,
+            port,
+            monitor,
+            args,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.monitor)).expect("monitor");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    /// The numbers of every `"field":` in the monitoring endpoint's JSON at `path`.
+    fn stats(&self, path: &str, field: &str) -> Vec<u64> {
+        let body = self.get(path);
+        let key = format!("\"{field}\":");
+        body.match_indices(&key)
+            .map(|(i, _)| {
+                body[i + key.len()..]
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect::<String>()
+                    .parse()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// A number from the monitoring endpoint's JSON (`/varz`, `/routez`).
+    fn stat(&self, path: &str, field: &str) -> u64 {
+        self.stats(path, field)
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("{field} in {path}"))
+    }
+
+    /// Waits until the clients of this server hold `n` subscriptions (the server's own
+    /// system subscriptions are not counted).
+    fn wait_subs(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got: u64 = self.stats("/connz", "subscriptions").iter().sum();
+            if got == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{got} subscriptions, expected {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Publishes raw bytes on `subject` as a plain NATS client.
+    fn publish_raw(&self, subject: &str, payload: &[u8]) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut info = [0u8; 4096];
+        let _ = s.read(&mut info).unwrap();
+        write!(
+            s,
+            "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+            payload.len()
+        )
+        .unwrap();
+        s.write_all(payload).unwrap();
+        s.write_all(b"\r\nPING\r\n").unwrap();
+        // PONG after the PUB: the server has taken the message.
+        let mut buf = Vec::new();
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&buf).contains("PONG") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "server closed");
+            buf.extend_from_slice(&b[..n]);
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Binds `/?key=K`, subscribes `/?topic=T`, reports ids by query; on message:
+/// `keys:a,b:x`, `topic:t:x`, `all:x`, `to:ID:x` (send to a ConnId of any node).
+#[derive(Clone)]
+struct Router {
+    ids: Arc<Mutex<mpsc::Sender<(String, ConnId)>>>,
+}
+
+impl Handler for Router {
+    type State = String;
+    fn on_upgrade(&mut self, req: &Request<'_>, _: &mut Upgrade) -> Result<String, Reject> {
+        Ok(req.query.unwrap_or("").to_owned())
+    }
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, q: &mut String) {
+        for kv in q.split('&') {
+            if let Some(k) = kv.strip_prefix("key=") {
+                assert!(ctx.bind_key(k));
+            }
+            if let Some(t) = kv.strip_prefix("topic=") {
+                assert!(ctx.subscribe(t));
+            }
+        }
+        let _ = self.ids.lock().unwrap().send((q.clone(), ctx.id()));
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _: &mut String, msg: Message<'_>) {
+        let Message::Text(t) = msg else { return };
+        let mut p = t.splitn(3, ':');
+        match (p.next(), p.next(), p.next()) {
+            (Some("keys"), Some(ks), Some(x)) => {
+                let ks: Vec<&str> = ks.split(',').collect();
+                assert!(ctx.publish(Target::Keys(&ks), Message::Text(x)));
+            }
+            (Some("topic"), Some(tp), Some(x)) => {
+                assert!(ctx.publish(Target::Topic(tp), Message::Text(x)));
+            }
+            (Some("all"), Some(x), None) => assert!(ctx.publish(Target::All, Message::Text(x))),
+            (Some("to"), Some(id), Some(x)) => {
+                let id = ids_from(id);
+                ctx.send_to(id, Message::Text(x));
+            }
+            _ => ctx.send(msg),
+        }
+    }
+}
+
+fn ids_from(s: &str) -> ConnId {
+    // ConnIds are opaque: tests carry them as the number and find the id back through a
+    // publish to that connection's list made by the test itself.
+    let v: u64 = s.parse().unwrap();
+    *ID_BOOK
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|id| id.as_u64() == v)
+        .expect("known id")
+}
+
+static ID_BOOK: Mutex<Vec<ConnId>> = Mutex::new(Vec::new());
+
+struct Node {
+    server: Option<Server>,
+    addr: SocketAddr,
+    ids: mpsc::Receiver<(String, ConnId)>,
+}
+
+impl Node {
+    fn start(b: Backend, cluster: ClusterConfig) -> Node {
+        let (tx, rx) = mpsc::channel();
+        let server = Server::start(
+            Config::new("127.0.0.1:0")
+                .workers(2)
+                .backend(b)
+                .cluster(Some(cluster)),
+            Router {
+                ids: Arc::new(Mutex::new(tx)),
+            },
+        )
+        .expect("node starts");
+        Node {
+            addr: server.local_addr(),
+            server: Some(server),
+            ids: rx,
+        }
+    }
+
+    fn handle(&self) -> Handle {
+        self.server.as_ref().unwrap().handle()
+    }
+
+    /// Connects with `query`; returns the client and its id.
+    fn client(&self, query: &str) -> (RawClient, ConnId) {
+        let c = RawClient::connect(self.addr, &format!("/?{query}"));
+        let (q, id) = self.ids.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(q, query);
+        ID_BOOK.lock().unwrap().push(id);
+        (c, id)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+fn text(c: &mut RawClient) -> String {
+    match c.recv() {
+        Got::Text(t) => t,
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+fn quiet(c: &mut RawClient) {
+    if let Some(g) = c.recv_within(Duration::from_millis(300)) {
+        panic!("expected no bytes, got {g:?}");
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Each node subscribes to `all` and its own subject from the start.
+const FIXED: u64 = 2;
+
+fn three_nodes(b: Backend) {
+    if !Nats::available("cluster::three_nodes") {
+        return;
+    }
+    let nats = Nats::start(&[]);
+    let [a, bn, c] = [1, 2, 3].map(|n| Node::start(b, ClusterConfig::new([nats.url()], n)));
+    let (mut a1, _) = a.client("key=alice");
+    let (mut a2, _) = a.client("key=dave");
+    let (mut b1, _) = bn.client("key=bob");
+    let (mut b2, _) = bn.client("topic=news");
+    let (mut b3, b3_id) = bn.client("");
+    let (mut c1, c1_id) = c.client("key=carol");
+    let (mut c2, _) = c.client("key=alice&topic=news");
+    // A: alice, dave; B: bob, news; C: carol, alice, news.
+    nats.wait_subs(3 * FIXED + 7);
+    assert_eq!(b3_id.node(), 2);
+    assert_eq!(c1_id.node(), 3);
+
+    // Keys from another thread of node A: alice is on A and C, bob on B.
+    assert!(a
+        .handle()
+        .publish(Target::Keys(&["alice", "bob"]), Message::Text("k1")));
+    assert_eq!(text(&mut a1), "k1");
+    assert_eq!(text(&mut b1), "k1");
+    assert_eq!(text(&mut c2), "k1");
+    // A topic from a handler on A (which has no subscriber of it).
+    a2.send_text("topic:news:t1");
+    assert_eq!(text(&mut b2), "t1");
+    assert_eq!(text(&mut c2), "t1");
+    // A ConnId of node C from node A's handle, and of node B from a handler on C.
+    a.handle().send_text(c1_id, "direct");
+    assert_eq!(text(&mut c1), "direct");
+    c1.send_text(&format!("to:{}:from-c", b3_id.as_u64()));
+    assert_eq!(text(&mut b3), "from-c");
+    // Everyone, from node B.
+    bn.handle().publish(Target::All, Message::Text("everyone"));
+    for cl in [
+        &mut a1, &mut a2, &mut b1, &mut b2, &mut b3, &mut c1, &mut c2,
+    ] {
+        assert_eq!(text(cl), "everyone");
+    }
+    // Nothing else reached anyone.
+    for cl in [
+        &mut a1, &mut a2, &mut b1, &mut b2, &mut b3, &mut c1, &mut c2,
+    ] {
+        quiet(cl);
+    }
+    // Broker messages went out once per subject, not per recipient: keys alice and bob (2),
+    // topic (1), send (1), send_to (1), all (1).
+    let out: u64 = [&a, &bn, &c]
+        .iter()
+        .map(|n| n.handle().cluster_stats().unwrap().msgs_out)
+        .sum();
+    assert_eq!(out, 6);
+    // Interest goes with the last connection: C drops alice and news when c2 leaves.
+    drop(c2);
+    nats.wait_subs(3 * FIXED + 5);
+    let st = c.handle().cluster_stats().unwrap();
+    assert_eq!((st.link_up, st.bad_in, st.remote_dropped), (1, 0, 0));
+    assert!(c
+        .handle()
+        .prometheus()
+        .contains("volley_cluster_messages_in_total{node=\"3\"}"));
+}
+
+/// One publisher's events reach a remote recipient in order, each once, whatever subjects
+/// they travel on (two keys it holds, one key, a topic).
+fn order_and_no_duplicates(b: Backend) {
+    if !Nats::available("cluster::order_and_no_duplicates") {
+        return;
+    }
+    let nats = Nats::start(&[]);
+    let a = Node::start(b, ClusterConfig::new([nats.url()], 1));
+    let bn = Node::start(b, ClusterConfig::new([nats.url()], 2));
+    let (mut r, _) = bn.client("key=x&key=y&topic=t");
+    let (mut other, _) = bn.client("key=z");
+    nats.wait_subs(2 * FIXED + 4);
+    let h = a.handle();
+    let n = 600;
+    for i in 0..n {
+        let m = format!("{i}");
+        match i % 3 {
+            0 => h.publish(Target::Keys(&["x", "y", "nobody"]), Message::Text(&m)),
+            1 => h.publish(Target::Key("y"), Message::Text(&m)),
+            _ => h.publish(Target::Topic("t"), Message::Text(&m)),
+        };
+    }
+    for i in 0..n {
+        assert_eq!(text(&mut r), i.to_string());
+    }
+    quiet(&mut r);
+    quiet(&mut other);
+    let st = bn.handle().cluster_stats().unwrap();
+    assert_eq!(
+        st.duplicates_skipped,
+        n / 3,
+        "one copy of each two-key event skipped"
+    );
+    assert_eq!(h.cluster_stats().unwrap().remote_dropped, 0);
+}
+
+/// The broker is killed mid-run: local delivery goes on, events for other nodes are counted
+/// as dropped, no node crashes; restarted, the links reconnect and subscribe again.
+fn broker_restart(b: Backend) {
+    if !Nats::available("cluster::broker_restart") {
+        return;
+    }
+    let mut nats = Nats::start(&[]);
+    let a = Node::start(b, ClusterConfig::new([nats.url()], 1));
+    let bn = Node::start(b, ClusterConfig::new([nats.url()], 2));
+    let (mut local, _) = a.client("key=k");
+    let (mut remote, _) = bn.client("key=k");
+    nats.wait_subs(2 * FIXED + 2);
+    a.handle()
+        .publish(Target::Key("k"), Message::Text("before"));
+    assert_eq!(text(&mut local), "before");
+    assert_eq!(text(&mut remote), "before");
+
+    nats.kill();
+    wait_for("links down", || {
+        a.handle().cluster_stats().unwrap().link_up == 0
+            && bn.handle().cluster_stats().unwrap().link_up == 0
+    });
+    for i in 0..10 {
+        a.handle()
+            .publish(Target::Key("k"), Message::Text(&format!("during{i}")));
+    }
+    for i in 0..10 {
+        assert_eq!(text(&mut local), format!("during{i}"));
+    }
+    assert_eq!(a.handle().cluster_stats().unwrap().remote_dropped, 10);
+    quiet(&mut remote);
+
+    nats.spawn();
+    wait_for("links up", || {
+        a.handle().cluster_stats().unwrap().link_up == 1
+            && bn.handle().cluster_stats().unwrap().link_up == 1
+    });
+    nats.wait_subs(2 * FIXED + 2);
+    a.handle().publish(Target::Key("k"), Message::Text("after"));
+    assert_eq!(text(&mut local), "after");
+    assert_eq!(text(&mut remote), "after");
+    for n in [&a, &bn] {
+        let st = n.handle().cluster_stats().unwrap();
+        assert!(st.reconnects >= 1, "{st:?}");
+        assert_eq!(st.subscriptions, FIXED + 1);
+    }
+    // A new binding after the restart subscribes too.
+    let (mut late, _) = bn.client("topic=late");
+    nats.wait_subs(2 * FIXED + 3);
+    a.handle()
+        .publish(Target::Topic("late"), Message::Text("late"));
+    assert_eq!(text(&mut late), "late");
+}
+
+/// Two NATS servers in a cluster; the nodes list both. Killing the one they are on loses
+/// nothing once they have reconnected to the other.
+fn nats_cluster_survives_one_server(b: Backend) {
+    if !Nats::available("cluster::nats_cluster_survives_one_server") {
+        return;
+    }
+    let (r1, r2) = (free_port(), free_port());
+    let route = |own: u16, peer: u16| {
+        vec![
+            "--cluster_name".to_string(),
+            "volleytest".into(),
+            "--cluster".into(),
+            format!("nats://127.0.0.1:{own}"),
+            "--routes".into(),
+            format!("nats://127.0.0.1:{peer}"),
+        ]
+    };
+    let mut n1 = Nats::start(&route(r1, r2));
+    let n2 = Nats::start(&route(r2, r1));
+    wait_for("route between the NATS servers", || {
+        n1.stat("/routez", "num_routes") >= 1
+    });
+    let urls = [n1.url(), n2.url()];
+    let a = Node::start(b, ClusterConfig::new(urls.clone(), 1));
+    let bn = Node::start(b, ClusterConfig::new(urls, 2));
+    let (mut r, _) = bn.client("topic=t");
+    n1.wait_subs(2 * FIXED + 1);
+    a.handle()
+        .publish(Target::Topic("t"), Message::Text("via n1"));
+    assert_eq!(text(&mut r), "via n1");
+
+    n1.kill();
+    wait_for("both links on n2", || {
+        [&a, &bn].iter().all(|n| {
+            let st = n.handle().cluster_stats().unwrap();
+            st.link_up == 1 && st.reconnects >= 1
+        })
+    });
+    n2.wait_subs(2 * FIXED + 1);
+    for i in 0..100 {
+        a.handle()
+            .publish(Target::Topic("t"), Message::Text(&i.to_string()));
+    }
+    for i in 0..100 {
+        assert_eq!(text(&mut r), i.to_string());
+    }
+    quiet(&mut r);
+}
+
+/// Malformed and oversized broker messages are counted and dropped; the node goes on.
+fn bad_broker_input(b: Backend) {
+    if !Nats::available("cluster::bad_broker_input") {
+        return;
+    }
+    let nats = Nats::start(&[]);
+    let a = Node::start(b, ClusterConfig::new([nats.url()], 1).max_message(4096));
+    let bn = Node::start(b, ClusterConfig::new([nats.url()], 2));
+    let (mut r, _) = a.client("key=k&topic=t");
+    nats.wait_subs(2 * FIXED + 2);
+    let junk: [&[u8]; 6] = [
+        b"hello",
+        b"",
+        b"V\x01\x02\x01\x02",
+        &[
+            b'V', 1, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe,
+        ],
+        &[
+            b'V', 1, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff,
+        ],
+        &[
+            b'V', 1, 9, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    ];
+    for (i, j) in junk.iter().enumerate() {
+        let subject = ["volley.all", "volley.node.1", "volley.k.k", "volley.t.t"][i % 4];
+        nats.publish_raw(subject, j);
+    }
+    nats.publish_raw("volley.all", &vec![b'x'; 100_000]);
+    wait_for("bad messages counted", || {
+        a.handle().cluster_stats().unwrap().bad_in == junk.len() as u64 + 1
+    });
+    quiet(&mut r);
+    // Still serving: a good event from the other node arrives.
+    bn.handle()
+        .publish(Target::Topic("t"), Message::Text("good"));
+    assert_eq!(text(&mut r), "good");
+    assert_eq!(a.handle().cluster_stats().unwrap().link_up, 1);
+}
+
+both_backends!(
+    three_nodes,
+    order_and_no_duplicates,
+    broker_restart,
+    nats_cluster_survives_one_server,
+    bad_broker_input,
+);
+
+/// A node that cannot reach the broker fails to start with a clear error, unless told to
+/// start local-only; then it connects once the broker is there.
+#[test]
+fn unreachable_broker_at_start() {
+    if !Nats::available("cluster::unreachable_broker_at_start") {
+        return;
+    }
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let cfg = |c: ClusterConfig| {
+        Config::new("127.0.0.1:0")
+            .workers(1)
+            .backend(Backend::Mio)
+            .cluster(Some(c))
+    };
+    let (tx, _rx) = mpsc::channel();
+    let router = Router {
+        ids: Arc::new(Mutex::new(tx)),
+    };
+    let err = Server::start(cfg(ClusterConfig::new([url.clone()], 1)), router.clone())
+        .expect_err("no broker: no start");
+    assert!(
+        err.to_string().contains("cluster broker unreachable"),
+        "{err}"
+    );
+    let s = Server::start(
+        cfg(ClusterConfig::new([url], 1).start_local_only(true)),
+        router,
+    )
+    .expect("local-only start");
+    assert_eq!(s.handle().cluster_stats().unwrap().link_up, 0);
+    let mut nats = Nats::start(&[]);
+    // Put the broker on the port the node was given.
+    nats.kill();
+    nats.args[3] = port.to_string();
+    nats.port = port;
+    nats.spawn();
+    wait_for("link up", || {
+        s.handle().cluster_stats().unwrap().link_up == 1
+    });
+    nats.wait_subs(FIXED);
+    s.shutdown();
+}
