@@ -603,3 +603,88 @@ fn unreachable_broker_at_start() {
     nats.wait_subs(FIXED);
     s.shutdown();
 }
+
+fn serve_node(mode: &str, nats: &Nats, node: u8, b: Backend) -> ChildServer {
+    let backend = if b == Backend::Uring { "uring" } else { "mio" };
+    ChildServer::spawn(&[
+        "--mode",
+        mode,
+        "--workers",
+        "2",
+        "--backend",
+        backend,
+        "--cluster",
+        &nats.url(),
+        "--node-id",
+        &node.to_string(),
+    ])
+}
+
+/// The binary's reference modes across three `volley serve --cluster` processes: notify to
+/// keys held on other nodes, pubsub topics, broadcast.
+fn binary_modes_across_nodes(b: Backend) {
+    if !Nats::available("cluster::binary_modes_across_nodes") {
+        return;
+    }
+    let nats = Nats::start(&[]);
+    // notify
+    let ns: Vec<ChildServer> = (1..=3).map(|n| serve_node("notify", &nats, n, b)).collect();
+    let mut sender = RawClient::connect(ns[0].addr, "/?id=carol");
+    let mut alice = RawClient::connect(ns[1].addr, "/?id=alice");
+    let mut bob = RawClient::connect(ns[2].addr, "/?id=bob");
+    let mut zed = RawClient::connect(ns[2].addr, "/?id=zed");
+    nats.wait_subs(3 * FIXED + 4);
+    sender.send_text(r#"{"to":["alice","bob"],"data":"hi"}"#);
+    // The receipt counts this node's deliveries only (docs/modes.md).
+    assert_eq!(text(&mut sender), r#"{"reached":0}"#);
+    assert_eq!(text(&mut alice), "hi");
+    assert_eq!(text(&mut bob), "hi");
+    quiet(&mut zed);
+    drop(ns);
+    nats.wait_subs(0);
+    // pubsub
+    let ps: Vec<ChildServer> = (1..=2).map(|n| serve_node("pubsub", &nats, n, b)).collect();
+    let mut sub = RawClient::connect(ps[1].addr, "/");
+    sub.send_text("SUB news");
+    assert_eq!(text(&mut sub), "+SUB news");
+    let mut publ = RawClient::connect(ps[0].addr, "/");
+    nats.wait_subs(2 * FIXED + 1);
+    publ.send_text("PUB news across");
+    assert_eq!(text(&mut publ), "+PUB news 0");
+    assert_eq!(text(&mut sub), "across");
+    drop(ps);
+    nats.wait_subs(0);
+    // broadcast
+    let bs: Vec<ChildServer> = (1..=3)
+        .map(|n| serve_node("broadcast", &nats, n, b))
+        .collect();
+    let mut cs: Vec<RawClient> = bs.iter().map(|s| RawClient::connect(s.addr, "/")).collect();
+    nats.wait_subs(3 * FIXED);
+    std::thread::sleep(Duration::from_millis(50));
+    cs[2].send_text("to everyone");
+    for c in cs.iter_mut() {
+        assert_eq!(text(c), "to everyone");
+    }
+}
+
+both_backends!(binary_modes_across_nodes);
+
+/// `--cluster` with no broker: the process exits with a clear error.
+#[test]
+fn binary_without_broker_exits_with_the_reason() {
+    let out = Command::new(volley_bin())
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--cluster",
+            &format!("nats://127.0.0.1:{}", free_port()),
+            "--node-id",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster broker unreachable"), "{err}");
+}
