@@ -332,7 +332,7 @@ impl Cluster {
     pub(crate) fn interest_changed(&self, worker: u8, kind: Kind, name: &str, on: bool) {
         let subject = self.subject(kind, name);
         let mut map = self.interest.lock().unwrap_or_else(|e| e.into_inner());
-        let before_empty = map.get(subject.as_str()).is_none_or(|m| *m == [0; 4]);
+        let before_empty = map.get(subject.as_str()).map_or(true, |m| *m == [0; 4]);
         let m = map.entry(subject.as_str().into()).or_insert([0; 4]);
         mask_set(m, worker, on);
         let after_empty = *m == [0; 4];
@@ -524,7 +524,7 @@ impl Cluster {
                 tracker: None,
             });
             for (w, inbox) in workers.iter().enumerate() {
-                if mask.is_none_or(|m| m[w / 64] & (1 << (w % 64)) != 0) {
+                if mask.map_or(true, |m| m[w / 64] & (1 << (w % 64)) != 0) {
                     inbox.push(Command::Publish(ev.clone()));
                 }
             }
