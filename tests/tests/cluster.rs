@@ -356,13 +356,26 @@ fn three_nodes(b: Backend) {
         quiet(cl);
     }
     // Broker messages went out once per subject, not per recipient: keys alice and bob (2),
-    // topic (1), send (1), send_to (1), all (1).
+    // topic (1), send (1), send_to (1), all (1), each sent once and
+    // not per recipient or per node.
     let out: u64 = [&a, &bn, &c]
         .iter()
         .map(|n| n.handle().cluster_stats().unwrap().msgs_out)
         .sum();
     assert_eq!(out, 6);
-    // Interest goes with the last connection: C drops alice and news when c2 leaves.
+    // Bindings and closes of another node's connection, from node A's handle: b3 (on B)
+    // subscribes to a topic nobody held, then is closed.
+    a.handle().subscribe(b3_id, "late");
+    nats.wait_subs(3 * FIXED + 8);
+    c.handle()
+        .publish(Target::Topic("late"), Message::Text("late"));
+    assert_eq!(text(&mut b3), "late");
+    a.handle()
+        .close(b3_id, volley::CloseCode(4001), "from node 1");
+    assert_eq!(b3.recv(), Got::Close(Some((4001, "from node 1".into()))));
+    // Interest goes with the last connection: B drops late, C drops alice and news when c2
+    // leaves.
+    drop(b3);
     drop(c2);
     nats.wait_subs(3 * FIXED + 5);
     let st = c.handle().cluster_stats().unwrap();
