@@ -47,43 +47,70 @@ impl Nats {
         panic!("nats-server not found: tests/run.sh installs it (apt-get install nats-server); set VOLLEY_SKIP_NATS=1 to skip");
     }
 
+    /// Starts a server on free ports (tried again on other ports if another test took one
+    /// of them between `free_port` and the server's bind).
     fn start(extra: &[String]) -> Nats {
-        let (port, monitor) = (free_port(), free_port());
-        let mut args: Vec<String> = [
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-m",
-            &monitor.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend_from_slice(extra);
-        let mut n = Nats {
-            child: None,
-            port,
-            monitor,
-            args,
-        };
-        n.spawn();
-        n
+        for _ in 0..5 {
+            let (port, monitor) = (free_port(), free_port());
+            let mut args: Vec<String> = [
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-m",
+                &monitor.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend_from_slice(extra);
+            let mut n = Nats {
+                child: None,
+                port,
+                monitor,
+                args,
+            };
+            if n.try_spawn().is_ok() {
+                return n;
+            }
+        }
+        panic!("nats-server did not start on free ports five times");
     }
 
+    /// Starts the server again on its ports.
     fn spawn(&mut self) {
-        let child = Command::new("nats-server")
+        if let Err(why) = self.try_spawn() {
+            panic!("nats-server did not start again: {why}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
+        // The log goes to a file (a pipe nobody reads would block it, or kill it with
+        // SIGPIPE once closed).
+        let log = std::env::temp_dir().join(format!("volley-test-nats-{}.log", self.port));
+        let file = std::fs::File::create(&log).expect("nats log file");
+        let mut child = Command::new("nats-server")
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(file)
             .spawn()
             .expect("spawn nats-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a loaded machine (other builds) can take seconds to start a process.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("exited with {status}: {err}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("did not listen within 30 s".into());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
+        Ok(())
     }
 
     fn kill(&mut self) {
@@ -175,6 +202,9 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(
+            std::env::temp_dir().join(format!("volley-test-nats-{}.log", self.port)),
+        );
     }
 }
 
@@ -618,8 +648,13 @@ fn unreachable_broker_at_start() {
 }
 
 fn serve_node(mode: &str, nats: &Nats, node: u8, b: Backend) -> ChildServer {
+    serve_node_with(mode, nats, node, b, &[])
+}
+
+fn serve_node_with(mode: &str, nats: &Nats, node: u8, b: Backend, extra: &[&str]) -> ChildServer {
     let backend = if b == Backend::Uring { "uring" } else { "mio" };
-    ChildServer::spawn(&[
+    let (url, node) = (nats.url(), node.to_string());
+    let mut args = vec![
         "--mode",
         mode,
         "--workers",
@@ -627,10 +662,12 @@ fn serve_node(mode: &str, nats: &Nats, node: u8, b: Backend) -> ChildServer {
         "--backend",
         backend,
         "--cluster",
-        &nats.url(),
+        &url,
         "--node-id",
-        &node.to_string(),
-    ])
+        &node,
+    ];
+    args.extend_from_slice(extra);
+    ChildServer::spawn(&args)
 }
 
 /// The binary's reference modes across three `volley serve --cluster` processes: notify to
@@ -734,20 +771,13 @@ fn binary_survives_broker_restarts_without_leaks() {
         .collect();
     let nodes: Vec<ChildServer> = (0..2)
         .map(|i| {
-            ChildServer::spawn(&[
-                "--mode",
+            serve_node_with(
                 "pubsub",
-                "--workers",
-                "2",
-                "--backend",
-                "mio",
-                "--metrics",
-                &metrics[i],
-                "--cluster",
-                &nats.url(),
-                "--node-id",
-                &(i + 1).to_string(),
-            ])
+                &nats,
+                i as u8 + 1,
+                Backend::Mio,
+                &["--metrics", &metrics[i]],
+            )
         })
         .collect();
     let mut sub = RawClient::connect(nodes[1].addr, "/");
