@@ -823,3 +823,76 @@ fn binary_survives_broker_restarts_without_leaks() {
         .collect();
     assert_eq!(base, after, "(threads, fds) per node before and after");
 }
+
+/// `loadgen fanout --sub-url`: the publisher on node 1, the subscribers spread over nodes 2
+/// and 3 (every event crosses the broker): every event reaches every subscriber, and the
+/// broker carries each event once in and once out per node with interest (two), never per
+/// subscriber.
+#[test]
+fn loadgen_fanout_across_nodes() {
+    if !Nats::available("cluster::loadgen_fanout_across_nodes") {
+        return;
+    }
+    let bin = volley_bin().parent().unwrap().join("loadgen");
+    assert!(
+        bin.exists(),
+        "{} not built; run `cargo test --workspace`",
+        bin.display()
+    );
+    let nats = Nats::start(&[]);
+    let nodes: Vec<ChildServer> = (1..=3)
+        .map(|n| serve_node("broadcast", &nats, n, Backend::Mio))
+        .collect();
+    nats.wait_subs(3 * FIXED);
+    let url = |i: usize| format!("ws://{}/", nodes[i].addr);
+    let json = std::env::temp_dir().join(format!("cluster-fanout-{}.json", std::process::id()));
+    let (in0, out0) = (
+        nats.stat("/varz", "in_msgs"),
+        nats.stat("/varz", "out_msgs"),
+    );
+    // 20 events/s for 0.5 s of warm-up and a 1 s window: 30 events, to 40 subscribers.
+    let out = Command::new(bin)
+        .args([
+            "fanout",
+            "--url",
+            &url(0),
+            "--sub-url",
+            &url(1),
+            "--sub-url",
+            &url(2),
+        ])
+        .args([
+            "--subscribers",
+            "40",
+            "--rate",
+            "20",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+        ])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(&json).unwrap_or_default();
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |k: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+        v[k].as_u64().unwrap_or_else(|| panic!("{k} in {report}"))
+    };
+    assert_eq!(field("events_published"), 30);
+    assert_eq!((field("expected"), field("received")), (1200, 1200));
+    assert_eq!((field("lost"), field("out_of_order")), (0, 0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("subscribers on"), "{stdout}");
+    let (ins, outs) = (
+        nats.stat("/varz", "in_msgs") - in0,
+        nats.stat("/varz", "out_msgs") - out0,
+    );
+    assert_eq!((ins, outs), (30, 60), "broker messages in and out");
+}
