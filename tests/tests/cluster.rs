@@ -595,7 +595,36 @@ fn bad_broker_input(b: Backend) {
     assert_eq!(a.handle().cluster_stats().unwrap().link_up, 1);
 }
 
+/// A name whose subject would be longer than the broker takes (a SUB line over its limit
+/// would drop the link): served on its node only, counted, and the link stays up.
+fn names_too_long_for_a_subject(b: Backend) {
+    if !Nats::available("cluster::names_too_long_for_a_subject") {
+        return;
+    }
+    let nats = Nats::start(&[]);
+    let a = Node::start(b, ClusterConfig::new([nats.url()], 1));
+    let bn = Node::start(b, ClusterConfig::new([nats.url()], 2));
+    let long = "é".repeat(300); // 600 bytes: 1,200 hex digits in a subject
+    let (mut r, id) = bn.client("key=ok");
+    bn.handle().bind_key(id, &long);
+    nats.wait_subs(2 * FIXED + 1);
+    wait_for("unroutable counted", || {
+        bn.handle().cluster_stats().unwrap().unroutable == 1
+    });
+    a.handle()
+        .publish(Target::Keys(&[long.as_str(), "ok"]), Message::Text("one"));
+    assert_eq!(text(&mut r), "one", "through the routable key");
+    a.handle().publish(Target::Key(&long), Message::Text("two"));
+    bn.handle()
+        .publish(Target::Key(&long), Message::Text("local"));
+    assert_eq!(text(&mut r), "local");
+    quiet(&mut r);
+    assert_eq!(a.handle().cluster_stats().unwrap().remote_dropped, 2);
+    assert_eq!(bn.handle().cluster_stats().unwrap().link_up, 1);
+}
+
 both_backends!(
+    names_too_long_for_a_subject,
     three_nodes,
     order_and_no_duplicates,
     broker_restart,

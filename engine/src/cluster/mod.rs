@@ -142,6 +142,9 @@ pub struct ClusterStatsSnapshot {
     pub lag_us_sum: u64,
     /// Largest of those lags, in microseconds.
     pub lag_us_max: u64,
+    /// Keys and topics bound here whose subject would be too long for the broker (their
+    /// UTF-8 over about 500 bytes): served on this node only.
+    pub unroutable: u64,
 }
 
 #[derive(Debug, Default)]
@@ -158,6 +161,7 @@ pub(crate) struct ClusterStats {
     pub(crate) lag_samples: AtomicU64,
     pub(crate) lag_us_sum: AtomicU64,
     pub(crate) lag_us_max: AtomicU64,
+    pub(crate) unroutable: AtomicU64,
 }
 
 /// Workers with interest in one subject (up to 256 workers).
@@ -214,6 +218,23 @@ impl Cluster {
             .map(|u| nats::server_addr(u))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let prefix_ok = !cfg.subject_prefix.is_empty()
+            && cfg.subject_prefix.len() <= 64
+            && cfg.subject_prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+            });
+        if !prefix_ok {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cluster subject prefix {:?}: 1 to 64 bytes of dot-separated tokens of \
+                     printable ASCII, no `*` or `>`",
+                    cfg.subject_prefix
+                ),
+            ));
+        }
         if addrs.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -331,6 +352,20 @@ impl Cluster {
     /// A worker's table got its first connection for `name` (`on`) or lost its last.
     pub(crate) fn interest_changed(&self, worker: u8, kind: Kind, name: &str, on: bool) {
         let subject = self.subject(kind, name);
+        if !routable(&subject) {
+            // Local delivery only: the broker would refuse the SUB (and drop the link).
+            if on {
+                let n = self.stats.unroutable.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        len = name.len(),
+                        unroutable = n,
+                        "cluster: a name too long for a broker subject is served on this node only"
+                    );
+                }
+            }
+            return;
+        }
         let mut map = self.interest.lock().unwrap_or_else(|e| e.into_inner());
         let before_empty = map.get(subject.as_str()).map_or(true, |m| *m == [0; 4]);
         let m = map.entry(subject.as_str().into()).or_insert([0; 4]);
@@ -410,14 +445,23 @@ impl Cluster {
                 &Body::All,
                 payload,
             ),
-            OwnedTarget::Topic(t) => self.send_envelope(
-                vec![self.subject(Kind::Topic, t)],
-                opcode,
-                &Body::Topic(t),
-                payload,
-            ),
+            OwnedTarget::Topic(t) => {
+                let subject = self.subject(Kind::Topic, t);
+                if !routable(&subject) {
+                    self.stats.remote_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.send_envelope(vec![subject], opcode, &Body::Topic(t), payload)
+            }
             OwnedTarget::Keys(ks) => {
-                let subjects = ks.iter().map(|k| self.subject(Kind::Key, k)).collect();
+                let subjects: Vec<String> = ks
+                    .iter()
+                    .map(|k| self.subject(Kind::Key, k))
+                    .filter(|s| routable(s))
+                    .collect();
+                if subjects.len() < ks.len() {
+                    self.stats.remote_dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 let body = Body::Keys(ks.iter().map(|k| &**k).collect());
                 self.send_envelope(subjects, opcode, &body, payload);
             }
@@ -614,6 +658,7 @@ impl Cluster {
             lag_samples: l(&s.lag_samples),
             lag_us_sum: l(&s.lag_us_sum),
             lag_us_max: l(&s.lag_us_max),
+            unroutable: l(&s.unroutable),
         }
     }
 
@@ -621,7 +666,7 @@ impl Cluster {
     pub(crate) fn write_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
         let s = self.snapshot();
-        let rows: [(&str, &str, &str, u64); 13] = [
+        let rows: [(&str, &str, &str, u64); 14] = [
             (
                 "cluster_messages_in_total",
                 "counter",
@@ -700,6 +745,12 @@ impl Cluster {
                 "Largest cross-node lag seen, in microseconds.",
                 s.lag_us_max,
             ),
+            (
+                "cluster_unroutable_total",
+                "counter",
+                "Names bound here too long for a broker subject (served on this node only).",
+                s.unroutable,
+            ),
         ];
         for (name, kind, help, v) in rows {
             let _ = writeln!(out, "# HELP volley_{name} {help}");
@@ -707,6 +758,14 @@ impl Cluster {
             let _ = writeln!(out, "volley_{name}{{node=\"{}\"}} {v}", self.node);
         }
     }
+}
+
+/// Longest subject sent to the broker: NATS refuses a control line (`SUB subject sid`, `PUB
+/// subject size`) over 4 KiB by default and drops the connection.
+const MAX_SUBJECT: usize = 1024;
+
+fn routable(subject: &str) -> bool {
+    subject.len() <= MAX_SUBJECT
 }
 
 /// The opcode (1 text, 2 binary) and the payload of an unmasked server frame made by
