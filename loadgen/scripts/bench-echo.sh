@@ -27,6 +27,7 @@
 #   OUT=dir          where the JSON reports go (default /tmp/volley-bench-echo)
 #   MAX_OTHER=cores  a group is run again when another process used more than this (default 0.10)
 #   ATTEMPTS=n       at most this many attempts per group (default 3)
+#   WAIT_IDLE=0      do not wait for an idle machine before each group (ratios on a busy machine)
 #
 # Servers are pinned to CPU 0 (one worker / one runtime thread), loadgen to CPU 1. Each run's
 # JSON report is kept in $OUT; the medians and the per-round ratios are printed as Markdown

@@ -463,3 +463,51 @@ fn fanout_bad_options_are_clear_errors() {
         text(&out.stderr)
     );
 }
+
+/// The process that publishes keeps reading until the window ends: a broadcast that reaches
+/// its subscribers 8 s after the publish (the server's worker is busy; at 1,000,000
+/// subscribers it took 11 s) is counted in every process. Before, the publishing process gave
+/// up 3 s after its last publish (plus 3 s of close handshakes), and its share of the
+/// subscribers (here 20 of 40; at 1,000,000, 18,868) was counted lost.
+#[test]
+fn fanout_publishing_process_waits_for_late_deliveries() {
+    let server = start(SlowBroadcast {
+        delay: std::time::Duration::from_secs(8),
+    });
+    let url = format!("ws://{}/", server.local_addr());
+    let json = std::env::temp_dir().join(format!(
+        "loadgen-test-fanout-late-{}.json",
+        std::process::id()
+    ));
+    // One event at the window's start (0.1 event/s over a 10 s window), 2 processes.
+    let out = loadgen(&[
+        "fanout",
+        "--url",
+        &url,
+        "--subscribers",
+        "40",
+        "--rate",
+        "0.1",
+        "--warmup",
+        "0",
+        "--duration",
+        "10",
+        "--procs",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report = std::fs::read_to_string(&json).unwrap_or_default();
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(json_field(&report, "events_published"), "1");
+    assert_eq!(json_field(&report, "expected"), "40");
+    assert_eq!(json_field(&report, "received"), "40");
+    assert_eq!(json_field(&report, "lost"), "0");
+    server.shutdown();
+}

@@ -177,6 +177,64 @@ pub(crate) fn group_by_worker(ids: &[ConnId], workers: usize) -> Vec<Vec<ConnId>
     out
 }
 
+/// Splits one published event into the per-worker events that carry it, the one routing
+/// both publishers use (a connection's `Ctx::publish` on its worker and `Handle::publish` from
+/// any thread): a list of connections is grouped by owning worker (workers without one of
+/// them get nothing); keys, a topic or everyone go to every worker as one shared
+/// `Arc<Event>`, which each resolves against its own tables. With a `receipt` (the publishing
+/// connection and its tag), the parts share one [`Tracker`]. `dispatch` is called once per
+/// part with the worker and its event; returns how many parts there were (0: no worker holds
+/// a recipient, and no receipt will come from the workers).
+pub(crate) fn route(
+    frame: Arc<[u8]>,
+    target: OwnedTarget,
+    workers: usize,
+    receipt: Option<(ConnId, u64)>,
+    mut dispatch: impl FnMut(usize, Arc<Event>),
+) -> usize {
+    let tracker = |parts: usize| {
+        receipt.map(|(origin, tag)| {
+            Arc::new(Tracker {
+                remaining: AtomicUsize::new(parts),
+                reached: AtomicUsize::new(0),
+                origin,
+                tag,
+            })
+        })
+    };
+    match target {
+        OwnedTarget::Conns(ids) => {
+            let parts: Vec<(usize, Vec<ConnId>)> = group_by_worker(&ids, workers)
+                .into_iter()
+                .enumerate()
+                .filter(|(_, ids)| !ids.is_empty())
+                .collect();
+            let tracker = tracker(parts.len());
+            let n = parts.len();
+            for (w, ids) in parts {
+                let ev = Event {
+                    frame: frame.clone(),
+                    target: OwnedTarget::Conns(ids),
+                    tracker: tracker.clone(),
+                };
+                dispatch(w, Arc::new(ev));
+            }
+            n
+        }
+        target => {
+            let ev = Arc::new(Event {
+                frame,
+                target,
+                tracker: tracker(workers),
+            });
+            for w in 0..workers {
+                dispatch(w, ev.clone());
+            }
+            workers
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +247,64 @@ mod tests {
         let f = encode_shared(Message::Binary(&big));
         assert_eq!(f.len(), 10 + 70_000);
         assert_eq!(&f[..2], &[0x82, 127]);
+    }
+
+    #[test]
+    fn route_groups_connections_by_worker_and_shares_everything_else() {
+        let frame = encode_shared(Message::Text("x"));
+        // Connections on workers 0 and 2 of 3: two parts, one tracker counting two.
+        let ids = [
+            ConnId::new(2, 5, 1),
+            ConnId::new(0, 1, 1),
+            ConnId::new(2, 6, 1),
+        ];
+        let mut got = Vec::new();
+        let origin = ConnId::new(1, 9, 1);
+        let parts = route(
+            frame.clone(),
+            OwnedTarget::from_target(&Target::Conns(&ids)),
+            3,
+            Some((origin, 7)),
+            |w, ev| got.push((w, ev)),
+        );
+        assert_eq!(parts, 2);
+        let workers: Vec<usize> = got.iter().map(|(w, _)| *w).collect();
+        assert_eq!(workers, [0, 2]);
+        let OwnedTarget::Conns(on2) = &got[1].1.target else {
+            panic!("connections stay connections");
+        };
+        assert_eq!(on2, &[ids[0], ids[2]]);
+        let t = got[0].1.tracker.as_ref().expect("a receipt was asked for");
+        assert!(Arc::ptr_eq(t, got[1].1.tracker.as_ref().unwrap()));
+        assert_eq!(t.finish_part(1), None);
+        assert_eq!(t.finish_part(2), Some(3));
+        assert!(
+            Arc::ptr_eq(&got[0].1.frame, &frame),
+            "the frame is shared, not copied"
+        );
+
+        // A topic goes to every worker as one event; no receipt, no tracker.
+        let mut got = Vec::new();
+        let parts = route(
+            frame,
+            OwnedTarget::from_target(&Target::Topic("t")),
+            3,
+            None,
+            |w, ev| got.push((w, ev)),
+        );
+        assert_eq!(parts, 3);
+        assert!(got.iter().all(|(_, ev)| Arc::ptr_eq(ev, &got[0].1)));
+        assert!(got[0].1.tracker.is_none());
+
+        // Nobody on any worker: no part at all.
+        let parts = route(
+            encode_shared(Message::Text("x")),
+            OwnedTarget::Conns(vec![ConnId::new(7, 1, 1)]),
+            3,
+            Some((origin, 8)),
+            |_, _| panic!("no worker holds a recipient"),
+        );
+        assert_eq!(parts, 0);
     }
 
     #[test]

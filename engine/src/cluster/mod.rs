@@ -434,9 +434,17 @@ impl Cluster {
         }
     }
 
-    /// Publishes a locally made event to the other nodes with interest (the local part is
-    /// delivered by the caller). Lists of connections keep only other nodes' ids.
-    pub(crate) fn publish(&self, target: &OwnedTarget, frame: &[u8]) {
+    /// Publishes a locally made event to the other nodes with interest; returns the part
+    /// this node delivers (a list of connections keeps only this node's).
+    pub(crate) fn publish(&self, mut target: OwnedTarget, frame: &[u8]) -> OwnedTarget {
+        self.publish_remote(&target, frame);
+        if let OwnedTarget::Conns(ids) = &mut target {
+            ids.retain(|id| id.node() == self.node);
+        }
+        target
+    }
+
+    fn publish_remote(&self, target: &OwnedTarget, frame: &[u8]) {
         let (opcode, payload) = split_frame(frame);
         match target {
             OwnedTarget::All => self.send_envelope(

@@ -107,7 +107,7 @@ impl<H: Handler> Worker<H> {
     fn new(core: Core<H, TcpStream>, poll: Poll, mut listener: TcpListener) -> io::Result<Self> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let rbuf = vec![0u8; core.cfg.recv_buffer];
+        let rbuf = vec![0u8; core.config().recv_buffer];
         Ok(Worker {
             core,
             poll,
@@ -209,8 +209,8 @@ impl<H: Handler> Worker<H> {
                     // EMFILE/ENFILE/ENOBUFS: the pending connection stays in the backlog;
                     // retry shortly instead of spinning.
                     tracing::warn!("accept failed: {e}");
-                    self.core.shared.workers[self.core.worker as usize]
-                        .stats
+                    self.core
+                        .stats()
                         .accept_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.accept_pending = true;
@@ -231,10 +231,10 @@ impl<H: Handler> Worker<H> {
             if !self.core.wants_read(key) {
                 return;
             }
-            let Some(conn) = self.core.conns.get_mut(key) else {
+            let Some(io) = self.core.io_mut(key) else {
                 return;
             };
-            match conn.io.read(&mut self.rbuf) {
+            match io.read(&mut self.rbuf) {
                 Ok(0) => return self.core.on_eof(key),
                 Ok(n) => {
                     self.core.on_data(key, &mut self.rbuf[..n]);
@@ -265,7 +265,7 @@ impl<H: Handler> Worker<H> {
         let core = &mut self.core;
         let mut failed = false;
         let mut written = 0;
-        if let Some(conn) = core.conns.get_mut(key) {
+        if let Some(mut conn) = core.wire(key) {
             while !conn.out.is_empty() && !conn.is_dead() {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
                 let n = conn.out.io_slices(&mut iov);
@@ -281,7 +281,7 @@ impl<H: Handler> Worker<H> {
                         break;
                     }
                     Ok(w) => {
-                        conn.out.advance(w, &mut core.env.pool);
+                        conn.out.advance(w);
                         written += w;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -300,8 +300,8 @@ impl<H: Handler> Worker<H> {
             return;
         }
         if core.after_flush(key) == AfterFlush::ShutdownWrite {
-            if let Some(conn) = core.conns.get(key) {
-                let _ = conn.io.shutdown(Shutdown::Write);
+            if let Some(io) = core.io(key) {
+                let _ = io.shutdown(Shutdown::Write);
             }
         }
         if core.take_resume(key) {
@@ -310,7 +310,7 @@ impl<H: Handler> Worker<H> {
     }
 
     fn reap(&mut self) {
-        while let Some(key) = self.core.dead.pop() {
+        while let Some(key) = self.core.pop_dead() {
             if let Some(mut io) = self.core.remove(key) {
                 let _ = self.poll.registry().deregister(&mut io);
                 drop(io);

@@ -2,9 +2,10 @@
 //!
 //! A backend (see [`crate::driver`]) owns the syscalls. It calls into [`Core`] with what
 //! happened (a connection accepted, bytes received, end of stream, a timer tick, a wake-up)
-//! and reads back what to do: connections with output to flush ([`Core::dirty`]), sockets to
-//! shut or close ([`Core::after_flush`], [`Core::dead`]). Nothing in this file makes a
-//! syscall.
+//! and reads back what to do: connections with output to flush ([`Core::take_dirty`]),
+//! sockets to shut or close ([`Core::after_flush`], [`Core::pop_dead`]). A backend touches a
+//! connection only through [`Core::wire`] (its socket handle and unsent output) and the
+//! methods of `Core`; every field is private. Nothing in this file makes a syscall.
 //!
 //! Each connection's lifecycle (phases, deadlines, the pong and close-echo obligations, end
 //! of stream, budgets) is its sans-IO machine, [`crate::proto::conn::Conn`]. `Core` keeps
@@ -15,9 +16,7 @@ use super::queue::{BufPool, WriteQueue};
 use super::timer::{millis, TimerWheel};
 use super::{Command, Config, ConnId, Handle, SlowConsumerPolicy, WorkerShared};
 use crate::broadcast::registry::{Added, Caps, Registry, Subs};
-use crate::broadcast::{
-    encode_shared, group_by_worker, scratch_spike, Event, OwnedTarget, Target, Tracker,
-};
+use crate::broadcast::{encode_shared, route, scratch_spike, Event, OwnedTarget, Target};
 use crate::handler::{Ctx, Handler, HttpResponse, Message, Upgrade};
 use crate::proto::conn::{self as machine, ConnConfig, Events, Held, Timeout, Verdict};
 use crate::proto::frame::encode_header;
@@ -26,7 +25,7 @@ use crate::proto::handshake::{
 };
 use crate::proto::{self, CloseCode, HandshakeError, OpCode};
 use slab::Slab;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,8 +36,8 @@ const TICK_MS: u64 = 100;
 #[derive(Debug)]
 pub(crate) struct Conn<S, Io> {
     /// The backend's handle on the socket.
-    pub(crate) io: Io,
-    pub(crate) out: WriteQueue,
+    io: Io,
+    out: WriteQueue,
     gen: u32,
     /// The protocol machine; the application's state lives inside it.
     machine: machine::Conn<S>,
@@ -52,9 +51,60 @@ pub(crate) struct Conn<S, Io> {
     paused: bool,
 }
 
-impl<S, Io> Conn<S, Io> {
+/// A backend's view of one connection: its socket handle and its unsent output, the only
+/// parts of a connection a backend touches (through [`Core::wire`]).
+pub(crate) struct Wire<'a, Io> {
+    pub(crate) io: &'a mut Io,
+    pub(crate) out: Output<'a>,
+    dead: bool,
+}
+
+impl<Io> Wire<'_, Io> {
+    /// The connection is closed for the core: the backend closes its socket once
+    /// [`Core::pop_dead`] hands it over, and sends nothing new on it.
     pub(crate) fn is_dead(&self) -> bool {
         self.dead
+    }
+}
+
+/// A connection's unsent output as a backend writes it: slices to hand to the kernel, and
+/// how much of them the kernel took (the written chunks go back to the worker's pool).
+pub(crate) struct Output<'a> {
+    queue: &'a mut WriteQueue,
+    pool: &'a mut BufPool,
+}
+
+impl Output<'_> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn is_sending(&self) -> bool {
+        self.queue.is_sending()
+    }
+
+    pub(crate) fn io_slices<'b>(&'b self, out: &mut [std::io::IoSlice<'b>]) -> usize {
+        self.queue.io_slices(out)
+    }
+
+    /// A readiness backend wrote `n` bytes.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.queue.advance(n, self.pool);
+    }
+
+    /// A completion backend pins the first `max` chunks for one send; see
+    /// [`WriteQueue::begin_send`].
+    pub(crate) fn begin_send(&mut self, max: usize) -> usize {
+        self.queue.begin_send(max)
+    }
+
+    /// The send begun by [`Output::begin_send`] wrote `n` bytes.
+    pub(crate) fn end_send(&mut self, n: usize) {
+        self.queue.end_send(n, self.pool);
     }
 }
 
@@ -201,32 +251,32 @@ pub(crate) enum AfterFlush {
 
 /// A worker's backend-independent state.
 pub(crate) struct Core<H: Handler, Io> {
-    pub(crate) handler: H,
-    pub(crate) conns: Slab<Conn<H::State, Io>>,
-    pub(crate) cfg: Arc<Config>,
+    handler: H,
+    conns: Slab<Conn<H::State, Io>>,
+    cfg: Arc<Config>,
     /// The machines' limits and deadlines, from `cfg`.
     conn_cfg: ConnConfig,
-    pub(crate) shared: Arc<super::Shared>,
-    pub(crate) handle: Handle,
-    pub(crate) worker: u8,
+    shared: Arc<super::Shared>,
+    handle: Handle,
+    worker: u8,
     /// This node's id in its cluster (0: not in one), carried in every `ConnId` made here.
     node: u8,
     next_gen: u32,
     epoch: Instant,
     /// The time of this loop turn (read once per turn by [`Core::update_now`]).
     now: Instant,
-    pub(crate) now_ms: u64,
+    now_ms: u64,
     timers: TimerWheel,
     fired: Vec<(u32, u32, u64)>,
     /// Keys with output to flush.
     dirty: Vec<usize>,
     /// Keys whose socket must be closed and slot freed.
-    pub(crate) dead: Vec<usize>,
+    dead: Vec<usize>,
     /// What callbacks write into (pool, deferred actions, key and topic tables).
-    pub(crate) env: Env,
+    env: Env,
     /// Slots gathered for one delivery (kept to avoid allocating per event).
     scratch: Vec<u32>,
-    pub(crate) shutting_down: bool,
+    shutting_down: bool,
     shutdown_deadline: u64,
     commands: Vec<Command>,
     max_conns: usize,
@@ -589,6 +639,59 @@ impl<H: Handler, Io> Core<H, Io> {
         Some(conn.io)
     }
 
+    /// The socket handle and unsent output of `key`, for the backend.
+    pub(crate) fn wire(&mut self, key: usize) -> Option<Wire<'_, Io>> {
+        let conn = self.conns.get_mut(key)?;
+        Some(Wire {
+            dead: conn.dead,
+            io: &mut conn.io,
+            out: Output {
+                queue: &mut conn.out,
+                pool: &mut self.env.pool,
+            },
+        })
+    }
+
+    /// The backend's handle on `key`'s socket.
+    pub(crate) fn io(&self, key: usize) -> Option<&Io> {
+        self.conns.get(key).map(|c| &c.io)
+    }
+
+    /// The backend's handle on `key`'s socket.
+    pub(crate) fn io_mut(&mut self, key: usize) -> Option<&mut Io> {
+        self.conns.get_mut(key).map(|c| &mut c.io)
+    }
+
+    /// A connection the core is done with: the backend closes its socket (then
+    /// [`Core::remove`]s it, at once or when the kernel has let go of it).
+    pub(crate) fn pop_dead(&mut self) -> Option<usize> {
+        self.dead.pop()
+    }
+
+    /// Gives up every connection without freeing it: the kernel may still write into their
+    /// queues (an io_uring worker whose ring did not stop at exit).
+    pub(crate) fn leak_conns(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.conns));
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// This worker's counters and gauges.
+    pub(crate) fn stats(&self) -> &super::WorkerStats {
+        &self.me().stats
+    }
+
+    /// The time of this loop turn, in milliseconds since the worker started.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
     fn id(&self, key: usize) -> ConnId {
         ConnId::with_node(self.node, self.worker, key, self.conns[key].gen)
     }
@@ -915,76 +1018,28 @@ impl<H: Handler, Io> Core<H, Io> {
             .events_published
             .fetch_add(1, Ordering::Relaxed);
         // Other nodes get theirs through the broker (only those with interest receive it).
-        if let Some(c) = &self.shared.cluster {
-            c.publish(&target, &frame);
-        }
-        // Lists of connections are split by owning worker here; keys, topics and "all" are
-        // resolved by each worker against its own tables.
-        let parts: Vec<(usize, OwnedTarget)> = match target {
-            OwnedTarget::Conns(mut ids) => {
-                ids.retain(|id| id.node() == self.node);
-                group_by_worker(&ids, n)
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, ids)| !ids.is_empty())
-                    .map(|(w, ids)| (w, OwnedTarget::Conns(ids)))
-                    .collect()
-            }
-            other => {
-                let shared = Arc::new(Event {
-                    frame,
-                    target: other,
-                    tracker: None,
-                });
-                return self.fan_out_all(shared, tag);
-            }
+        let target = match &self.shared.cluster {
+            Some(c) => c.publish(target, &frame),
+            None => target,
         };
-        let tracker = tag.map(|(origin, tag)| {
-            Arc::new(Tracker {
-                remaining: AtomicUsize::new(parts.len()),
-                reached: AtomicUsize::new(0),
-                origin,
-                tag,
-            })
+        let me = self.worker as usize;
+        let mut local = None;
+        let workers = &self.shared.workers;
+        let parts = route(frame, target, n, tag, |w, ev| {
+            if w == me {
+                local = Some(ev);
+            } else {
+                workers[w].push(Command::Publish(ev));
+            }
         });
-        if parts.is_empty() {
+        if parts == 0 {
             if let Some((origin, tag)) = tag {
                 self.receipt(origin, tag, 0);
             }
-            return;
         }
-        for (w, t) in parts {
-            let ev = Arc::new(Event {
-                frame: frame.clone(),
-                target: t,
-                tracker: tracker.clone(),
-            });
-            if w == self.worker as usize {
-                self.deliver_event(&ev);
-            } else {
-                self.shared.workers[w].push(Command::Publish(ev));
-            }
+        if let Some(ev) = local {
+            self.deliver_event(&ev);
         }
-    }
-
-    /// Sends one event (keys, topic, all) to every worker, this one included.
-    fn fan_out_all(&mut self, mut ev: Arc<Event>, tag: Option<(ConnId, u64)>) {
-        let n = self.shared.workers.len();
-        if let Some((origin, tag)) = tag {
-            let tracker = Arc::new(Tracker {
-                remaining: AtomicUsize::new(n),
-                reached: AtomicUsize::new(0),
-                origin,
-                tag,
-            });
-            Arc::get_mut(&mut ev).expect("not shared yet").tracker = Some(tracker);
-        }
-        for w in 0..n {
-            if w != self.worker as usize {
-                self.shared.workers[w].push(Command::Publish(ev.clone()));
-            }
-        }
-        self.deliver_event(&ev);
     }
 
     /// Delivers an event to its recipients on this worker; reports to its tracker.

@@ -723,45 +723,15 @@ impl Handle {
         }
         let frame = crate::broadcast::encode_shared(msg);
         let workers = &self.shared.workers;
-        if let Some(c) = &self.shared.cluster {
-            c.publish(&crate::broadcast::OwnedTarget::from_target(&target), &frame);
-        }
-        match target {
-            Target::Conn(_) | Target::Conns(_) => {
-                let ids: &[ConnId] = match &target {
-                    Target::Conn(id) => std::slice::from_ref(id),
-                    Target::Conns(ids) => ids,
-                    _ => unreachable!(),
-                };
-                let node = self.shared.node();
-                let ids: Vec<ConnId> = ids.iter().filter(|id| id.node() == node).copied().collect();
-                for (w, ids) in crate::broadcast::group_by_worker(&ids, workers.len())
-                    .into_iter()
-                    .enumerate()
-                {
-                    if !ids.is_empty() {
-                        let target = crate::broadcast::OwnedTarget::Conns(ids);
-                        let ev = crate::broadcast::Event {
-                            frame: frame.clone(),
-                            target,
-                            tracker: None,
-                        };
-                        workers[w].push(Command::Publish(Arc::new(ev)));
-                    }
-                }
-            }
-            _ => {
-                let target = crate::broadcast::OwnedTarget::from_target(&target);
-                let ev = Arc::new(crate::broadcast::Event {
-                    frame,
-                    target,
-                    tracker: None,
-                });
-                for w in workers {
-                    w.push(Command::Publish(ev.clone()));
-                }
-            }
-        }
+        let target = crate::broadcast::OwnedTarget::from_target(&target);
+        // Other nodes get theirs through the broker (only those with interest receive it).
+        let target = match &self.shared.cluster {
+            Some(c) => c.publish(target, &frame),
+            None => target,
+        };
+        crate::broadcast::route(frame, target, workers.len(), None, |w, ev| {
+            workers[w].push(Command::Publish(ev))
+        });
         if let Some(w) = workers.first() {
             w.stats.events_published.fetch_add(1, Ordering::Relaxed);
         }

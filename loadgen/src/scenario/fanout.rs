@@ -21,7 +21,8 @@
 //!
 //! Timeline: connect everything, then go; a warm-up; the measured window (`--duration`), at
 //! whose edges the server's `/proc` is read; publishing stops at the window's end, then the
-//! subscribers are given up to `DRAIN` to receive what is still in flight; then every
+//! subscribers receive what is still in flight for as long as it keeps arriving (a delivery
+//! is lost once nothing came for `DRAIN`, or after the window's length again); then every
 //! connection is closed with 1000. Deliveries (and their latency) count in the window by
 //! receipt time; server CPU per delivery = server CPU in the window / deliveries in it.
 
@@ -322,6 +323,8 @@ fn run_worker(
         let mut rr = 0usize;
         let mut seqs = vec![0u64; n_pubs];
         let drain_ns = DRAIN.as_nanos() as u64;
+        let window_ns = w.win_end.saturating_sub(w.win_start);
+        let (mut last_received, mut last_progress) = (0, 0);
         let mut done_at = UNSET;
         loop {
             let now = pool.clock.now_ns();
@@ -376,7 +379,24 @@ fn run_worker(
                 }
                 let sent: u64 = shared.sent.iter().map(|s| s.load(Ordering::Acquire)).sum();
                 let want = sent * w.subs.iter().filter(|s| s.opened).count() as u64;
-                if w.received_in_order() >= want || now >= done_at.saturating_add(drain_ns) {
+                // Never give up on deliveries before the window ends: the publishing process
+                // is done sending at its last publish, long before a broadcast to a million
+                // subscribers has reached them all (it stopped reading 3 s after the publish
+                // and lost its own share of the deliveries, issue 13). After the window, wait
+                // while deliveries still arrive: a delivery is lost only when nothing more
+                // came for `DRAIN`, or the window's length again has passed (a late one is
+                // counted, in `received` but not `deliveries_in_window`).
+                let received = w.received_in_order();
+                if received >= want {
+                    break;
+                }
+                let end = done_at.max(w.win_end);
+                if received != last_received {
+                    last_received = received;
+                    last_progress = now;
+                }
+                let quiet = now >= end.max(last_progress).saturating_add(drain_ns);
+                if quiet || now >= end.saturating_add(drain_ns.max(window_ns)) {
                     break;
                 }
             }
@@ -829,7 +849,9 @@ fn run_procs(common: &Common, opts: &FanoutOpts) -> Result<super::Outcome, Error
     let measured = window.close(common, &None);
     // Closing tens of thousands of connections per shard takes a while on a busy machine.
     let closing = Duration::from_secs(30 + (conns / 10_000) as u64);
-    let reports = shards.finish(Instant::now() + DRAIN + CLOSE_WAIT + closing)?;
+    // A shard keeps reading for up to the window's length again while deliveries arrive.
+    let late = opts.duration;
+    let reports = shards.finish(Instant::now() + DRAIN + late + CLOSE_WAIT + closing)?;
     let mut results = Vec::new();
     let mut sent = vec![0; opts.publishers];
     let mut clients = Vec::new();

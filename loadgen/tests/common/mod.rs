@@ -45,6 +45,26 @@ impl Handler for Broadcast {
     }
 }
 
+/// Publishes every message to every connection after blocking its worker for `delay`: a
+/// broadcast whose deliveries arrive long after the publish, as at a million subscribers.
+#[derive(Clone)]
+pub struct SlowBroadcast {
+    pub delay: std::time::Duration,
+}
+
+impl Handler for SlowBroadcast {
+    type State = ();
+
+    fn on_upgrade(&mut self, _req: &Request<'_>, _up: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _state: &mut (), msg: Message<'_>) {
+        std::thread::sleep(self.delay);
+        ctx.publish(Target::All, msg);
+    }
+}
+
 /// A one-worker volley server on a free port of 127.0.0.1.
 pub fn start<H: Handler + Clone + Send + 'static>(h: H) -> Server {
     Server::start(Config::new("127.0.0.1:0").workers(1), h).expect("start volley")

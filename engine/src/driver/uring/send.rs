@@ -30,7 +30,8 @@ impl<H: Handler> Worker<H> {
     }
 
     fn flush_one(&mut self, key: usize) {
-        let Some(conn) = self.core.conns.get_mut(key) else {
+        let zc_min = self.core.config().uring_send_zc_min;
+        let Some(mut conn) = self.core.wire(key) else {
             return;
         };
         if conn.is_dead() || conn.io.close != CloseState::Open {
@@ -48,11 +49,7 @@ impl<H: Handler> Worker<H> {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let filled = conn.out.io_slices(&mut iov[..n]);
         let bytes = conn.out.len();
-        let zc = self
-            .core
-            .cfg
-            .uring_send_zc_min
-            .is_some_and(|min| bytes >= min);
+        let zc = zc_min.is_some_and(|min| bytes >= min);
         let fd = types::Fixed(conn.io.slot);
         let e = if filled == 1 {
             // One chunk (a lone broadcast frame, or a turn's frames coalesced): a plain send
@@ -108,22 +105,22 @@ impl<H: Handler> Worker<H> {
     /// A zero-copy send completes twice: its result (flagged MORE), then a notification once
     /// the kernel let go of the buffers; the chunks stay pinned until then.
     pub(super) fn on_send_zc(&mut self, key: usize, res: i32, flags: u32) {
-        let Some(conn) = self.core.conns.get_mut(key) else {
+        let Some(io) = self.core.io_mut(key) else {
             return;
         };
         if cqueue::notif(flags) {
-            let written = conn.io.zc_written.take().unwrap_or(0);
+            let written = io.zc_written.take().unwrap_or(0);
             return self.on_send(key, written);
         }
         if cqueue::more(flags) {
-            conn.io.zc_written = Some(res);
+            io.zc_written = Some(res);
         } else {
             self.on_send(key, res);
         }
     }
 
     pub(super) fn on_send(&mut self, key: usize, res: i32) {
-        let Some(conn) = self.core.conns.get_mut(key) else {
+        let Some(mut conn) = self.core.wire(key) else {
             return;
         };
         if let Some(s) = conn.io.send.take() {
@@ -131,7 +128,7 @@ impl<H: Handler> Worker<H> {
             self.send_pool.push(slot);
         }
         let written = res.max(0) as usize;
-        conn.out.end_send(written, &mut self.core.env.pool);
+        conn.out.end_send(written);
         if res > 0 {
             self.core.count_written(res as usize);
         }
@@ -146,7 +143,7 @@ impl<H: Handler> Worker<H> {
             }
             // More may have been queued meanwhile, or a short send left a rest.
             self.core.want_flush(key);
-            if self.core.conns.get(key).is_some_and(|c| c.out.is_empty()) {
+            if self.core.wire(key).is_some_and(|c| c.out.is_empty()) {
                 self.after_flush(key);
             }
         }
@@ -157,15 +154,14 @@ impl<H: Handler> Worker<H> {
         // operations in flight only (a late send completion lands here).
         if self
             .core
-            .conns
-            .get(key)
+            .wire(key)
             .map_or(true, |c| c.io.close != CloseState::Open || c.is_dead())
         {
             return;
         }
         if self.core.after_flush(key) == AfterFlush::ShutdownWrite {
-            if let Some(conn) = self.core.conns.get(key) {
-                let e = opcode::Shutdown::new(types::Fixed(conn.io.slot), libc::SHUT_WR).build();
+            if let Some(io) = self.core.io(key) {
+                let e = opcode::Shutdown::new(types::Fixed(io.slot), libc::SHUT_WR).build();
                 // SAFETY: a shutdown points to no memory.
                 unsafe { self.submit(Op::Shutdown(key), e) };
             }

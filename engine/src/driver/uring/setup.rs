@@ -168,7 +168,7 @@ pub(crate) fn start<H: Handler>(
         move |core, (listeners, wake_fd)| {
             // The rings are created on the worker's thread: with SINGLE_ISSUER only its
             // creating thread may use them.
-            let bufs = core.cfg.uring_buffers;
+            let bufs = core.config().uring_buffers;
             let mut worker_rings = Vec::with_capacity(listeners.len());
             for (i, listener) in listeners.into_iter().enumerate() {
                 let ring = match i {
@@ -177,13 +177,10 @@ pub(crate) fn start<H: Handler>(
                 };
                 worker_rings.push((ring, listener));
             }
-            core.shared.workers[core.worker as usize]
-                .stats
-                .uring_rings
-                .fetch_add(
-                    worker_rings.len() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+            core.stats().uring_rings.fetch_add(
+                worker_rings.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             Worker::new(core, worker_rings, wake_fd)
         },
     )

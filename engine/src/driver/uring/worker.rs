@@ -61,7 +61,7 @@ impl<H: Handler> Drop for Worker<H> {
         }
         if !stopped {
             tracing::error!("io_uring operations still in flight at exit; their memory is leaked");
-            std::mem::forget(std::mem::take(&mut self.core.conns));
+            self.core.leak_conns();
             std::mem::forget(std::mem::take(&mut self.sends));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new([0; 8])));
         }
@@ -112,7 +112,7 @@ impl<H: Handler> Worker<H> {
     }
 
     pub(super) fn stats(&self) -> &crate::runtime::WorkerStats {
-        &self.core.shared.workers[self.core.worker as usize].stats
+        self.core.stats()
     }
 
     fn arm_accept(&mut self, r: usize) {
@@ -146,7 +146,7 @@ impl<H: Handler> Worker<H> {
         if !self.core.wants_read(key) {
             return;
         }
-        let Some(conn) = self.core.conns.get_mut(key) else {
+        let Some(conn) = self.core.wire(key) else {
             return;
         };
         // A dead connection waits for its cancel and close: nothing new names its slot.
@@ -188,9 +188,12 @@ impl<H: Handler> Worker<H> {
             if retry {
                 for r in 0..self.rings.len() {
                     let wr = &mut self.rings[r];
-                    if wr.accept_retry_at.is_some_and(|t| self.core.now_ms >= t) {
+                    if wr.accept_retry_at.is_some_and(|t| self.core.now_ms() >= t) {
                         wr.accept_retry_at = None;
-                        if !wr.accept_armed && wr.listener.is_some() && !self.core.shutting_down {
+                        if !wr.accept_armed
+                            && wr.listener.is_some()
+                            && !self.core.is_shutting_down()
+                        {
                             self.arm_accept(r);
                         }
                     }
@@ -306,7 +309,7 @@ impl<H: Handler> Worker<H> {
                 } else {
                     tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
                 }
-                self.rings[r].accept_retry_at = Some(self.core.now_ms + 100);
+                self.rings[r].accept_retry_at = Some(self.core.now_ms() + 100);
                 self.stats().accept_errors.fetch_add(1, Ordering::Relaxed);
             }
             if !cqueue::more(flags) {
@@ -344,21 +347,21 @@ impl<H: Handler> Worker<H> {
             self.arm_recv(key);
         }
         let wr = &self.rings[r];
-        if !wr.accept_armed && wr.listener.is_some() && !self.core.shutting_down {
+        if !wr.accept_armed && wr.listener.is_some() && !self.core.is_shutting_down() {
             self.arm_accept(r);
         }
     }
 
     fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
         let more = cqueue::more(flags);
-        let Some(conn) = self.core.conns.get_mut(key) else {
+        let Some(io) = self.core.io_mut(key) else {
             return;
         };
         if !more {
-            conn.io.recv_armed = false;
+            io.recv_armed = false;
         }
         // The buffer is one of the provided buffers of the connection's ring.
-        let r = conn.io.ring as usize;
+        let r = io.ring as usize;
         if res > 0 {
             match cqueue::buffer_select(flags) {
                 Some(bid) => {
@@ -388,9 +391,9 @@ impl<H: Handler> Worker<H> {
             self.core.on_eof(key);
         } else if res == -libc::ECANCELED {
             // Cancelled for backpressure: re-armed if the queue drained meanwhile.
-            if let Some(conn) = self.core.conns.get_mut(key) {
-                if conn.io.recv_paused && !more {
-                    conn.io.recv_paused = false;
+            if let Some(io) = self.core.io_mut(key) {
+                if io.recv_paused && !more {
+                    io.recv_paused = false;
                     self.rearm.push(key);
                 }
             }
@@ -404,13 +407,13 @@ impl<H: Handler> Worker<H> {
 
     /// Cancels `key`'s multishot receive: its queue is over the budget (read backpressure).
     fn pause_recv(&mut self, key: usize) {
-        let Some(conn) = self.core.conns.get_mut(key) else {
+        let Some(io) = self.core.io_mut(key) else {
             return;
         };
-        if !conn.io.recv_armed || conn.io.recv_paused || conn.io.close != CloseState::Open {
+        if !io.recv_armed || io.recv_paused || io.close != CloseState::Open {
             return;
         }
-        conn.io.recv_paused = true;
+        io.recv_paused = true;
         let e = opcode::AsyncCancel::new(Op::Recv(key).encode()).build();
         // SAFETY: a cancel by user_data points to no memory.
         unsafe { self.submit(Op::Cancel(key), e) };
@@ -426,11 +429,11 @@ impl<H: Handler> Worker<H> {
     pub(super) unsafe fn submit(&mut self, op: Op, e: squeue::Entry) {
         let key = op.key();
         debug_assert!(key.is_some(), "{op:?} names no connection: submit_to");
-        let conn = key.and_then(|k| self.core.conns.get_mut(k));
-        debug_assert!(conn.is_some(), "{op:?} for a freed connection");
-        let Some(conn) = conn else { return };
-        conn.io.ops += 1;
-        let r = conn.io.ring as usize;
+        let io = key.and_then(|k| self.core.io_mut(k));
+        debug_assert!(io.is_some(), "{op:?} for a freed connection");
+        let Some(io) = io else { return };
+        io.ops += 1;
+        let r = io.ring as usize;
         self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
         let e = e.user_data(op.encode());
         // SAFETY: the caller's duty.
@@ -453,12 +456,12 @@ impl<H: Handler> Worker<H> {
     /// down. The last one of a dead connection lets its slot be closed; the completion of
     /// that close frees the connection.
     pub(super) fn op_done(&mut self, key: usize) {
-        let Some(conn) = self.core.conns.get_mut(key) else {
+        let Some(io) = self.core.io_mut(key) else {
             return;
         };
-        conn.io.ops = conn.io.ops.saturating_sub(1);
-        let (idle, close) = (conn.io.ops == 0, conn.io.close);
-        let st = &self.core.shared.workers[self.core.worker as usize].stats;
+        io.ops = io.ops.saturating_sub(1);
+        let (idle, close) = (io.ops == 0, io.close);
+        let st = self.core.stats();
         st.uring_ops.fetch_sub(1, Ordering::Relaxed);
         if !idle {
             return;
@@ -475,12 +478,12 @@ impl<H: Handler> Worker<H> {
 
     /// Closes the slot of `key`, which no operation names any more.
     fn submit_close(&mut self, key: usize) {
-        let Some(conn) = self.core.conns.get_mut(key) else {
+        let Some(io) = self.core.io_mut(key) else {
             return;
         };
-        debug_assert_eq!(conn.io.ops, 0, "an operation still names the slot");
-        conn.io.close = CloseState::Closing;
-        let e = opcode::Close::new(types::Fixed(conn.io.slot)).build();
+        debug_assert_eq!(io.ops, 0, "an operation still names the slot");
+        io.close = CloseState::Closing;
+        let e = opcode::Close::new(types::Fixed(io.slot)).build();
         // SAFETY: a close points to no memory.
         unsafe { self.submit(Op::Close(key), e) };
     }
@@ -489,19 +492,19 @@ impl<H: Handler> Worker<H> {
     /// waiting on a peer that does not read, a shutdown); the slot is closed once the last
     /// of them completed (`op_done`), never before.
     fn reap(&mut self) {
-        while let Some(key) = self.core.dead.pop() {
-            let Some(conn) = self.core.conns.get_mut(key) else {
+        while let Some(key) = self.core.pop_dead() {
+            let Some(io) = self.core.io_mut(key) else {
                 continue;
             };
-            if conn.io.close != CloseState::Open {
+            if io.close != CloseState::Open {
                 continue;
             }
-            conn.io.close = CloseState::Cancelling;
-            if conn.io.ops == 0 {
+            io.close = CloseState::Cancelling;
+            if io.ops == 0 {
                 self.submit_close(key);
                 continue;
             }
-            let slot = types::Fixed(conn.io.slot);
+            let slot = types::Fixed(io.slot);
             // Matches by file: an operation whose file is not resolved yet (queued in io-wq)
             // is not found, but it completes on its own, and the close waits for it.
             let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(slot).all()).build();
