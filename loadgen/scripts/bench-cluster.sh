@@ -53,7 +53,7 @@ configs=(
     "s10k-r10|--subscribers 10000 --publishers 1 --rate 10"
 )
 echo "load average before: $(cut -d" " -f1-3 /proc/loadavg)"
-echo "| configuration | setup | round | deliveries/s | latency p50 | latency p99 | lost | CPU per delivery (us): per process | broker in/out per event | CPU besides loadgen |"
+echo "| configuration | setup | round | deliveries/s | latency p50 | latency p99 | lost | server CPU per delivery (us): all, then per process | broker in/out per event | CPU besides loadgen |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for round in $(seq 1 "$ROUNDS"); do
     for cfg in "${configs[@]}"; do
@@ -75,10 +75,13 @@ for round in $(seq 1 "$ROUNDS"); do
             received=$(jq .received "$f.json")
             events=$(jq .events_published "$f.json")
             cpu=""
+            total=0
             for i in "${!procs[@]}"; do
                 t=$(( $(ticks "${procs[$i]}") - before[i] ))
+                total=$(( total + t ))
                 cpu+="${labels[$i]} $(awk -v t="$t" -v r="$received" 'BEGIN { printf "%.2f", t * 10000 / (r > 0 ? r : 1) }') "
             done
+            cpu="**$(awk -v t="$total" -v r="$received" 'BEGIN { printf "%.2f", t * 10000 / (r > 0 ? r : 1) }')**: $cpu"
             broker="-"
             [ "$setup" = cluster ] && broker=$(awk -v i=$((in1 - in0)) -v o=$((out1 - out0)) -v e="$events" \
                 'BEGIN { printf "%.2f / %.2f", i / e, o / e }')
