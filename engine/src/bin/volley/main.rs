@@ -208,7 +208,12 @@ fn main() {
     let server = match Server::start(cfg, reference) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("volley: cannot start on {}: {e}", args.addr);
+            if args.cluster.is_empty() {
+                eprintln!("volley: cannot listen on {}: {e}", args.addr);
+            } else {
+                // The cluster's broker is reached before the address is bound.
+                eprintln!("volley: cannot start on {}: {e}", args.addr);
+            }
             std::process::exit(1);
         }
     };
