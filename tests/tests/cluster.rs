@@ -623,7 +623,64 @@ fn names_too_long_for_a_subject(b: Backend) {
     assert_eq!(bn.handle().cluster_stats().unwrap().link_up, 1);
 }
 
+/// The broker stops reading (SIGSTOP): the link's queue stays within its bound and what does
+/// not fit is counted as dropped; once the broker runs again the link recovers (a new
+/// connection if the old one timed out) and later events arrive, in order.
+fn stalled_broker_bounds_the_link_queue(b: Backend) {
+    if !Nats::available("cluster::stalled_broker_bounds_the_link_queue") {
+        return;
+    }
+    let nats = Nats::start(&[]);
+    let a = Node::start(
+        b,
+        ClusterConfig::new([nats.url()], 1).max_queue(64, 256 << 10),
+    );
+    let bn = Node::start(b, ClusterConfig::new([nats.url()], 2));
+    let (mut r, _) = bn.client("topic=t");
+    nats.wait_subs(2 * FIXED + 1);
+    let pid = nats.child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let body = "x".repeat(1000);
+    let n = 20_000u64;
+    for i in 0..n {
+        a.handle()
+            .publish(Target::Topic("t"), Message::Text(&format!("{i:06} {body}")));
+    }
+    let dropped = a.handle().cluster_stats().unwrap().remote_dropped;
+    signal("-CONT");
+    // 20 MB published into socket buffers of a few MB and a queue of 64 messages: most of it
+    // is dropped, at once, without the publisher waiting.
+    assert!(dropped > n / 2, "{dropped} of {n} dropped");
+    wait_for("link up", || {
+        a.handle().cluster_stats().unwrap().link_up == 1
+            && bn.handle().cluster_stats().unwrap().link_up == 1
+    });
+    nats.wait_subs(2 * FIXED + 1);
+    a.handle()
+        .publish(Target::Topic("t"), Message::Text("after"));
+    // What got through before the stall (or sat in buffers) comes first, in order.
+    let mut last = None;
+    loop {
+        let t = text(&mut r);
+        if t == "after" {
+            break;
+        }
+        let i: u64 = t[..6].parse().unwrap();
+        assert!(last < Some(i), "{i} after {last:?}");
+        last = Some(i);
+    }
+    quiet(&mut r);
+}
+
 both_backends!(
+    stalled_broker_bounds_the_link_queue,
     names_too_long_for_a_subject,
     three_nodes,
     order_and_no_duplicates,

@@ -89,6 +89,13 @@ impl ClusterConfig {
         self
     }
 
+    /// Sets the most messages and bytes waiting for the link (see
+    /// [`ClusterConfig::max_queue`]).
+    pub fn max_queue(mut self, messages: usize, bytes: usize) -> Self {
+        self.max_queue = (messages.max(1), bytes.max(1));
+        self
+    }
+
     /// Sets the largest broker message accepted.
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 const MAX_LINE: usize = 64 * 1024;
 /// How often the link pings the server; two unanswered pings mean the link is dead.
 const PING_EVERY: Duration = Duration::from_secs(2);
+/// How long one write to the server may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connect (and first `INFO`) timeout per server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -468,6 +470,9 @@ fn session(
     next_sid: &mut u64,
     inbound: &Arc<Inbound>,
 ) -> io::Result<()> {
+    // A server that stops reading (stopped, or its host gone) must not hold the writer for
+    // ever: past this the write fails and the link is made anew.
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let read_half = stream.try_clone()?;
     let mut w = BufWriter::with_capacity(64 * 1024, stream.try_clone()?);
     write!(
