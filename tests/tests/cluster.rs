@@ -410,6 +410,10 @@ fn three_nodes(b: Backend) {
     nats.wait_subs(3 * FIXED + 5);
     let st = c.handle().cluster_stats().unwrap();
     assert_eq!((st.link_up, st.bad_in, st.remote_dropped), (1, 0, 0));
+    // C received the keys event, the topic, the send and everyone: four lags measured.
+    assert_eq!(st.lag_samples, 4, "{st:?}");
+    assert!(st.lag_us_max >= st.lag_us_sum / 4, "{st:?}");
+    assert!(st.msgs_in >= 4 && st.bytes_in > 0, "{st:?}");
     assert!(c
         .handle()
         .prometheus()
