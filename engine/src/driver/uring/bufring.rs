@@ -1,6 +1,14 @@
 //! A provided-buffer ring: the kernel picks a buffer for each multishot receive completion,
 //! so no connection owns a read buffer. A buffer goes back to the ring as soon as the worker
 //! core has consumed its bytes (the core copies only an incomplete frame's tail).
+//!
+//! Where the kernel allows it (Linux 6.12, `IOU_PBUF_RING_INC`), buffers are consumed
+//! incrementally: a receive takes only the bytes it needs from the head buffer, and the next
+//! receive (of any connection) continues in the same buffer. A completion flagged
+//! `IORING_CQE_F_BUF_MORE` leaves its buffer with the kernel; the one without the flag ends
+//! it, and only then is it recycled. So small reads (handshakes, pongs, chat messages) pack
+//! into a few pages instead of touching a whole buffer each, and large buffers (one 16 KiB
+//! message in one completion) cost memory only for the bytes that really arrive.
 #![allow(unsafe_code)]
 
 use io_uring::types::BufRingEntry;
@@ -8,6 +16,10 @@ use io_uring::IoUring;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
+
+/// `IOU_PBUF_RING_INC` of linux/io_uring.h (Linux 6.12): incremental buffer consumption.
+/// (The io-uring crate has it only in its private bindings.)
+const IOU_PBUF_RING_INC: u16 = 2;
 
 /// Buffers and the ring of their descriptors shared with the kernel.
 pub(crate) struct BufRing {
@@ -21,6 +33,9 @@ pub(crate) struct BufRing {
     /// Our copy of the tail; the kernel reads the shared one.
     tail: u16,
     pub(crate) bgid: u16,
+    /// Registered with `IOU_PBUF_RING_INC`: `offsets[bid]` is where the next completion's
+    /// bytes start in buffer `bid` (empty when buffers are consumed whole).
+    offsets: Vec<u32>,
 }
 
 impl std::fmt::Debug for BufRing {
@@ -62,14 +77,22 @@ impl BufRing {
             size,
             tail: 0,
             bgid,
+            offsets: Vec::new(),
         };
         // SAFETY: `entries` is page aligned and holds `count` entries. The kernel uses them
         // until the buffer ring is unregistered, which `Ring`'s `Drop` does before dropping
-        // this struct (on failure here nothing is registered).
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(entries as u64, count, bgid, 0)?
-        };
+        // this struct (on failure here nothing is registered). Incremental consumption first;
+        // a kernel that does not know the flag (before 6.12) refuses it with EINVAL.
+        let submitter = ring.submitter();
+        match unsafe {
+            submitter.register_buf_ring_with_flags(entries as u64, count, bgid, IOU_PBUF_RING_INC)
+        } {
+            Ok(()) => br.offsets = vec![0; count as usize],
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => unsafe {
+                submitter.register_buf_ring_with_flags(entries as u64, count, bgid, 0)?
+            },
+            Err(e) => return Err(e),
+        }
         for bid in 0..count {
             br.push(bid);
         }
@@ -77,10 +100,26 @@ impl BufRing {
         Ok(br)
     }
 
-    /// The bytes of buffer `bid`.
-    pub(crate) fn buf(&mut self, bid: u16) -> &mut [u8] {
-        let start = bid as usize * self.size;
-        &mut self.bufs[start..start + self.size]
+    /// Whether buffers are consumed incrementally (`IOU_PBUF_RING_INC`).
+    pub(crate) fn incremental(&self) -> bool {
+        !self.offsets.is_empty()
+    }
+
+    /// The `len` bytes a completion received into buffer `bid`. With incremental
+    /// consumption they start where the buffer's previous completion ended; `more` (the
+    /// completion's `IORING_CQE_F_BUF_MORE`) says the kernel keeps filling the buffer.
+    /// `None` for a length past the buffer's end (a completion this ring did not produce).
+    pub(crate) fn take(&mut self, bid: u16, len: usize, more: bool) -> Option<&mut [u8]> {
+        let base = bid as usize * self.size;
+        let start = self.offsets.get(bid as usize).map_or(0, |&o| o as usize);
+        if bid >= self.count || start + len > self.size {
+            return None;
+        }
+        if let Some(off) = self.offsets.get_mut(bid as usize) {
+            // Past the last completion of a buffer the next one starts it afresh.
+            *off = if more { (start + len) as u32 } else { 0 };
+        }
+        self.bufs.get_mut(base + start..base + start + len)
     }
 
     fn push(&mut self, bid: u16) {
@@ -116,5 +155,44 @@ impl Drop for BufRing {
         // unregistered it (`ring.rs`); the kernel no longer reads the entries or buffers.
         // SAFETY: allocated in `new` with this layout.
         unsafe { dealloc(self.entries as *mut u8, self.layout) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With incremental consumption each completion's bytes start where the buffer's
+    /// previous completion ended, and the completion without BUF_MORE starts it afresh; a
+    /// length past the buffer is refused, not sliced out of a neighbour.
+    #[test]
+    fn incremental_completions_continue_in_the_same_buffer() {
+        let Ok(ring) = IoUring::new(8) else {
+            eprintln!("SKIPPED (io_uring unavailable)");
+            return;
+        };
+        let mut br = BufRing::new(&ring, 4, 256, 7).expect("register");
+        let base = br.bufs.as_ptr() as usize;
+        let at = |s: &mut [u8]| s.as_ptr() as usize - base;
+        if br.incremental() {
+            assert_eq!(at(br.take(1, 100, true).unwrap()), 256);
+            assert_eq!(at(br.take(1, 50, true).unwrap()), 356);
+            let last = br.take(1, 106, false).unwrap();
+            assert_eq!((at(last), last.len()), (406, 106));
+            assert_eq!(at(br.take(1, 10, true).unwrap()), 256, "a fresh start");
+            assert!(br.take(1, 300, true).is_none(), "past the buffer's end");
+            assert_eq!(
+                at(br.take(1, 5, true).unwrap()),
+                266,
+                "a refused length moves nothing"
+            );
+        } else {
+            eprintln!("this kernel consumes buffers whole (before Linux 6.12)");
+            assert_eq!(at(br.take(2, 256, false).unwrap()), 512);
+            assert_eq!(at(br.take(2, 10, false).unwrap()), 512);
+        }
+        assert!(br.take(3, 257, false).is_none());
+        assert!(br.take(4, 1, false).is_none(), "no such buffer");
+        ring.submitter().unregister_buf_ring(7).expect("unregister");
     }
 }

@@ -106,6 +106,14 @@ impl Ring {
             .map_err(context("sparse file table"))?;
         // If this fails nothing is registered: the ring alone is dropped.
         let bufs = BufRing::new(&ring, count, size, 0).map_err(context("provided-buffer ring"))?;
+        if primary {
+            tracing::debug!(
+                count,
+                size,
+                incremental = bufs.incremental(),
+                "io_uring provided buffers"
+            );
+        }
         Ok(Ring {
             ring,
             bufs: ManuallyDrop::new(bufs),

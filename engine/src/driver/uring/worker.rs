@@ -365,10 +365,20 @@ impl<H: Handler> Worker<H> {
         if res > 0 {
             match cqueue::buffer_select(flags) {
                 Some(bid) => {
+                    // With incremental consumption the kernel keeps filling this buffer
+                    // (for any connection) until a completion without BUF_MORE ends it.
+                    let buf_more = cqueue::buffer_more(flags);
                     self.stats().uring_bufs_held.fetch_add(1, Ordering::Relaxed);
-                    let buf = self.rings[r].ring.bufs().buf(bid);
-                    self.core.on_data(key, &mut buf[..res as usize]);
-                    self.rings[r].ring.bufs().recycle(bid);
+                    match self.rings[r].ring.bufs().take(bid, res as usize, buf_more) {
+                        Some(buf) => self.core.on_data(key, buf),
+                        None => {
+                            tracing::error!(bid, res, "receive completion outside its buffer");
+                            self.core.on_error(key);
+                        }
+                    }
+                    if !buf_more {
+                        self.rings[r].ring.bufs().recycle(bid);
+                    }
                     self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
                     if !more {
                         self.rearm.push(key);
