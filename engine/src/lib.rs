@@ -51,4 +51,6 @@ pub use cluster::{ClusterConfig, ClusterStatsSnapshot};
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
-pub use runtime::{Backend, Config, ConnId, Handle, Server, SlowConsumerPolicy, Stats};
+pub use runtime::{
+    Backend, Config, ConnId, DeflateConfig, Handle, Server, SlowConsumerPolicy, Stats,
+};

@@ -13,9 +13,11 @@
 //! intermediaries; a load generator talking to a server it is measuring does not need that,
 //! and re-masking per send would cost the client as much as the server's unmasking.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use volley::proto::deflate::{Deflater, Inflater};
 use volley::proto::encode::encode_client_frame;
 use volley::proto::handshake::{verify_response, write_client_request, ClientKey};
 use volley::proto::{ClientHandshakeError, CloseCode, Decoder, Limits, Message, OpCode, Role};
@@ -92,11 +94,10 @@ impl Payloads {
         let mut frames = Vec::with_capacity(variants);
         for _ in 0..variants {
             let mut p = vec![0u8; size];
-            rng.fill(&mut p);
             if text {
-                for b in &mut p {
-                    *b = b'!' + *b % 94;
-                }
+                json_like(&mut p, rng.next_u64());
+            } else {
+                rng.fill(&mut p);
             }
             let mut key = [0u8; 4];
             rng.fill(&mut key);
@@ -113,6 +114,32 @@ impl Payloads {
         }
     }
 
+    /// Replaces the frames with compressed ones (permessage-deflate: RSV1, raw deflate with a
+    /// 32 KiB window, no context takeover, so each is compressed once for every connection).
+    pub fn compress(&mut self, rng: &mut Rng) {
+        let mut d = Deflater::new(6);
+        let frames = self
+            .plain
+            .iter()
+            .map(|p| {
+                let mut c = Vec::new();
+                d.compress(15, p, &mut c);
+                let mut key = [0u8; 4];
+                rng.fill(&mut key);
+                let op = if self.text {
+                    OpCode::Text
+                } else {
+                    OpCode::Binary
+                };
+                let mut f = Vec::new();
+                encode_client_frame(op, true, &c, key, &mut f);
+                f[0] |= 0x40;
+                f
+            })
+            .collect();
+        self.frames = std::sync::Arc::new(frames);
+    }
+
     /// The variant message `seq` uses.
     pub fn index(&self, seq: u64) -> usize {
         (seq % self.frames.len() as u64) as usize
@@ -127,6 +154,45 @@ impl Payloads {
             _ => false,
         }
     }
+}
+
+/// Fills `out` with JSON-like ASCII (records of ids, symbols, prices and quantities drawn
+/// from `seed`, padded with spaces): what a real event looks like to a compressor, unlike
+/// random bytes. Every byte is ASCII, so it is valid text.
+pub fn json_like(out: &mut [u8], seed: u64) {
+    let mut x = seed | 1;
+    let mut s = String::with_capacity(out.len() + 96);
+    s.push('[');
+    while s.len() < out.len() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(&format!(
+            "{{\"id\":{},\"sym\":\"SYM{}\",\"bid\":{}.{:02},\"qty\":{},\"side\":\"{}\"}},",
+            x % 100_000,
+            x % 97,
+            100 + x % 900,
+            x % 100,
+            (x >> 20) % 1000,
+            if x & 1 == 0 { "buy" } else { "sell" }
+        ));
+    }
+    let bytes = s.as_bytes();
+    out.copy_from_slice(&bytes[..out.len()]);
+}
+
+thread_local! {
+    /// This thread's inflater for connections that agreed to permessage-deflate (one per
+    /// thread: with no context takeover it holds nothing between messages).
+    static INFLATER: RefCell<Inflater> = RefCell::new(Inflater::new(0));
+    /// Bytes of frames received by this thread's connections (after their handshakes).
+    static RX_FRAME_BYTES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Bytes of frames this thread's connections received, after their handshakes: the bytes
+/// on the wire that the messages took (compressed or not).
+pub fn rx_frame_bytes() -> u64 {
+    RX_FRAME_BYTES.with(Cell::get)
 }
 
 /// Why a connection failed, as counted in reports.
@@ -228,6 +294,10 @@ pub struct Conn {
     key: ClientKey,
     mask_seed: u32,
     decoder: Decoder,
+    /// We offered permessage-deflate.
+    offered_deflate: bool,
+    /// The server agreed to permessage-deflate (its messages may be compressed).
+    pub deflate: bool,
     /// Response head bytes, then the bytes of an incomplete frame. Usually empty.
     tail: Vec<u8>,
     out: VecDeque<Seg>,
@@ -361,12 +431,18 @@ impl Conn {
         path: &str,
         rng: &mut Rng,
         now_ns: u64,
+        offer_deflate: bool,
     ) -> Conn {
         let mut nonce = [0u8; 16];
         rng.fill(&mut nonce);
         let key = ClientKey::from_nonce(nonce);
         let mut req = Vec::with_capacity(256);
-        write_client_request(&mut req, host, path, &key, &[])
+        let extra: &[(&str, &str)] = if offer_deflate {
+            &[("Sec-WebSocket-Extensions", "permessage-deflate")]
+        } else {
+            &[]
+        };
+        write_client_request(&mut req, host, path, &key, extra)
             .expect("the target was validated when the URL was parsed");
         let mut out = VecDeque::new();
         out.push_back(Seg::Owned(req));
@@ -376,6 +452,8 @@ impl Conn {
             key,
             mask_seed: rng.next_u64() as u32,
             decoder: Decoder::new(Role::Client, Limits::default()),
+            offered_deflate: offer_deflate,
+            deflate: false,
             tail: Vec::new(),
             out,
             out_off: 0,
@@ -581,7 +659,12 @@ impl Conn {
                     return;
                 }
                 Ok(volley::proto::Status::Complete(n)) => {
+                    self.deflate = self.offered_deflate
+                        && String::from_utf8_lossy(&self.tail[..n])
+                            .to_ascii_lowercase()
+                            .contains("\r\nsec-websocket-extensions: permessage-deflate");
                     self.tail.drain(..n);
+                    RX_FRAME_BYTES.with(|c| c.set(c.get() + self.tail.len() as u64));
                     self.state = State::Open;
                     self.opened_ns = Some(now);
                     on_event(self, Event::Opened, now);
@@ -603,6 +686,7 @@ impl Conn {
             }
             return;
         }
+        RX_FRAME_BYTES.with(|c| c.set(c.get() + bytes.len() as u64));
         if self.tail.is_empty() {
             let used = self.frames(bytes, now, on_event);
             if used < bytes.len() && !self.is_done() {
@@ -637,7 +721,13 @@ impl Conn {
             if self.is_done() {
                 break;
             }
-            let step = match decoder.decode(&mut buf[pos..]) {
+            let (d, b) = (&mut decoder, &mut buf[pos..]);
+            let step = if self.deflate {
+                INFLATER.with(move |i| d.decode_with(b, Some(&mut i.borrow_mut())))
+            } else {
+                d.decode(b)
+            };
+            let step = match step {
                 Ok(s) => s,
                 Err(e) => {
                     self.fail(Failure::Protocol(e.to_string()));

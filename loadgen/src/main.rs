@@ -162,6 +162,11 @@ struct CommonArgs {
     /// Draw the report as an SVG (latency over time, percentile curve) in this file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Offer permessage-deflate (RFC 7692) on every connection; the report gives the bytes
+    /// on the wire per message received (run once with and once without to compare). echo
+    /// sends its messages compressed, so the server must agree (`volley serve --deflate`).
+    #[arg(long)]
+    deflate: bool,
 }
 
 /// The echo scenario's options.
@@ -376,6 +381,7 @@ fn common(a: CommonArgs) -> Result<Common, Error> {
             Arc::new(client::SourcePorts::new(a.source.clone(), lane, lanes))
         }),
         plot: a.plot,
+        deflate: a.deflate,
     })
 }
 

@@ -82,7 +82,15 @@ async def main():
             await call("Page.navigate", url=PAGE)
             await wait_for("document.getElementById('status') && document.getElementById('status').textContent === 'open'",
                            "the page's WebSocket to open")
-            for text in ["hello from chromium", "κόσμε ✓"]:
+            # The server runs with --deflate: Chromium offers permessage-deflate and the page's
+            # socket must have agreed to it (ws.extensions is what the server answered).
+            ext = await js("ws.extensions")
+            print(f"browser: ws.extensions = {ext!r}")
+            if not (ext or "").startswith("permessage-deflate"):
+                raise SystemExit(f"permessage-deflate was not agreed: ws.extensions = {ext!r}")
+            # The last one is long enough (over the 64-byte threshold) to be compressed both ways.
+            long = "compress me, " * 20 + "done"
+            for text in ["hello from chromium", "κόσμε ✓", long]:
                 await js(f"document.getElementById('msg').value = {json.dumps(text)};"
                          "document.getElementById('f').requestSubmit(); true")
                 await wait_for(f"document.getElementById('log').innerText.includes({json.dumps('< ' + text)})",

@@ -54,30 +54,43 @@ fn hold_connections() {
 /// Publishes one 64-byte event to everyone and returns the allocations it took, from the
 /// publish call until every recipient's bytes were written.
 fn allocs_for_one_publish(handle: &volley::Handle, n: u64) -> usize {
-    let payload = [b'e'; 64];
+    allocs_for_publish(handle, n, &[b'e'; 64], 66).0
+}
+
+/// Publishes `payload` to everyone and waits until `n` deliveries of at least `frame_len`
+/// bytes each were written; returns the allocations from the publish call until then, and
+/// the bytes written.
+fn allocs_for_publish(
+    handle: &volley::Handle,
+    n: u64,
+    payload: &[u8],
+    frame_len: u64,
+) -> (usize, u64) {
     let before_deliveries = handle.stats().deliveries;
     let before_bytes = handle.stats().bytes_out;
     let a0 = ALLOCS.load(Ordering::SeqCst);
-    handle.publish(Target::All, Message::Binary(&payload));
+    handle.publish(Target::All, Message::Binary(payload));
     let t = Instant::now();
     loop {
         // `stats()` itself does not allocate while no protocol close was counted.
         let s = handle.stats();
         // `>=`: the last handshakes' 101 bytes may be counted just after `before_bytes` was
         // read (the worker adds them after its write returns, the client may already have them).
-        if s.deliveries >= before_deliveries + n && s.bytes_out >= before_bytes + n * 66 {
-            break;
+        if s.deliveries >= before_deliveries + n && s.bytes_out >= before_bytes + n * frame_len {
+            return (
+                ALLOCS.load(Ordering::SeqCst) - a0,
+                s.bytes_out - before_bytes,
+            );
         }
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "deliveries did not complete: {} of {n} delivered, {} of {} bytes written, {s:?}",
             s.deliveries - before_deliveries,
             s.bytes_out - before_bytes,
-            n * 66
+            n * frame_len
         );
         std::thread::yield_now();
     }
-    ALLOCS.load(Ordering::SeqCst) - a0
 }
 
 /// The allocation counters are process-wide: the two backends run one after the other.
@@ -109,8 +122,14 @@ fn publishing_to_10000_local_connections_allocates_a_constant_number_of_times(b:
         let _ = holder.wait();
         server.shutdown();
     }
+    assert_constant(&counts, 4);
+}
+
+/// `counts` (allocations of one publish to 100, then 10,000 connections) are equal and at
+/// most `max`.
+fn assert_constant(counts: &[usize], max: usize) {
     assert!(
-        counts[1] <= 4,
+        counts[1] <= max,
         "publishing to 10,000 connections took {} allocations",
         counts[1]
     );
@@ -121,3 +140,64 @@ fn publishing_to_10000_local_connections_allocates_a_constant_number_of_times(b:
 }
 
 both_backends!(publishing_to_10000_local_connections_allocates_a_constant_number_of_times,);
+
+/// With permessage-deflate, the event's compressed twin is made once (one deflate call) and
+/// shared by every recipient that negotiated it: still a constant number of allocations
+/// (the twin's cell and the twin itself on top of the frame, event and inbox item), and
+/// every recipient gets the compressed bytes.
+fn compressed_publish_deflates_once_and_allocates_a_constant_number_of_times(b: Backend) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // A 1 KiB JSON-like event and the size of its compressed frame (level 6, 32 KiB window,
+    // as the server's defaults).
+    let payload: Vec<u8> = (0..40)
+        .flat_map(|i| format!("{{\"id\":{i:04},\"px\":\"10{i:02}.5\"}}").into_bytes())
+        .take(1024)
+        .collect();
+    let mut c = Vec::new();
+    volley::proto::deflate::Deflater::new(6).compress(15, &payload, &mut c);
+    let frame_len = c.len() as u64 + if c.len() < 126 { 2 } else { 4 };
+    let plain_len = payload.len() as u64 + 4;
+    assert!(frame_len < plain_len / 2, "{frame_len} vs {plain_len}");
+    let mut counts = Vec::new();
+    for n in [100usize, 10_000] {
+        let server = Server::start(
+            Config::new("127.0.0.1:0")
+                .workers(1)
+                .backend(b)
+                .deflate(true)
+                .ping(None, Duration::from_secs(20)),
+            Quiet,
+        )
+        .unwrap();
+        let handle = server.handle();
+        let mut holder = spawn_holder_with(server.local_addr(), n, true);
+        while handle.stats().opened < n as u64 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        allocs_for_publish(&handle, n as u64, &payload, frame_len);
+        let (deflated, bytes) = (handle.stats().messages_deflated, handle.stats().bytes_out);
+        let (allocs, _) = allocs_for_publish(&handle, n as u64, &payload, frame_len);
+        // Everything of this event is written once deliveries are counted; give the last
+        // write's count a moment.
+        std::thread::sleep(Duration::from_millis(100));
+        let bytes = handle.stats().bytes_out - bytes;
+        let deflated = handle.stats().messages_deflated - deflated;
+        println!(
+            "{n} deflate recipients: {allocs} allocations, {deflated} deflate calls, \
+             {bytes} bytes written ({frame_len} per delivery expected, {plain_len} plain)"
+        );
+        assert_eq!(deflated, 1, "one deflate call per event");
+        assert_eq!(
+            bytes,
+            n as u64 * frame_len,
+            "every recipient gets the compressed twin"
+        );
+        counts.push(allocs);
+        drop(holder.stdin.take());
+        let _ = holder.wait();
+        server.shutdown();
+    }
+    assert_constant(&counts, 6);
+}
+
+both_backends!(compressed_publish_deflates_once_and_allocates_a_constant_number_of_times,);

@@ -10,6 +10,10 @@
 //!   never one per recipient. Keys and topics are looked up by the worker that owns the
 //!   connections (each worker holds its part of the tables, see [`registry`]); lists of
 //!   connections are grouped by worker before they leave the publisher.
+//! * With permessage-deflate on, an event also carries the cell of its compressed twin
+//!   ([`Twin`]): the first worker with a recipient that negotiated compression fills it
+//!   (one deflate per event, whatever the recipients and workers), and each recipient gets
+//!   the variant it negotiated by reference.
 
 pub(crate) mod registry;
 
@@ -18,7 +22,7 @@ use crate::proto::frame::encode_header;
 use crate::proto::OpCode;
 use crate::runtime::ConnId;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Who receives an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,19 @@ pub(crate) struct Event {
     pub(crate) frame: Arc<[u8]>,
     pub(crate) target: OwnedTarget,
     pub(crate) tracker: Option<Arc<Tracker>>,
+    /// The compressed twin's cell (`None` when the server does not compress).
+    pub(crate) twin: Twin,
+}
+
+/// The compressed twin of an event's frame: filled at most once, by the first worker that
+/// delivers it to a connection with permessage-deflate; `Some(None)` inside when the
+/// payload is under the threshold or does not shrink. Shared by the parts of an event split
+/// by worker, so it is compressed once per event, not once per worker.
+pub(crate) type Twin = Option<Arc<OnceLock<Option<Arc<[u8]>>>>>;
+
+/// An empty twin cell when the server compresses (one allocation per event), else none.
+pub(crate) fn new_twin(deflate: bool) -> Twin {
+    deflate.then(|| Arc::new(OnceLock::new()))
 }
 
 /// Encodes a message once as a complete, unmasked server frame in one allocation.
@@ -182,7 +199,8 @@ pub(crate) fn group_by_worker(ids: &[ConnId], workers: usize) -> Vec<Vec<ConnId>
 /// any thread): a list of connections is grouped by owning worker (workers without one of
 /// them get nothing); keys, a topic or everyone go to every worker as one shared
 /// `Arc<Event>`, which each resolves against its own tables. With a `receipt` (the publishing
-/// connection and its tag), the parts share one [`Tracker`]. `dispatch` is called once per
+/// connection and its tag), the parts share one [`Tracker`]; with `deflate` (the server
+/// compresses), they share one compressed twin's cell ([`Twin`]). `dispatch` is called once per
 /// part with the worker and its event; returns how many parts there were (0: no worker holds
 /// a recipient, and no receipt will come from the workers).
 pub(crate) fn route(
@@ -190,8 +208,10 @@ pub(crate) fn route(
     target: OwnedTarget,
     workers: usize,
     receipt: Option<(ConnId, u64)>,
+    deflate: bool,
     mut dispatch: impl FnMut(usize, Arc<Event>),
 ) -> usize {
+    let twin = new_twin(deflate);
     let tracker = |parts: usize| {
         receipt.map(|(origin, tag)| {
             Arc::new(Tracker {
@@ -216,6 +236,7 @@ pub(crate) fn route(
                     frame: frame.clone(),
                     target: OwnedTarget::Conns(ids),
                     tracker: tracker.clone(),
+                    twin: twin.clone(),
                 };
                 dispatch(w, Arc::new(ev));
             }
@@ -226,6 +247,7 @@ pub(crate) fn route(
                 frame,
                 target,
                 tracker: tracker(workers),
+                twin,
             });
             for w in 0..workers {
                 dispatch(w, ev.clone());
@@ -265,9 +287,15 @@ mod tests {
             OwnedTarget::from_target(&Target::Conns(&ids)),
             3,
             Some((origin, 7)),
+            true,
             |w, ev| got.push((w, ev)),
         );
         assert_eq!(parts, 2);
+        let twin = got[0].1.twin.as_ref().expect("the server compresses");
+        assert!(
+            Arc::ptr_eq(twin, got[1].1.twin.as_ref().unwrap()),
+            "the parts share one twin: compressed once per event, not per worker"
+        );
         let workers: Vec<usize> = got.iter().map(|(w, _)| *w).collect();
         assert_eq!(workers, [0, 2]);
         let OwnedTarget::Conns(on2) = &got[1].1.target else {
@@ -290,9 +318,11 @@ mod tests {
             OwnedTarget::from_target(&Target::Topic("t")),
             3,
             None,
+            false,
             |w, ev| got.push((w, ev)),
         );
         assert_eq!(parts, 3);
+        assert!(got[0].1.twin.is_none(), "no twin without compression");
         assert!(got.iter().all(|(_, ev)| Arc::ptr_eq(ev, &got[0].1)));
         assert!(got[0].1.tracker.is_none());
 
@@ -302,6 +332,7 @@ mod tests {
             OwnedTarget::Conns(vec![ConnId::new(7, 1, 1)]),
             3,
             Some((origin, 8)),
+            true,
             |_, _| panic!("no worker holds a recipient"),
         );
         assert_eq!(parts, 0);

@@ -26,7 +26,7 @@
 pub(crate) mod envelope;
 pub(crate) mod nats;
 
-use crate::broadcast::{group_by_worker, Event, OwnedTarget};
+use crate::broadcast::{new_twin, route, Event, OwnedTarget};
 use crate::proto::frame::encode_header;
 use crate::proto::{CloseCode, OpCode};
 use crate::runtime::core::BindOp;
@@ -581,6 +581,8 @@ impl Cluster {
                 frame: frame(),
                 target,
                 tracker: None,
+                // Compressed once for the node (by its first worker with a deflate peer).
+                twin: new_twin(shared.deflate),
             });
             for (w, inbox) in workers.iter().enumerate() {
                 if mask.map_or(true, |m| m[w / 64] & (1 << (w % 64)) != 0) {
@@ -623,16 +625,15 @@ impl Cluster {
                 if ids.is_empty() {
                     return;
                 }
-                let f = frame();
-                for (w, ids) in group_by_worker(&ids, workers.len()).into_iter().enumerate() {
-                    if !ids.is_empty() {
-                        workers[w].push(Command::Publish(Arc::new(Event {
-                            frame: f.clone(),
-                            target: OwnedTarget::Conns(ids),
-                            tracker: None,
-                        })));
-                    }
-                }
+                let target = OwnedTarget::Conns(ids);
+                route(
+                    frame(),
+                    target,
+                    workers.len(),
+                    None,
+                    shared.deflate,
+                    |w, ev| workers[w].push(Command::Publish(ev)),
+                );
             }
             Body::Send(id) if mine(&id) => {
                 workers[id.worker()].push(Command::Send(id, frame().to_vec()));

@@ -72,6 +72,7 @@ pub(crate) fn start<H: Handler>(
         shutdown: AtomicBool::new(false),
         open_conns: std::sync::atomic::AtomicUsize::new(0),
         max_keys_per_event: cfg.max_keys_per_event,
+        deflate: cfg.deflate.is_some(),
         max_bindings: (cfg.max_keys_per_conn, cfg.max_topics_per_conn),
         cluster,
     });

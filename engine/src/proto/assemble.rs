@@ -29,6 +29,7 @@
 //! ```
 
 use super::close::{parse_close_payload, CloseFrame};
+use super::deflate::{InflateError, Inflater};
 use super::error::ProtocolError;
 use super::frame::{FrameHeader, OpCode};
 use super::mask::apply_mask;
@@ -92,6 +93,9 @@ pub struct Step<'a> {
 struct Assembly {
     /// Text or Binary.
     opcode: OpCode,
+    /// Compressed (RSV1 on its first frame, permessage-deflate): `buf` holds the compressed
+    /// payload until the last frame, then the inflated message.
+    compressed: bool,
     /// Unmasked payload so far.
     buf: Vec<u8>,
     utf8: Utf8Stream,
@@ -109,8 +113,6 @@ struct Assembly {
 #[derive(Debug)]
 pub struct Decoder {
     role: Role,
-    /// RSV bits that a negotiated extension allows (none yet: 0).
-    allowed_rsv: u8,
     closed: bool,
     limits: Limits,
     asm: Option<Box<Assembly>>,
@@ -121,7 +123,6 @@ impl Decoder {
     pub fn new(role: Role, limits: Limits) -> Self {
         Decoder {
             role,
-            allowed_rsv: 0,
             closed: false,
             limits,
             asm: None,
@@ -148,17 +149,37 @@ impl Decoder {
     /// Decodes from the start of `buf`, unmasking in place. See the module docs.
     ///
     /// Call it again on `&mut buf[step.consumed..]` while it consumes bytes or yields
-    /// messages; `consumed == 0` with no message means "need more bytes".
+    /// messages; `consumed == 0` with no message means "need more bytes". RSV1 is refused
+    /// (no extension negotiated); see [`Decoder::decode_with`].
     ///
     /// # Errors
     /// Any [`ProtocolError`]; the connection must then be closed with
     /// [`ProtocolError::close_code`]. The decoder must not be used after an error.
     pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<Step<'a>, ProtocolError> {
+        self.decode_with(buf, None)
+    }
+
+    /// [`Decoder::decode`] on a connection that negotiated permessage-deflate when `inflater`
+    /// is given: a message whose first frame has RSV1 is gathered compressed (its compressed
+    /// size bounded by `max_message`), then inflated when its last frame arrives, the output
+    /// bounded by `max_message` chunk by chunk ([`Inflater::inflate`]). The inflater is the
+    /// worker's, shared by its connections: each message is inflated from a reset state
+    /// (`client_no_context_takeover`).
+    ///
+    /// # Errors
+    /// As [`Decoder::decode`], and: RSV1 without an inflater ([`ProtocolError::ReservedBits`]),
+    /// on a control frame or a continuation (1002); a message that inflates past the limit or
+    /// the ratio cap (1009); one that is not a deflate stream (1007 text, 1002 binary).
+    pub fn decode_with<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        mut inflater: Option<&mut Inflater>,
+    ) -> Result<Step<'a>, ProtocolError> {
         if self.asm.as_ref().is_some_and(|a| a.delivered) {
             self.asm = None;
         }
         if self.asm.as_ref().is_some_and(|a| a.frame_remaining > 0) {
-            return self.stream_payload(buf, 0);
+            return self.stream_payload(buf, 0, inflater);
         }
         let (h, hlen) = match FrameHeader::parse(buf)? {
             Status::Complete(x) => x,
@@ -172,8 +193,15 @@ impl Decoder {
         if self.closed {
             return Err(ProtocolError::DataAfterClose);
         }
-        if h.rsv & !self.allowed_rsv != 0 {
+        let rsv1 = h.rsv & 0b100 != 0;
+        if h.rsv & 0b011 != 0 || (rsv1 && inflater.is_none()) {
             return Err(ProtocolError::ReservedBits);
+        }
+        if rsv1 && h.opcode.is_control() {
+            return Err(ProtocolError::CompressedControl);
+        }
+        if rsv1 && h.opcode == OpCode::Continuation {
+            return Err(ProtocolError::CompressedContinuation);
         }
         match (self.role, h.mask.is_some()) {
             (Role::Server, false) => return Err(ProtocolError::UnmaskedClientFrame),
@@ -228,6 +256,27 @@ impl Decoder {
                 max: self.limits.max_message,
             });
         }
+        // A whole compressed message in one frame, wholly in the input: inflated straight
+        // from it.
+        if let (true, true, false, true, Some(inf)) = (
+            rsv1,
+            h.fin,
+            in_progress,
+            buf.len() - hlen >= len,
+            inflater.as_deref_mut(),
+        ) {
+            let payload = &mut buf[hlen..hlen + len];
+            if let Some(k) = h.mask {
+                apply_mask(payload, k, 0);
+            }
+            let asm = self.asm.insert(Assembly::boxed(h.opcode, true));
+            asm.delivered = true;
+            let message = inflate_into(inf, payload, asm, self.limits.max_message)?;
+            return Ok(Step {
+                consumed: hlen + len,
+                message: Some(message),
+            });
+        }
         // Fast path: a whole message in one frame, wholly in the input. Borrow it in place.
         if h.fin && !in_progress && buf.len() - hlen >= len {
             let payload = &mut buf[hlen..hlen + len];
@@ -244,26 +293,17 @@ impl Decoder {
                 message: Some(message),
             });
         }
-        let asm = self.asm.get_or_insert_with(|| {
-            Box::new(Assembly {
-                opcode: h.opcode,
-                buf: Vec::new(),
-                utf8: Utf8Stream::new(),
-                frame_remaining: 0,
-                frame_fin: false,
-                mask: None,
-                phase: 0,
-                delivered: false,
-            })
-        });
+        let asm = self
+            .asm
+            .get_or_insert_with(|| Assembly::boxed(h.opcode, rsv1));
         asm.frame_remaining = h.payload_len;
         asm.frame_fin = h.fin;
         asm.mask = h.mask;
         asm.phase = 0;
         if len == 0 {
-            return self.finish_frame(hlen);
+            return self.finish_frame(hlen, inflater);
         }
-        self.stream_payload(&mut buf[hlen..], hlen)
+        self.stream_payload(&mut buf[hlen..], hlen, inflater)
     }
 
     /// Moves the available bytes of the current frame's payload into the assembly buffer.
@@ -272,6 +312,7 @@ impl Decoder {
         &'a mut self,
         buf: &'a mut [u8],
         already: usize,
+        inflater: Option<&mut Inflater>,
     ) -> Result<Step<'a>, ProtocolError> {
         let asm = self.asm.as_mut().expect("stream_payload needs an assembly");
         let n = (asm.frame_remaining.min(buf.len() as u64)) as usize;
@@ -279,7 +320,7 @@ impl Decoder {
         if let Some(k) = asm.mask {
             asm.phase = apply_mask(chunk, k, asm.phase as usize) as u8;
         }
-        if asm.opcode == OpCode::Text {
+        if asm.opcode == OpCode::Text && !asm.compressed {
             asm.utf8.feed(chunk)?;
         }
         asm.buf.extend_from_slice(chunk);
@@ -290,11 +331,15 @@ impl Decoder {
                 message: None,
             });
         }
-        self.finish_frame(already + n)
+        self.finish_frame(already + n, inflater)
     }
 
     /// The current frame is complete: hand out the message if it was the last fragment.
-    fn finish_frame(&mut self, consumed: usize) -> Result<Step<'_>, ProtocolError> {
+    fn finish_frame(
+        &mut self,
+        consumed: usize,
+        inflater: Option<&mut Inflater>,
+    ) -> Result<Step<'_>, ProtocolError> {
         let asm = self.asm.as_mut().expect("finish_frame needs an assembly");
         if !asm.frame_fin {
             return Ok(Step {
@@ -303,6 +348,17 @@ impl Decoder {
             });
         }
         asm.delivered = true;
+        if asm.compressed {
+            // RSV1 was accepted on the first frame only with an inflater, and a message's
+            // frames all arrive through the same connection's calls.
+            let inf = inflater.ok_or(ProtocolError::ReservedBits)?;
+            let compressed = std::mem::take(&mut asm.buf);
+            let message = inflate_into(inf, &compressed, asm, self.limits.max_message)?;
+            return Ok(Step {
+                consumed,
+                message: Some(message),
+            });
+        }
         let message = if asm.opcode == OpCode::Text {
             asm.utf8.finish()?;
             // Validated piece by piece already; this second pass only produces the `&str`.
@@ -315,6 +371,47 @@ impl Decoder {
             message: Some(message),
         })
     }
+}
+
+impl Assembly {
+    fn boxed(opcode: OpCode, compressed: bool) -> Box<Assembly> {
+        Box::new(Assembly {
+            opcode,
+            compressed,
+            buf: Vec::new(),
+            utf8: Utf8Stream::new(),
+            frame_remaining: 0,
+            frame_fin: false,
+            mask: None,
+            phase: 0,
+            delivered: false,
+        })
+    }
+}
+
+/// Inflates a compressed message's payload into `asm.buf` (bounded by `max`) and hands it
+/// out, text validated whole.
+fn inflate_into<'a>(
+    inf: &mut Inflater,
+    compressed: &[u8],
+    asm: &'a mut Assembly,
+    max: usize,
+) -> Result<Message<'a>, ProtocolError> {
+    let text = asm.opcode == OpCode::Text;
+    if let Err(e) = inf.inflate(compressed, &mut asm.buf, max) {
+        asm.buf = Vec::new();
+        return Err(match e {
+            InflateError::TooBig => ProtocolError::InflatedTooBig { max },
+            InflateError::Ratio => ProtocolError::InflateRatio,
+            InflateError::Corrupt if text => ProtocolError::CorruptCompressedText,
+            InflateError::Corrupt => ProtocolError::CorruptCompressedBinary,
+        });
+    }
+    Ok(if text {
+        Message::Text(utf8::validate(&asm.buf)?)
+    } else {
+        Message::Binary(&asm.buf)
+    })
 }
 
 #[cfg(test)]
@@ -349,13 +446,23 @@ mod tests {
         wire: &[u8],
         chunk: usize,
     ) -> Result<Vec<Owned>, ProtocolError> {
+        feed_chunked_with(dec, wire, chunk, None)
+    }
+
+    /// [`feed_chunked`] on a connection with permessage-deflate (`inf` given).
+    pub(crate) fn feed_chunked_with(
+        dec: &mut Decoder,
+        wire: &[u8],
+        chunk: usize,
+        mut inf: Option<&mut Inflater>,
+    ) -> Result<Vec<Owned>, ProtocolError> {
         let mut out = Vec::new();
         let mut pending: Vec<u8> = Vec::new();
         for piece in wire.chunks(chunk.max(1)) {
             pending.extend_from_slice(piece);
             let mut pos = 0;
             loop {
-                let step = dec.decode(&mut pending[pos..])?;
+                let step = dec.decode_with(&mut pending[pos..], inf.as_deref_mut())?;
                 pos += step.consumed;
                 match step.message {
                     Some(m) => out.push(own(m)),
@@ -636,5 +743,156 @@ mod tests {
         let w = client(OpCode::Binary, true, &payload);
         let out = feed_chunked(&mut server_dec(), &w, 64 * 1024 + 7).unwrap();
         assert_eq!(out, vec![Owned::Binary(payload)]);
+    }
+
+    /// A compressed client frame: RSV1 on the first frame only, as RFC 7692 section 6.1 says.
+    fn compressed_frames(op: OpCode, payload: &[u8], pieces: usize) -> Vec<u8> {
+        let mut c = Vec::new();
+        crate::proto::deflate::Deflater::new(6).compress(15, payload, &mut c);
+        let size = c.len().div_ceil(pieces.max(1)).max(1);
+        let mut wire = Vec::new();
+        let parts: Vec<&[u8]> = if c.is_empty() {
+            vec![&[][..]]
+        } else {
+            c.chunks(size).collect()
+        };
+        for (i, part) in parts.iter().enumerate() {
+            let first = i == 0;
+            let op = if first { op } else { OpCode::Continuation };
+            let mut f = client(op, i + 1 == parts.len(), part);
+            if first {
+                f[0] |= 0x40;
+            }
+            wire.extend(f);
+        }
+        wire
+    }
+
+    #[test]
+    fn compressed_messages_inflate_at_every_split() {
+        let text = "κόσμε {\"a\":1} ".repeat(200);
+        let mut wire = compressed_frames(OpCode::Text, text.as_bytes(), 3);
+        wire.extend(client(OpCode::Ping, true, b"p"));
+        wire.extend(compressed_frames(OpCode::Binary, &[9u8; 5000], 1));
+        // An uncompressed message on the same connection goes as before.
+        wire.extend(client(OpCode::Text, true, b"plain"));
+        let expect = vec![
+            Owned::Text(text.clone()),
+            Owned::Ping(b"p".to_vec()),
+            Owned::Binary(vec![9u8; 5000]),
+            Owned::Text("plain".into()),
+        ];
+        let mut inf = Inflater::new(256);
+        for chunk in [1, 2, 7, 64, 1000, wire.len()] {
+            let mut d = server_dec();
+            let got = feed_chunked_with(&mut d, &wire, chunk, Some(&mut inf)).unwrap();
+            assert_eq!(got, expect, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn rsv1_rules() {
+        let mut inf = Inflater::new(256);
+        let mut rsv1 = |op, fin: bool, with: bool| {
+            let mut w = client(op, fin, b"\x00");
+            w[0] |= 0x40;
+            let d = &mut server_dec();
+            let inf = if with { Some(&mut inf) } else { None };
+            feed_chunked_with(d, &w, 100, inf).unwrap_err()
+        };
+        // Without negotiation, RSV1 is a reserved bit.
+        assert_eq!(rsv1(OpCode::Text, true, false), ProtocolError::ReservedBits);
+        for op in [OpCode::Ping, OpCode::Pong, OpCode::Close] {
+            let e = rsv1(op, true, true);
+            assert_eq!(e, ProtocolError::CompressedControl);
+            assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+        }
+        // RSV1 on a continuation of a compressed (or plain) message.
+        let mut w = client(OpCode::Text, false, b"a");
+        let mut c = client(OpCode::Continuation, true, b"b");
+        c[0] |= 0x40;
+        w.extend(c);
+        let e = feed_chunked_with(&mut server_dec(), &w, 100, Some(&mut inf)).unwrap_err();
+        assert_eq!(e, ProtocolError::CompressedContinuation);
+        assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+        // RSV2 and RSV3 stay reserved.
+        let mut w = client(OpCode::Text, true, b"a");
+        w[0] |= 0x20;
+        let e = feed_chunked_with(&mut server_dec(), &w, 100, Some(&mut inf)).unwrap_err();
+        assert_eq!(e, ProtocolError::ReservedBits);
+    }
+
+    #[test]
+    fn bad_compressed_data_and_bad_text() {
+        let mut inf = Inflater::new(256);
+        // BTYPE 11 (reserved): not a deflate stream.
+        for (op, want, code) in [
+            (
+                OpCode::Text,
+                ProtocolError::CorruptCompressedText,
+                CloseCode::INVALID_PAYLOAD,
+            ),
+            (
+                OpCode::Binary,
+                ProtocolError::CorruptCompressedBinary,
+                CloseCode::PROTOCOL_ERROR,
+            ),
+        ] {
+            let mut w = client(op, true, &[0xff, 0xff, 0xff]);
+            w[0] |= 0x40;
+            let e = feed_chunked_with(&mut server_dec(), &w, 100, Some(&mut inf)).unwrap_err();
+            assert_eq!((e, e.close_code()), (want, code));
+        }
+        // Valid deflate of invalid UTF-8.
+        let w = compressed_frames(OpCode::Text, &[b'a', 0xff, b'b'], 1);
+        let e = feed_chunked_with(&mut server_dec(), &w, 100, Some(&mut inf)).unwrap_err();
+        assert_eq!(e, ProtocolError::InvalidUtf8);
+        assert_eq!(e.close_code(), CloseCode::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn a_zip_bomb_costs_at_most_max_message() {
+        // 64 MiB of zeros compress to about 64 KiB; the limit is 1 MiB.
+        let limits = Limits {
+            max_frame: 1 << 20,
+            max_message: 1 << 20,
+        };
+        let bomb = compressed_frames(OpCode::Binary, &vec![0u8; 64 << 20], 4);
+        assert!(bomb.len() < 100 << 10, "{}", bomb.len());
+        let mut inf = Inflater::new(0);
+        let mut d = Decoder::new(Role::Server, limits);
+        let e = feed_chunked_with(&mut d, &bomb, 1 << 20, Some(&mut inf)).unwrap_err();
+        assert_eq!(e, ProtocolError::InflatedTooBig { max: 1 << 20 });
+        assert_eq!(e.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        assert!(d.buffered_capacity() <= (1 << 20) + 1);
+        // The ratio cap closes it earlier, with the same code.
+        let mut d = Decoder::new(Role::Server, Limits::default());
+        let e =
+            feed_chunked_with(&mut d, &bomb, 1 << 20, Some(&mut Inflater::new(100))).unwrap_err();
+        assert_eq!(e, ProtocolError::InflateRatio);
+        assert_eq!(e.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        // The compressed size counts against max_message too, before it is held.
+        let limits = Limits {
+            max_frame: 1 << 20,
+            max_message: 1000,
+        };
+        let mut x = 0x9E37_79B9u32;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let w = compressed_frames(OpCode::Binary, &noise, 1);
+        let e = feed_chunked_with(
+            &mut Decoder::new(Role::Server, limits),
+            &w,
+            100,
+            Some(&mut inf),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ProtocolError::MessageTooBig { .. }), "{e:?}");
     }
 }

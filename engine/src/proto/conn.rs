@@ -38,6 +38,7 @@
 //!   a worker holds in incomplete messages are bounded by [`Held`] (1013 past it).
 
 use super::close::CloseCode;
+use super::deflate::Inflater;
 use super::encode::encode_close_frame;
 use super::frame::{encode_header, OpCode};
 use super::handshake::HeadScanner;
@@ -158,6 +159,11 @@ pub trait Events<S> {
     /// A read took the worker's incomplete-message bytes past [`Held::max`]; the machine
     /// closes this connection with 1013.
     fn over_incomplete_budget(&mut self) {}
+    /// The worker's inflater if this connection negotiated permessage-deflate, else `None`
+    /// (RSV1 is then a protocol error).
+    fn inflater(&mut self) -> Option<&mut Inflater> {
+        None
+    }
 }
 
 /// Where a connection is in its life. The application's state exists only in `Open` and
@@ -550,7 +556,7 @@ impl<S> Conn<S> {
     ) -> usize {
         let mut pos = 0;
         loop {
-            let step = match self.decoder.decode(&mut buf[pos..]) {
+            let step = match self.decoder.decode_with(&mut buf[pos..], ev.inflater()) {
                 Ok(s) => s,
                 Err(e) => {
                     ev.protocol_error(&e);

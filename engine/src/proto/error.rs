@@ -53,18 +53,35 @@ pub enum ProtocolError {
     },
     /// A frame after the peer's close frame (section 5.5.1). 1002.
     DataAfterClose,
+    /// RSV1 (compressed) on a control frame (RFC 7692 section 6.1). 1002.
+    CompressedControl,
+    /// RSV1 on a continuation frame: only a message's first frame carries it (RFC 7692
+    /// section 6.1). 1002.
+    CompressedContinuation,
+    /// A compressed message that inflates past the message limit. 1009.
+    InflatedTooBig {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A compressed message that inflates past the ratio cap (a zip bomb). 1009.
+    InflateRatio,
+    /// A compressed text message that is not a valid deflate stream. 1007.
+    CorruptCompressedText,
+    /// A compressed binary message that is not a valid deflate stream. 1002.
+    CorruptCompressedBinary,
 }
 
 impl ProtocolError {
     /// The close code this error is answered with.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::InvalidCloseReason | ProtocolError::InvalidUtf8 => {
-                CloseCode::INVALID_PAYLOAD
-            }
-            ProtocolError::FrameTooBig { .. } | ProtocolError::MessageTooBig { .. } => {
-                CloseCode::MESSAGE_TOO_BIG
-            }
+            ProtocolError::InvalidCloseReason
+            | ProtocolError::InvalidUtf8
+            | ProtocolError::CorruptCompressedText => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::FrameTooBig { .. }
+            | ProtocolError::MessageTooBig { .. }
+            | ProtocolError::InflatedTooBig { .. }
+            | ProtocolError::InflateRatio => CloseCode::MESSAGE_TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }
@@ -87,6 +104,13 @@ impl ProtocolError {
             ProtocolError::FrameTooBig { .. } => "frame too big",
             ProtocolError::MessageTooBig { .. } => "message too big",
             ProtocolError::DataAfterClose => "frame after close",
+            ProtocolError::CompressedControl => "compressed control frame",
+            ProtocolError::CompressedContinuation => "RSV1 on a continuation frame",
+            ProtocolError::InflatedTooBig { .. } => "message too big when inflated",
+            ProtocolError::InflateRatio => "message inflates past the ratio cap",
+            ProtocolError::CorruptCompressedText | ProtocolError::CorruptCompressedBinary => {
+                "invalid compressed data"
+            }
         }
     }
 }
@@ -102,6 +126,12 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::MessageTooBig { len, max } => {
                 write!(f, "message of {len} bytes exceeds the limit of {max}")
+            }
+            ProtocolError::InflatedTooBig { max } => {
+                write!(
+                    f,
+                    "compressed message inflates past the limit of {max} bytes"
+                )
             }
             other => f.write_str(other.reason()),
         }?;

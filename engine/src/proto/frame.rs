@@ -167,6 +167,13 @@ pub struct HeaderBuf {
 }
 
 impl HeaderBuf {
+    /// The same header with RSV1 set: the first frame of a compressed message
+    /// (permessage-deflate, RFC 7692).
+    pub fn with_rsv1(mut self) -> HeaderBuf {
+        self.bytes[0] |= 0x40;
+        self
+    }
+
     /// The header bytes.
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len as usize]

@@ -15,11 +15,13 @@
 //! | [`utf8`] | 8.1 | whole and streaming UTF-8 validation (fail fast) |
 //! | [`close`] | 5.5.1, 7.4 | close codes and payloads |
 //! | [`encode`] | 5 | frame encoders for the server (unmasked) and client (masked) roles |
+//! | [`deflate`] | RFC 7692 | permessage-deflate: negotiation, compression, bounded inflation |
 //! | [`conn`] | 5.5, 7 | a server connection's lifecycle: phases, close handshake, pong and close-echo obligations, deadlines, budgets |
 
 pub mod assemble;
 pub mod close;
 pub mod conn;
+pub mod deflate;
 pub mod encode;
 pub mod error;
 pub mod frame;

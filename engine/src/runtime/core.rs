@@ -12,6 +12,7 @@
 //! the slab, the write queues, the handler calls, broadcast and the inbox; it reads the clock
 //! once per loop turn and passes `now` to the machines.
 
+use super::compress::Compression;
 use super::queue::{BufPool, WriteQueue};
 use super::timer::{millis, TimerWheel};
 use super::{Command, Config, ConnId, Handle, SlowConsumerPolicy, WorkerShared};
@@ -19,6 +20,7 @@ use crate::broadcast::registry::{Added, Caps, Registry, Subs};
 use crate::broadcast::{encode_shared, route, scratch_spike, Event, OwnedTarget, Target};
 use crate::handler::{Ctx, Handler, HttpResponse, Message, Upgrade};
 use crate::proto::conn::{self as machine, ConnConfig, Events, Held, Timeout, Verdict};
+use crate::proto::deflate::{self, Inflater, MAX_WINDOW_BITS};
 use crate::proto::frame::encode_header;
 use crate::proto::handshake::{
     parse_request, write_accept_response, write_http_response, AcceptKey, EMPTY_HEADER, MAX_HEADERS,
@@ -49,6 +51,9 @@ pub(crate) struct Conn<S, Io> {
     dead: bool,
     /// Reading stopped because the write queue was over the budget (read backpressure).
     paused: bool,
+    /// permessage-deflate: 0 if not negotiated, else the window (bits) agreed for what we
+    /// send. The connection holds no compression state: it is the worker's.
+    deflate: u8,
 }
 
 /// A backend's view of one connection: its socket handle and its unsent output, the only
@@ -127,6 +132,8 @@ pub(crate) struct Env {
     policy: SlowConsumerPolicy,
     /// Bytes this worker's connections hold in incomplete messages.
     held: Held,
+    /// permessage-deflate state, when `Config::deflate` is on.
+    compression: Option<Compression>,
 }
 
 /// The callback's own connection, when it can still send.
@@ -134,6 +141,8 @@ pub(crate) struct Env {
 pub(crate) struct Own<'a> {
     out: &'a mut WriteQueue,
     subs: &'a mut Option<Box<Subs>>,
+    /// The connection's agreed window for compressed messages (0: none).
+    deflate: u8,
 }
 
 /// What a callback writes through its [`Ctx`]: straight into its own connection's queue
@@ -188,7 +197,14 @@ impl<'a> Outbox<'a> {
                     }
                     return;
                 }
-                own.out.push_parts(&mut self.env.pool, &[&header, payload]);
+                let compressed = match (own.deflate, self.env.compression.as_mut()) {
+                    (0, _) | (_, None) => None,
+                    (bits, Some(c)) => c.message(bits, op, payload),
+                };
+                match compressed {
+                    Some((h, p)) => own.out.push_parts(&mut self.env.pool, &[&h, p]),
+                    None => own.out.push_parts(&mut self.env.pool, &[&header, payload]),
+                }
                 self.sent += 1;
             }
             return;
@@ -288,6 +304,7 @@ struct Ev<'a, H: Handler> {
     handler: &'a mut H,
     out: &'a mut WriteQueue,
     subs: &'a mut Option<Box<Subs>>,
+    deflate: &'a mut u8,
     env: &'a mut Env,
     handle: &'a Handle,
     stats: &'a super::WorkerStats,
@@ -308,6 +325,7 @@ impl<H: Handler> Ev<'_, H> {
                 Some(Own {
                     out: &mut *self.out,
                     subs: &mut *self.subs,
+                    deflate: *self.deflate,
                 }),
                 &mut *self.env,
             ),
@@ -423,11 +441,22 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
             }
         };
         let accept = AcceptKey::from_key(client_key.as_bytes());
-        let extra: Vec<(&str, &str)> = upgrade
+        let mut extra: Vec<(&str, &str)> = upgrade
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
+        // permessage-deflate, unless the application answers the extensions itself.
+        let agreed = (self.env.compression.is_some()
+            && !extra
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions")))
+        .then(|| deflate::negotiate(req.extensions()))
+        .flatten();
+        let ext = agreed.map(|a| a.response());
+        if let Some(ext) = &ext {
+            extra.push(("Sec-WebSocket-Extensions", ext));
+        }
         let mut resp = self.env.pool.take(256);
         if let Err(e) =
             write_accept_response(&mut resp, &accept, upgrade.protocol.as_deref(), &extra)
@@ -446,6 +475,7 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
         }
         self.out.push_owned(resp);
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        *self.deflate = agreed.map_or(0, |a| a.window_bits());
         Some(state)
     }
 
@@ -483,6 +513,13 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
         }
     }
 
+    fn inflater(&mut self) -> Option<&mut Inflater> {
+        match *self.deflate {
+            0 => None,
+            _ => self.env.compression.as_mut().map(|c| &mut c.inflater),
+        }
+    }
+
     fn over_incomplete_budget(&mut self) {
         tracing::info!(conn = %self.id, held = self.env.held.bytes, budget = self.env.held.max, "incomplete messages over the worker's budget: closing with 1013");
         self.stats
@@ -513,6 +550,7 @@ impl<H: Handler, Io> Core<H, Io> {
         };
         let policy = cfg.slow_consumer;
         let held = Held::new(cfg.incomplete_budget);
+        let compression = cfg.deflate.map(Compression::new);
         let conn_cfg = cfg.conn_config();
         let epoch = Instant::now();
         let node = shared.node();
@@ -545,6 +583,7 @@ impl<H: Handler, Io> Core<H, Io> {
                 registry,
                 policy,
                 held,
+                compression,
                 ..Env::default()
             },
             scratch: Vec::new(),
@@ -612,6 +651,7 @@ impl<H: Handler, Io> Core<H, Io> {
             dirty: false,
             dead: false,
             paused: false,
+            deflate: 0,
         });
         if self.max_conns != usize::MAX {
             self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
@@ -718,12 +758,17 @@ impl<H: Handler, Io> Core<H, Io> {
         let conn = conns.get_mut(key).filter(|c| !c.dead)?;
         let id = ConnId::with_node(*node, *worker, key, conn.gen);
         let Conn {
-            machine, out, subs, ..
+            machine,
+            out,
+            subs,
+            deflate,
+            ..
         } = conn;
         let mut ev = Ev {
             handler,
             out,
             subs,
+            deflate,
             env,
             handle,
             stats: &shared.workers[*worker as usize].stats,
@@ -947,6 +992,12 @@ impl<H: Handler, Io> Core<H, Io> {
         for &key in &dirty {
             self.with_conn(key, |m, ev, cfg| m.poll_transmit(cfg, ev));
         }
+        if let Some(c) = self.env.compression.as_mut() {
+            let (deflated, inflated) = c.take_counts();
+            let st = &self.shared.workers[self.worker as usize].stats;
+            st.messages_deflated.fetch_add(deflated, Ordering::Relaxed);
+            st.messages_inflated.fetch_add(inflated, Ordering::Relaxed);
+        }
         dirty
     }
 
@@ -1025,7 +1076,8 @@ impl<H: Handler, Io> Core<H, Io> {
         let me = self.worker as usize;
         let mut local = None;
         let workers = &self.shared.workers;
-        let parts = route(frame, target, n, tag, |w, ev| {
+        let deflate = self.cfg.deflate.is_some();
+        let parts = route(frame, target, n, tag, deflate, |w, ev| {
             if w == me {
                 local = Some(ev);
             } else {
@@ -1081,8 +1133,23 @@ impl<H: Handler, Io> Core<H, Io> {
             }
         }
         let mut reached = 0;
+        // The compressed twin, looked up (and made, if no worker has yet) on the first
+        // recipient that takes it: a refcount, never a per-recipient deflate or copy.
+        let mut twin: Option<Option<Arc<[u8]>>> = None;
         for &slot in &slots {
-            if self.push_shared_to(slot as usize, &ev.frame) {
+            let wants_twin = ev.twin.is_some()
+                && self
+                    .conns
+                    .get(slot as usize)
+                    .is_some_and(|c| c.deflate == MAX_WINDOW_BITS);
+            if wants_twin && twin.is_none() {
+                twin = Some(self.twin_of(ev));
+            }
+            let frame = match &twin {
+                Some(Some(t)) if wants_twin => t,
+                _ => &ev.frame,
+            };
+            if self.push_shared_to(slot as usize, frame) {
                 reached += 1;
             }
         }
@@ -1099,6 +1166,13 @@ impl<H: Handler, Io> Core<H, Io> {
                 self.receipt(t.origin, t.tag, total);
             }
         }
+    }
+
+    /// The event's compressed twin, compressed by this worker if no worker has yet.
+    fn twin_of(&mut self, ev: &Event) -> Option<Arc<[u8]>> {
+        let cell = ev.twin.as_ref()?;
+        let comp = self.env.compression.as_mut()?;
+        cell.get_or_init(|| comp.twin(&ev.frame)).clone()
     }
 
     /// Queues a shared frame for one connection, applying the slow-consumer policy.

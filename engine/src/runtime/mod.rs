@@ -5,6 +5,7 @@
 //! (`SO_REUSEPORT`), its own slab of connections, timer wheel and inbox. Workers share
 //! nothing on the hot path; other threads reach them through their inboxes.
 
+pub(crate) mod compress;
 pub(crate) mod core;
 pub(crate) mod metrics;
 pub(crate) mod queue;
@@ -13,6 +14,7 @@ pub(crate) mod timer;
 use crate::broadcast::Target;
 use crate::driver;
 use crate::handler::{Handler, Message};
+pub use crate::proto::deflate::DeflateConfig;
 use crate::proto::encode::encode_frame;
 use crate::proto::{CloseCode, Limits, OpCode};
 use std::fmt;
@@ -113,6 +115,10 @@ pub struct Config {
     /// Publishes, sends, closes and bindings then reach connections on every node (see
     /// docs/cluster.md).
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// permessage-deflate (RFC 7692): `None` (the default) refuses every offer; `Some`
+    /// accepts one, always without context takeover, so compression state is per worker
+    /// (see `proto::deflate` and docs/protocol.md).
+    pub deflate: Option<DeflateConfig>,
 }
 
 /// Which I/O backend the workers run on.
@@ -180,12 +186,19 @@ impl Config {
             allowed_origins: Vec::new(),
             backend: Backend::Auto,
             cluster: None,
+            deflate: None,
         }
     }
 
     /// Joins a cluster (see [`crate::cluster::ClusterConfig`]).
     pub fn cluster(mut self, c: Option<crate::cluster::ClusterConfig>) -> Self {
         self.cluster = c;
+        self
+    }
+
+    /// Turns permessage-deflate on (with [`DeflateConfig::default`]) or off.
+    pub fn deflate(mut self, on: bool) -> Self {
+        self.deflate = on.then(DeflateConfig::default);
         self
     }
 
@@ -550,6 +563,10 @@ stats! {
     bindings_refused,
     /// Publishes refused for listing more keys than `Config::max_keys_per_event`.
     publishes_refused,
+    /// Messages compressed (permessage-deflate): at most one per broadcast event, one per compressed direct send.
+    messages_deflated,
+    /// Compressed messages received and inflated.
+    messages_inflated,
     /// Accepts that failed (out of files or fixed-file slots); retried shortly.
     accept_errors,
     /// io_uring: multishot receives that ran out of provided buffers (re-armed).
@@ -644,6 +661,8 @@ pub(crate) struct Shared {
     pub(crate) open_conns: std::sync::atomic::AtomicUsize,
     /// `Config::max_keys_per_event`, checked where a publish is made.
     pub(crate) max_keys_per_event: usize,
+    /// `Config::deflate` is on: events carry a compressed twin's cell.
+    pub(crate) deflate: bool,
     /// `Config::max_keys_per_conn` and `max_topics_per_conn`, to report a refusal.
     pub(crate) max_bindings: (usize, usize),
     /// This node's side of a cluster, if the server is in one.
@@ -729,7 +748,8 @@ impl Handle {
             Some(c) => c.publish(target, &frame),
             None => target,
         };
-        crate::broadcast::route(frame, target, workers.len(), None, |w, ev| {
+        let deflate = self.shared.deflate;
+        crate::broadcast::route(frame, target, workers.len(), None, deflate, |w, ev| {
             workers[w].push(Command::Publish(ev))
         });
         if let Some(w) = workers.first() {

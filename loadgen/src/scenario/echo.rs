@@ -95,6 +95,8 @@ struct WorkerResult {
     last_in_window_ns: u64,
     /// Open loop: sends that left later than intended by more than 1 ms.
     late_sends: u64,
+    /// Bytes of frames received after the handshakes (what the echoes took on the wire).
+    wire_bytes: u64,
 }
 
 struct Worker {
@@ -198,6 +200,7 @@ fn run_worker(
     rate: f64,
     grid: Grid,
 ) -> Result<WorkerResult, Error> {
+    let rx0 = crate::client::rx_frame_bytes();
     let mut pool = Pool::new(&common, ctl.clock, payloads.frames.clone())?;
     let mut w = Worker {
         ctl: ctl.clone(),
@@ -278,6 +281,7 @@ fn run_worker(
     // Close.
     w.ctl.drained.fetch_add(1, Ordering::AcqRel);
     pool.close_and_wait(CLOSE_WAIT, &mut |s, note| w.note(s, note));
+    w.res.wire_bytes = crate::client::rx_frame_bytes() - rx0;
     Ok(w.res)
 }
 
@@ -385,7 +389,11 @@ pub fn run(common: &Common, opts: &EchoOpts) -> Result<super::Outcome, Error> {
     crate::sys::check_files(opts.conns)?;
     super::check_sources(common, opts.conns)?;
     let mut rng = Rng::new();
-    let payloads = Arc::new(Payloads::new(opts.size, opts.text, VARIANTS, &mut rng));
+    let mut payloads = Payloads::new(opts.size, opts.text, VARIANTS, &mut rng);
+    if common.deflate {
+        payloads.compress(&mut rng);
+    }
+    let payloads = Arc::new(payloads);
     let ctl = Control::new();
     let me = Proc::open(std::process::id()).ok();
     let mut handles = Vec::new();
@@ -492,7 +500,7 @@ fn report(
     let mut run_failures = Failures::default();
     let (mut sent, mut received, mut in_window, mut verify, mut unexpected, mut unanswered) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let (mut opened, mut clean, mut late) = (0usize, 0usize, 0u64);
+    let (mut opened, mut clean, mut late, mut wire) = (0usize, 0usize, 0u64, 0u64);
     let (mut first, mut last) = (u64::MAX, 0u64);
     for r in results {
         lat.merge(&r.latency);
@@ -507,6 +515,7 @@ fn report(
         opened += r.opened;
         clean += r.closed_clean;
         late += r.late_sends;
+        wire += r.wire_bytes;
         if r.in_window > 0 {
             first = first.min(r.first_in_window_ns);
             last = last.max(r.last_in_window_ns);
@@ -593,6 +602,7 @@ fn report(
         "sent / received",
         format!("{} / {}", group(sent), group(received)),
     );
+    let wire_per = super::wire_row(&mut t, "echo", wire, received, common.deflate);
     t.row("verify failures", group(verify));
     if unexpected > 0 {
         t.row("unexpected messages", group(unexpected));
@@ -669,6 +679,9 @@ fn report(
         .with("msgs_per_s", rate)
         .with("sent", sent)
         .with("received", received)
+        .with("deflate", common.deflate)
+        .with("wire_bytes", wire)
+        .with("wire_bytes_per_message", wire_per)
         .with("verify_failures", verify)
         .with("unexpected", unexpected)
         .with("unanswered", unanswered)

@@ -128,6 +128,8 @@ struct WorkerResult {
     closed_clean: usize,
     /// Publisher side: sends that left more than 1 ms after their due time.
     late_sends: u64,
+    /// Bytes of frames received after the handshakes (all messages, on the wire).
+    wire_bytes: u64,
 }
 
 struct Worker {
@@ -228,9 +230,8 @@ fn event_frame(publisher: usize, seq: u64, ts: u64, size: usize, rng: &mut Rng) 
     p[0..4].copy_from_slice(&(publisher as u32).to_le_bytes());
     p[8..16].copy_from_slice(&seq.to_le_bytes());
     p[16..24].copy_from_slice(&ts.to_le_bytes());
-    for (i, b) in p[HEADER..].iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(31).wrapping_add(seq as u8);
-    }
+    // JSON-like filler, as real events: compressible as they are, not as a byte pattern.
+    crate::client::json_like(&mut p[HEADER..], seq);
     let mut key = [0u8; 4];
     rng.fill(&mut key);
     let mut f = Vec::with_capacity(size + 14);
@@ -255,6 +256,7 @@ fn run_worker(
     part: Part,
     grid: Grid,
 ) -> Result<WorkerResult, Error> {
+    let rx0 = crate::client::rx_frame_bytes();
     let Part {
         subs: n_subs,
         publishers,
@@ -417,6 +419,7 @@ fn run_worker(
     for s in w.subs.iter().filter(|s| s.opened) {
         *w.res.subs.entry(s.next.clone()).or_default() += 1;
     }
+    w.res.wire_bytes = crate::client::rx_frame_bytes() - rx0;
     Ok(w.res)
 }
 
@@ -600,6 +603,7 @@ fn merge(grid: Grid, results: Vec<WorkerResult>) -> WorkerResult {
         m.run_failures.merge(&r.run_failures);
         m.closed_clean += r.closed_clean;
         m.late_sends += r.late_sends;
+        m.wire_bytes += r.wire_bytes;
     }
     m
 }
@@ -624,6 +628,7 @@ fn shard_json(r: &WorkerResult, sent: &[u64], publishers: bool, client: Option<D
         .with("out_of_order", r.out_of_order)
         .with("subs", Json::A(subs))
         .with("publisher_echoes", r.publisher_echoes)
+        .with("wire_bytes", r.wire_bytes)
         .with("malformed", r.malformed)
         .with("negative", r.negative)
         .with("opened", r.opened)
@@ -670,6 +675,7 @@ fn from_shard_json(
         out_of_order: u(v, "out_of_order"),
         subs,
         publisher_echoes: u(v, "publisher_echoes"),
+        wire_bytes: u(v, "wire_bytes"),
         malformed: u(v, "malformed"),
         negative: u(v, "negative"),
         opened: u(v, "opened") as usize,
@@ -992,6 +998,15 @@ fn report(
         t.row("not events of this run", group(malformed));
     }
     t.row("publisher echoes (not counted)", group(echoes));
+    // Every message received (deliveries and the publishers' own copies) over the bytes
+    // their frames took.
+    let wire_per = super::wire_row(
+        &mut t,
+        "delivery",
+        r.wire_bytes,
+        received + echoes,
+        common.deflate,
+    );
     t.row("sends late by > 1 ms", group(late));
     t.row("connection failures", run_failures.summary());
     t.row(
@@ -1072,6 +1087,9 @@ fn report(
         .with("out_of_order", ooo)
         .with("malformed", malformed)
         .with("publisher_echoes", echoes)
+        .with("deflate", common.deflate)
+        .with("wire_bytes", r.wire_bytes)
+        .with("wire_bytes_per_delivery", wire_per)
         .with("late_sends", late)
         .with("deliveries_in_window", in_window)
         .with("deliveries_per_s", rate)

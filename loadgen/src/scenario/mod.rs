@@ -47,6 +47,8 @@ pub struct Common {
     pub ports: Option<Arc<crate::client::SourcePorts>>,
     /// Where to write the SVG plot of the report.
     pub plot: Option<std::path::PathBuf>,
+    /// Offer permessage-deflate (`--deflate`).
+    pub deflate: bool,
 }
 
 /// A load with a timeline, which `soak` holds and `ramp` steps up: the echo or fanout
@@ -397,6 +399,8 @@ pub struct Pool {
     /// Connections open or closing.
     pub live: usize,
     last_timeout_scan: u64,
+    /// Offer permessage-deflate on every connection.
+    deflate: bool,
 }
 
 impl Pool {
@@ -421,6 +425,7 @@ impl Pool {
             pending: 0,
             live: 0,
             last_timeout_scan: 0,
+            deflate: common.deflate,
         })
     }
 
@@ -463,7 +468,7 @@ impl Pool {
             )
             .map_err(|e| Failure::Io(format!("register: {e}")))?;
         let now = self.clock.now_ns();
-        let conn = Conn::new(stream, &host, &path, &mut self.rng, now);
+        let conn = Conn::new(stream, &host, &path, &mut self.rng, now, self.deflate);
         self.conns.push(Some(conn));
         self.pending += 1;
         Ok(slot)
@@ -931,4 +936,26 @@ pub fn join<T>(handles: Vec<std::thread::JoinHandle<Result<T, Error>>>) -> Resul
         }
     }
     Ok(out)
+}
+
+/// Adds the row "bytes on the wire per `what`" (`wire` bytes of frames received over
+/// `messages`, saying whether permessage-deflate was offered) to `t`; returns the figure.
+pub(crate) fn wire_row(
+    t: &mut crate::stats::Table,
+    what: &str,
+    wire: u64,
+    messages: u64,
+    deflate: bool,
+) -> f64 {
+    let per = wire as f64 / messages.max(1) as f64;
+    let how = if deflate {
+        "permessage-deflate offered"
+    } else {
+        "uncompressed"
+    };
+    t.row(
+        &format!("bytes on the wire per {what}"),
+        format!("{per:.1} ({how})"),
+    );
+    per
 }

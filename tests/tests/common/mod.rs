@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use volley::proto::deflate::{Deflater, Inflater};
 use volley::proto::encode::encode_client_frame;
 use volley::proto::handshake::{verify_response, write_client_request, ClientKey};
 use volley::proto::{Decoder, Limits, Message as PMsg, OpCode, Role, Status};
@@ -136,6 +137,11 @@ pub struct RawClient {
     buf: Vec<u8>,
     pub status: u16,
     pub head: String,
+    /// permessage-deflate was agreed (the answer named it): server messages with RSV1 are
+    /// inflated, and `send_compressed` may be used.
+    pub inflater: Option<Inflater>,
+    /// Whether the last data message received was compressed (RSV1 on its first frame).
+    pub last_compressed: bool,
 }
 
 impl RawClient {
@@ -174,7 +180,13 @@ impl RawClient {
                     );
                 }
                 buf.drain(..end + 4);
+                let agreed = head.lines().any(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with("sec-websocket-extensions: permessage-deflate")
+                });
                 return RawClient {
+                    inflater: agreed.then(|| Inflater::new(0)),
+                    last_compressed: false,
                     stream,
                     dec: Decoder::new(
                         Role::Client,
@@ -189,6 +201,52 @@ impl RawClient {
                 };
             }
         }
+    }
+
+    /// Connects offering permessage-deflate with `offer` (the `Sec-WebSocket-Extensions`
+    /// value); completes the handshake, whatever the server agreed to.
+    pub fn connect_deflate(addr: SocketAddr, offer: &str) -> RawClient {
+        let c = Self::connect_raw(addr, "/", &[("Sec-WebSocket-Extensions", offer)]);
+        assert_eq!(c.status, 101, "handshake failed: {}", c.head);
+        c
+    }
+
+    /// The `Sec-WebSocket-Extensions` value of the server's answer, if any.
+    pub fn extensions(&self) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    /// Sends a compressed message (RSV1, raw deflate with a 32 KiB window, tail removed),
+    /// cut into `pieces` frames.
+    pub fn send_compressed(&mut self, op: OpCode, payload: &[u8], pieces: usize) {
+        let mut c = Vec::new();
+        Deflater::new(6).compress(15, payload, &mut c);
+        self.send_rsv1_payload(op, &c, pieces);
+    }
+
+    /// Sends `compressed` as a message's payload with RSV1 on its first frame, in `pieces`
+    /// frames (whatever it holds: tests send corrupt data and bombs through it).
+    pub fn send_rsv1_payload(&mut self, op: OpCode, compressed: &[u8], pieces: usize) {
+        let size = compressed.len().div_ceil(pieces.max(1)).max(1);
+        let parts: Vec<&[u8]> = if compressed.is_empty() {
+            vec![&[][..]]
+        } else {
+            compressed.chunks(size).collect()
+        };
+        let mut wire = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let start = wire.len();
+            let o = if i == 0 { op } else { OpCode::Continuation };
+            encode_client_frame(o, i + 1 == parts.len(), part, rand_bytes::<4>(), &mut wire);
+            if i == 0 {
+                wire[start] |= 0x40;
+            }
+        }
+        self.send_raw(&wire);
     }
 
     pub fn send_frame(&mut self, op: OpCode, fin: bool, payload: &[u8]) {
@@ -236,9 +294,15 @@ impl RawClient {
             let mut pos = 0;
             let mut got = None;
             loop {
+                // A data frame that starts a message: note whether it is compressed.
+                if let Some(&b0) = self.buf.get(pos).filter(|_| !self.dec.is_assembling()) {
+                    if matches!(b0 & 0x0F, 1 | 2) {
+                        self.last_compressed = b0 & 0x40 != 0;
+                    }
+                }
                 let step = self
                     .dec
-                    .decode(&mut self.buf[pos..])
+                    .decode_with(&mut self.buf[pos..], self.inflater.as_mut())
                     .expect("server frames are valid");
                 pos += step.consumed;
                 if let Some(m) = step.message {
@@ -391,6 +455,24 @@ pub fn open_lean(addr: SocketAddr) -> TcpStream {
     let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     s.write_all(req).unwrap();
+    finish_lean(s)
+}
+
+/// [`open_lean`] with `extra` header lines (each ending in CRLF) in the request (this one
+/// formats the request on the heap).
+pub fn open_lean_with(addr: SocketAddr, extra: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    finish_lean(s)
+}
+
+/// Reads a lean connection's 101 through a stack buffer.
+fn finish_lean(mut s: TcpStream) -> TcpStream {
     let mut buf = [0u8; 512];
     let mut got = 0;
     while !buf[..got].ends_with(b"\r\n\r\n") {
@@ -410,7 +492,16 @@ pub fn hold_connections_main() {
     };
     let addr: SocketAddr = addr.parse().unwrap();
     let n: usize = std::env::var("HOLD_N").unwrap().parse().unwrap();
-    let conns: Vec<TcpStream> = (0..n).map(|_| open_lean(addr)).collect();
+    let deflate = std::env::var_os("HOLD_DEFLATE").is_some();
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            if deflate {
+                open_lean_with(addr, "Sec-WebSocket-Extensions: permessage-deflate\r\n")
+            } else {
+                open_lean(addr)
+            }
+        })
+        .collect();
     println!("ready {}", conns.len());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -426,8 +517,17 @@ pub fn hold_connections_main() {
 /// ignored `hold_connections` test), so the server's process keeps its file table for its
 /// own sockets. Returns once they are all open; drop the child's stdin to release them.
 pub fn spawn_holder(addr: SocketAddr, n: usize) -> std::process::Child {
+    spawn_holder_with(addr, n, false)
+}
+
+/// [`spawn_holder`]; with `deflate`, every connection offers permessage-deflate.
+pub fn spawn_holder_with(addr: SocketAddr, n: usize, deflate: bool) -> std::process::Child {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    if deflate {
+        cmd.env("HOLD_DEFLATE", "1");
+    }
+    let mut child = cmd
         .args([
             "--ignored",
             "--exact",

@@ -131,6 +131,14 @@ struct ServeArgs {
     /// in the background); without it such a node exits with an error.
     #[arg(long, requires = "cluster")]
     cluster_local_start: bool,
+    /// Accept permessage-deflate (RFC 7692) from clients that offer it (browsers do),
+    /// always without context takeover: compression state is per worker, not per
+    /// connection. Broadcast events are compressed once, whatever the recipients.
+    #[arg(long)]
+    deflate: bool,
+    /// With --deflate: messages shorter than this many bytes are sent uncompressed.
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    deflate_threshold: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,7 +181,7 @@ fn main() {
         Some(Command::Serve(a)) => a,
         None => ServeArgs::default(),
     };
-    let cfg = Config::new(args.addr.clone())
+    let mut cfg = Config::new(args.addr.clone())
         .workers(args.workers)
         .pin_workers(args.pin)
         .limits(args.max_message, args.max_message)
@@ -201,6 +209,10 @@ fn main() {
             SlowPolicy::Drop => SlowConsumerPolicy::Drop,
         })
         .cluster(cluster_config(&args));
+    cfg.deflate = args.deflate.then(|| volley::DeflateConfig {
+        threshold: args.deflate_threshold,
+        ..Default::default()
+    });
     let reference = Reference {
         mode: args.mode,
         max_keys_per_event: args.max_keys_per_event,

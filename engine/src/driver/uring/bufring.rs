@@ -79,18 +79,20 @@ impl BufRing {
             bgid,
             offsets: Vec::new(),
         };
-        // SAFETY: `entries` is page aligned and holds `count` entries. The kernel uses them
-        // until the buffer ring is unregistered, which `Ring`'s `Drop` does before dropping
-        // this struct (on failure here nothing is registered). Incremental consumption first;
-        // a kernel that does not know the flag (before 6.12) refuses it with EINVAL.
-        let submitter = ring.submitter();
-        match unsafe {
-            submitter.register_buf_ring_with_flags(entries as u64, count, bgid, IOU_PBUF_RING_INC)
-        } {
+        // Incremental consumption first; a kernel that does not know the flag (before 6.12)
+        // refuses it with EINVAL, and the ring is registered without it.
+        let register = |flags: u16| {
+            // SAFETY: `entries` is page aligned and holds `count` entries. The kernel uses
+            // them until the buffer ring is unregistered, which `Ring`'s `Drop` does before
+            // dropping this struct (on failure here nothing is registered).
+            unsafe {
+                ring.submitter()
+                    .register_buf_ring_with_flags(entries as u64, count, bgid, flags)
+            }
+        };
+        match register(IOU_PBUF_RING_INC) {
             Ok(()) => br.offsets = vec![0; count as usize],
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => unsafe {
-                submitter.register_buf_ring_with_flags(entries as u64, count, bgid, 0)?
-            },
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => register(0)?,
             Err(e) => return Err(e),
         }
         for bid in 0..count {
