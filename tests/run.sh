@@ -5,6 +5,7 @@
 #
 # Set-up, done once here (never by two tests at once):
 #   - Chromium, from Debian's packages (the browser test), when not installed;
+#   - nats-server, from Debian's packages (the cluster tests start their own), when not installed;
 #   - .venv: Python with `websockets` (tests/python/requirements.txt; the Python client suite and
 #     the browser test's DevTools client);
 #   - .venv-autobahn: the Autobahn|Testsuite fuzzingclient ported to Python 3 (tests/autobahn);
@@ -15,7 +16,7 @@
 # What cannot be installed here (no root, no network) is named with the tests it stops, and those
 # tests fail unless you opt out: VOLLEY_SKIP_BROWSER=1, VOLLEY_SKIP_PYTHON=1 (also skips the
 # browser test, whose driver is Python), VOLLEY_SKIP_AUTOBAHN=1, VOLLEY_SKIP_URING=1 (where the
-# kernel has no io_uring). Exit status: 0 when every test passed, 1 otherwise.
+# kernel has no io_uring), VOLLEY_SKIP_NATS=1 (the cluster tests). Exit status: 0 when every test passed, 1 otherwise.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -72,6 +73,15 @@ if skipping "${VOLLEY_SKIP_BROWSER:-}"; then
 elif ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   if ! apt_install chromium; then
     problem "chromium is missing and could not be installed (needs root and Debian's packages; see $log): the browser test will fail (VOLLEY_SKIP_BROWSER=1 skips it)"
+  fi
+fi
+
+# --- nats-server (tests/tests/cluster.rs) -----------------------------------------------------
+if skipping "${VOLLEY_SKIP_NATS:-}"; then
+  say "VOLLEY_SKIP_NATS=1: the cluster tests are skipped"
+elif ! command -v nats-server >/dev/null; then
+  if ! apt_install nats-server; then
+    problem "nats-server is missing and could not be installed (needs root and Debian's packages; see $log): the cluster tests will fail (VOLLEY_SKIP_NATS=1 skips them)"
   fi
 fi
 

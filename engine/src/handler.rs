@@ -353,8 +353,8 @@ impl Ctx<'_> {
         self.out.close(id, code, reason);
     }
 
-    /// Publishes a message to `target` on every worker (see [`Target`]). The frame is
-    /// encoded once and shared by every recipient.
+    /// Publishes a message to `target` on every worker (see [`Target`]), and in a cluster on
+    /// every node with interest. The frame is encoded once and shared by every recipient.
     ///
     /// Returns false, and delivers nothing, if `target` lists more keys than
     /// `Config::max_keys_per_event` (logged and counted in `publishes_refused`).
@@ -381,6 +381,9 @@ impl Ctx<'_> {
     /// Like [`Ctx::publish`], and once every worker has delivered it,
     /// [`Handler::on_published`] runs on this connection with `tag` and the number of
     /// connections reached. A refused publish (false) gets no `on_published`.
+    ///
+    /// In a cluster (`Config::cluster`) the count is this node's deliveries only: other
+    /// nodes deliver the event too (at most once, see docs/cluster.md) but do not report back.
     pub fn publish_tracked(&mut self, target: Target<'_>, msg: Message<'_>, tag: u64) -> bool {
         if self.handle.over_key_cap(&target, self.id().worker()) {
             return false;

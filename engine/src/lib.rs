@@ -43,12 +43,14 @@
 #![cfg_attr(test, deny(warnings))]
 
 pub mod broadcast;
+pub mod cluster;
 mod driver;
 pub mod handler;
 pub mod proto;
 pub mod runtime;
 
 pub use broadcast::{LimitReached, Receipt, Target};
+pub use cluster::{ClusterConfig, ClusterStatsSnapshot};
 pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, SendStatus, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;

@@ -247,6 +247,11 @@ struct FanoutArgs {
     /// longer).
     #[arg(long)]
     interval: Option<f64>,
+    /// Spread the subscribers over these servers, round-robin (repeatable; default: --url,
+    /// where the publishers always connect). For a cluster: the other nodes here, so every
+    /// event crosses the broker and latency is cross-node delivery latency.
+    #[arg(long = "sub-url", value_name = "URL")]
+    sub_urls: Vec<String>,
 }
 
 /// The load a soak holds.
@@ -430,6 +435,11 @@ fn fanout_opts(a: FanoutArgs, duration: f64) -> Result<(Common, FanoutOpts), Err
         hold: secs("hold", a.hold)?,
         max_pending: a.max_pending.max(1),
         interval: a.interval.map(|i| secs("interval", i)).transpose()?,
+        sub_targets: a
+            .sub_urls
+            .iter()
+            .map(|u| target::Target::parse(u))
+            .collect::<Result<_, _>>()?,
     };
     Ok((common, opts))
 }

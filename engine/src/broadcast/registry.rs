@@ -8,14 +8,18 @@
 //! closing cost O(N²) when they left in an unlucky order). A per-connection cap ([`Caps`],
 //! from `Config`) bounds how many names one connection can hold.
 
+use crate::cluster::{Kind, Watch};
 use std::collections::{HashMap, HashSet};
 
 /// Key and topic membership on one worker.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    keys: HashMap<Box<str>, HashSet<u32>>,
-    topics: HashMap<Box<str>, HashSet<u32>>,
+    keys: Table,
+    topics: Table,
     caps: Caps,
+    /// In a cluster: told when a name gets its first connection here or loses its last
+    /// (the node's interest in its subject).
+    pub(crate) watch: Option<Watch>,
 }
 
 /// Most keys and topics one connection may hold (0: no limit).
@@ -46,6 +50,38 @@ pub(crate) enum Added {
     Full,
 }
 
+type Table = HashMap<Box<str>, HashSet<u32>>;
+
+/// Adds `slot` under `name`; tells the watch (a cluster) when `name` gets its first
+/// connection on this worker.
+fn add(table: &mut Table, watch: &Option<Watch>, kind: Kind, name: &str, slot: u32) {
+    match table.get_mut(name) {
+        Some(set) => {
+            set.insert(slot);
+        }
+        None => {
+            table.insert(name.into(), HashSet::from([slot]));
+            if let Some(w) = watch {
+                w.changed(kind, name, true);
+            }
+        }
+    }
+}
+
+/// Removes `slot` from under `name`; tells the watch when `name` loses its last connection
+/// on this worker.
+fn remove(table: &mut Table, watch: &Option<Watch>, kind: Kind, name: &str, slot: u32) {
+    if let Some(set) = table.get_mut(name) {
+        set.remove(&slot);
+        if set.is_empty() {
+            table.remove(name);
+            if let Some(w) = watch {
+                w.changed(kind, name, false);
+            }
+        }
+    }
+}
+
 fn under(cap: usize, len: usize) -> bool {
     cap == 0 || len < cap
 }
@@ -69,7 +105,7 @@ impl Registry {
             return Added::Full;
         }
         subs.keys.insert(key.into());
-        self.keys.entry(key.into()).or_default().insert(slot);
+        add(&mut self.keys, &self.watch, Kind::Key, key, slot);
         Added::Yes
     }
 
@@ -83,12 +119,7 @@ impl Registry {
     }
 
     fn drop_key(&mut self, key: &str, slot: u32) {
-        if let Some(set) = self.keys.get_mut(key) {
-            set.remove(&slot);
-            if set.is_empty() {
-                self.keys.remove(key);
-            }
-        }
+        remove(&mut self.keys, &self.watch, Kind::Key, key, slot);
     }
 
     /// Subscribes `slot` to `topic`.
@@ -101,7 +132,7 @@ impl Registry {
             return Added::Full;
         }
         subs.topics.insert(topic.into());
-        self.topics.entry(topic.into()).or_default().insert(slot);
+        add(&mut self.topics, &self.watch, Kind::Topic, topic, slot);
         Added::Yes
     }
 
@@ -115,12 +146,7 @@ impl Registry {
     }
 
     fn drop_topic(&mut self, topic: &str, slot: u32) {
-        if let Some(set) = self.topics.get_mut(topic) {
-            set.remove(&slot);
-            if set.is_empty() {
-                self.topics.remove(topic);
-            }
-        }
+        remove(&mut self.topics, &self.watch, Kind::Topic, topic, slot);
     }
 
     /// Removes a closing connection from everything it was bound to.

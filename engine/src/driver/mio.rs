@@ -54,6 +54,7 @@ pub(crate) fn start<H: Handler>(
     addr: SocketAddr,
     n: usize,
     handler: H,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
     crate::runtime::raise_nofile_limit();
     let (listeners, local_addr) = super::bind_listeners(addr, n, cfg.backlog)?;
@@ -73,6 +74,7 @@ pub(crate) fn start<H: Handler>(
         max_keys_per_event: cfg.max_keys_per_event,
         deflate: cfg.deflate.is_some(),
         max_bindings: (cfg.max_keys_per_conn, cfg.max_topics_per_conn),
+        cluster,
     });
     let parts: Vec<_> = polls.into_iter().zip(listeners).collect();
     super::spawn_workers(

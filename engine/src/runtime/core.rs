@@ -337,6 +337,8 @@ pub(crate) struct Core<H: Handler, Io> {
     shared: Arc<super::Shared>,
     handle: Handle,
     worker: u8,
+    /// This node's id in its cluster (0: not in one), carried in every `ConnId` made here.
+    node: u8,
     next_gen: u32,
     epoch: Instant,
     /// The time of this loop turn (read once per turn by [`Core::update_now`]).
@@ -638,6 +640,12 @@ impl<H: Handler, Io> Core<H, Io> {
         let compression = cfg.deflate.map(Compression::new);
         let conn_cfg = cfg.conn_config();
         let epoch = Instant::now();
+        let node = shared.node();
+        let mut registry = Registry::with_caps(caps);
+        registry.watch = shared
+            .cluster
+            .clone()
+            .map(|cluster| crate::cluster::Watch { cluster, worker });
         Core {
             handler,
             conns: Slab::new(),
@@ -648,6 +656,7 @@ impl<H: Handler, Io> Core<H, Io> {
             },
             shared,
             worker,
+            node,
             next_gen: 1,
             epoch,
             now: epoch,
@@ -659,7 +668,7 @@ impl<H: Handler, Io> Core<H, Io> {
             env: Env {
                 budget,
                 high_water,
-                registry: Registry::with_caps(caps),
+                registry,
                 policy,
                 held,
                 compression,
@@ -719,7 +728,7 @@ impl<H: Handler, Io> Core<H, Io> {
     /// Takes a newly accepted connection; returns its key.
     pub(crate) fn insert(&mut self, io: Io) -> usize {
         let gen = self.next_gen;
-        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        self.next_gen = (self.next_gen.wrapping_add(1) & super::GEN_MASK).max(1);
         let key = self.conns.insert(Conn {
             io,
             out: WriteQueue::default(),
@@ -813,7 +822,7 @@ impl<H: Handler, Io> Core<H, Io> {
     }
 
     fn id(&self, key: usize) -> ConnId {
-        ConnId::new(self.worker, key, self.conns[key].gen)
+        ConnId::with_node(self.node, self.worker, key, self.conns[key].gen)
     }
 
     /// Runs `f` on `key`'s machine with the worker's side of it; `None` if `key` is gone or
@@ -830,12 +839,13 @@ impl<H: Handler, Io> Core<H, Io> {
             env,
             shared,
             worker,
+            node,
             cfg,
             conn_cfg,
             ..
         } = self;
         let conn = conns.get_mut(key).filter(|c| !c.dead)?;
-        let id = ConnId::new(*worker, key, conn.gen);
+        let id = ConnId::with_node(*node, *worker, key, conn.gen);
         let Conn {
             machine,
             out,
@@ -1003,6 +1013,9 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Resolves an id on this worker; `None` if it is stale or gone.
     fn resolve(&self, id: ConnId) -> Option<usize> {
+        if id.node() != self.node {
+            return None;
+        }
         let key = id.key();
         let c = self.conns.get(key)?;
         (c.gen == id.gen() && !c.dead).then_some(key)
@@ -1023,6 +1036,9 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Queues a shared frame for one connection of any worker (`send_to`, `Handle::send`).
     fn send_shared(&mut self, id: ConnId, frame: Arc<[u8]>) {
+        if let Some(c) = self.shared.remote(id) {
+            return c.send(id, &frame);
+        }
         if id.worker() != self.worker as usize {
             if let Some(w) = self.shared.workers.get(id.worker()) {
                 w.push(Command::Send(id, frame));
@@ -1045,6 +1061,9 @@ impl<H: Handler, Io> Core<H, Io> {
     }
 
     fn close_id(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+        if let Some(c) = self.shared.remote(id) {
+            return c.close(id, code, reason);
+        }
         if id.worker() != self.worker as usize {
             if let Some(w) = self.shared.workers.get(id.worker()) {
                 w.push(Command::Close(id, code, reason.to_owned()));
@@ -1172,6 +1191,11 @@ impl<H: Handler, Io> Core<H, Io> {
             .stats
             .events_published
             .fetch_add(1, Ordering::Relaxed);
+        // Other nodes get theirs through the broker (only those with interest receive it).
+        let target = match &self.shared.cluster {
+            Some(c) => c.publish(target, &frame),
+            None => target,
+        };
         let me = self.worker as usize;
         let mut local = None;
         let workers = &self.shared.workers;
@@ -1346,6 +1370,9 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Binds, unbinds, subscribes or unsubscribes a connection on behalf of another thread.
     fn bind_op(&mut self, id: ConnId, name: &str, op: BindOp) {
+        if let Some(c) = self.shared.remote(id) {
+            return c.bind(id, name, op);
+        }
         if id.worker() != self.worker as usize {
             if let Some(w) = self.shared.workers.get(id.worker()) {
                 w.push(Command::Bind(id, name.into(), op));

@@ -120,6 +120,10 @@ pub struct Config {
     pub max_pending_upgrades: usize,
     /// The I/O backend.
     pub backend: Backend,
+    /// Join a cluster of volley nodes through a broker (`None`, the default: one node).
+    /// Publishes, sends, closes and bindings then reach connections on every node (see
+    /// docs/cluster.md).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// permessage-deflate (RFC 7692): `None` (the default) refuses every offer; `Some`
     /// accepts one, always without context takeover, so compression state is per worker
     /// (see `proto::deflate` and docs/protocol.md).
@@ -192,8 +196,15 @@ impl Config {
             allowed_origins: Vec::new(),
             max_pending_upgrades: 1024,
             backend: Backend::Auto,
+            cluster: None,
             deflate: None,
         }
+    }
+
+    /// Joins a cluster (see [`crate::cluster::ClusterConfig`]).
+    pub fn cluster(mut self, c: Option<crate::cluster::ClusterConfig>) -> Self {
+        self.cluster = c;
+        self
     }
 
     /// Turns permessage-deflate on (with [`DeflateConfig::default`]) or off.
@@ -431,30 +442,53 @@ impl Config {
     }
 }
 
-/// Identifies a connection across the server: worker, slab slot and generation.
+/// Identifies a connection across the server (and, in a cluster, across nodes): node,
+/// worker, slab slot and generation.
 ///
 /// A slot is reused after its connection closes, but with a new generation, so an id kept
 /// after its connection closed never reaches the connection that reuses the slot.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
 
+/// Generations are 24 bits: the top byte of the id holds the node.
+pub(crate) const GEN_MASK: u32 = 0xFF_FFFF;
+
 impl ConnId {
+    #[cfg(test)]
     pub(crate) fn new(worker: u8, key: usize, gen: u32) -> ConnId {
+        ConnId::with_node(0, worker, key, gen)
+    }
+
+    pub(crate) fn with_node(node: u8, worker: u8, key: usize, gen: u32) -> ConnId {
         debug_assert!(key < (1 << 24));
-        ConnId((worker as u64) << 56 | (key as u64 & 0xFF_FFFF) << 32 | gen as u64)
+        ConnId(
+            (node as u64) << 56
+                | (worker as u64) << 48
+                | (key as u64 & 0xFF_FFFF) << 24
+                | (gen & GEN_MASK) as u64,
+        )
+    }
+
+    pub(crate) fn from_u64(v: u64) -> ConnId {
+        ConnId(v)
+    }
+
+    /// The cluster node that holds the connection (0 outside a cluster).
+    pub fn node(self) -> u8 {
+        (self.0 >> 56) as u8
     }
 
     /// The worker that owns the connection.
     pub fn worker(self) -> usize {
-        (self.0 >> 56) as usize
+        ((self.0 >> 48) & 0xFF) as usize
     }
 
     pub(crate) fn key(self) -> usize {
-        ((self.0 >> 32) & 0xFF_FFFF) as usize
+        ((self.0 >> 24) & 0xFF_FFFF) as usize
     }
 
     pub(crate) fn gen(self) -> u32 {
-        self.0 as u32
+        self.0 as u32 & GEN_MASK
     }
 
     /// The id as a number (stable for the connection's life).
@@ -465,18 +499,15 @@ impl ConnId {
 
 impl fmt::Debug for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ConnId(w{}:{}#{})",
-            self.worker(),
-            self.key(),
-            self.gen()
-        )
+        write!(f, "ConnId({self})")
     }
 }
 
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.node() != 0 {
+            write!(f, "n{}:", self.node())?;
+        }
         write!(f, "w{}:{}#{}", self.worker(), self.key(), self.gen())
     }
 }
@@ -686,6 +717,20 @@ pub(crate) struct Shared {
     pub(crate) deflate: bool,
     /// `Config::max_keys_per_conn` and `max_topics_per_conn`, to report a refusal.
     pub(crate) max_bindings: (usize, usize),
+    /// This node's side of a cluster, if the server is in one.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+impl Shared {
+    /// This node's id in its cluster (0: not in one).
+    pub(crate) fn node(&self) -> u8 {
+        self.cluster.as_ref().map_or(0, |c| c.node)
+    }
+
+    /// The cluster, if `id` is a connection of another node.
+    pub(crate) fn remote(&self, id: ConnId) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_deref().filter(|c| id.node() != c.node)
+    }
 }
 
 /// A cloneable, `Send + Sync` handle to a running server, for any thread of the host.
@@ -699,13 +744,18 @@ impl Handle {
         self.shared.workers.get(id.worker())
     }
 
-    /// Sends a message to a connection: delivered as `publish(Target::Conn(id), msg)` is
-    /// (one shared frame, queued by reference), in order with this thread's other sends and
-    /// publishes. Unknown or closed ids are ignored (and counted in
-    /// `Stats::unknown_target`); the connection's write budget applies.
+    /// Sends a message to a connection (in a cluster, of any node): delivered as
+    /// `publish(Target::Conn(id), msg)` is (one shared frame, queued by reference), in order
+    /// with this thread's other sends and publishes. Unknown or closed ids are ignored (and
+    /// counted in `Stats::unknown_target` by the node that holds them); the connection's
+    /// write budget applies.
     pub fn send(&self, id: ConnId, msg: Message<'_>) {
+        let frame = crate::broadcast::encode_shared(msg);
+        if let Some(c) = self.shared.remote(id) {
+            return c.send(id, &frame);
+        }
         if let Some(w) = self.worker(id) {
-            w.push(Command::Send(id, crate::broadcast::encode_shared(msg)));
+            w.push(Command::Send(id, frame));
         }
     }
 
@@ -721,6 +771,9 @@ impl Handle {
 
     /// Starts the close handshake of a connection.
     pub fn close(&self, id: ConnId, code: CloseCode, reason: &str) {
+        if let Some(c) = self.shared.remote(id) {
+            return c.close(id, code, reason);
+        }
         if let Some(w) = self.worker(id) {
             w.push(Command::Close(id, code, reason.to_owned()));
         }
@@ -739,7 +792,8 @@ impl Handle {
     /// Like [`Handle::publish`], with a [`Receipt`]: once every worker has delivered the
     /// event, it holds the number of connections reached, and any thread can wait for it
     /// ([`Receipt::wait_timeout`]). The `Handle` twin of `Ctx::publish_tracked`, whose total
-    /// goes to `Handler::on_published` instead. `None`, and nothing delivered, on the same
+    /// goes to `Handler::on_published` instead; in a cluster it counts this node's deliveries
+    /// only (docs/cluster.md). `None`, and nothing delivered, on the same
     /// refusal as `publish` (more keys than `Config::max_keys_per_event`).
     pub fn publish_tracked(&self, target: Target<'_>, msg: Message<'_>) -> Option<Receipt> {
         let receipt = Receipt {
@@ -770,6 +824,11 @@ impl Handle {
         let frame = crate::broadcast::encode_shared(msg);
         let workers = &self.shared.workers;
         let target = crate::broadcast::OwnedTarget::from_target(&target);
+        // Other nodes get theirs through the broker (only those with interest receive it).
+        let target = match &self.shared.cluster {
+            Some(c) => c.publish(target, &frame),
+            None => target,
+        };
         let deflate = self.shared.deflate;
         let parts = crate::broadcast::route(
             frame,
@@ -813,24 +872,32 @@ impl Handle {
         )
     }
 
-    /// Posts a binding change to the connection's worker: true if posted, false if `id`
-    /// names no worker of this server or the server is shutting down.
+    /// Posts a binding change to the connection's worker (or, in a cluster, to its node):
+    /// true if posted, false if `id` names no worker of this server or the server is
+    /// shutting down.
     fn bind_op(&self, id: ConnId, name: &str, op: core::BindOp) -> bool {
+        if self.is_shutting_down() {
+            return false;
+        }
+        if let Some(c) = self.shared.remote(id) {
+            c.bind(id, name, op);
+            return true;
+        }
         match self.worker(id) {
-            Some(w) if !self.is_shutting_down() => {
+            Some(w) => {
                 w.push(Command::Bind(id, name.into(), op));
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
     /// Binds a connection to an application key (a user id, a device id). Posted, not yet
-    /// applied: true once posted to the connection's worker, which applies it in order with
-    /// this thread's other commands (an unknown or closed connection, or one at
-    /// `Config::max_keys_per_conn`, is then left as it is, the latter counted in
-    /// `bindings_refused`); false, and nothing posted, if `id` names no worker of this server
-    /// or the server is shutting down. (`Ctx::bind_key`, on the connection's own worker,
+    /// applied: true once posted to the connection's worker (in a cluster, to its node), which
+    /// applies it in order with this thread's other commands (an unknown or closed
+    /// connection, or one at `Config::max_keys_per_conn`, is then left as it is, the latter
+    /// counted in `bindings_refused`); false, and nothing posted, if `id` names no worker of
+    /// this server or the server is shutting down. (`Ctx::bind_key`, on the connection's own worker,
     /// answers with the outcome instead.)
     pub fn bind_key(&self, id: ConnId, key: &str) -> bool {
         self.bind_op(id, key, core::BindOp::Bind)
@@ -864,6 +931,16 @@ impl Handle {
         s
     }
 
+    /// The cluster counters of this node (`None` outside a cluster).
+    pub fn cluster_stats(&self) -> Option<crate::cluster::ClusterStatsSnapshot> {
+        self.shared.cluster.as_ref().map(|c| c.snapshot())
+    }
+
+    /// This node's id in its cluster (0 outside a cluster).
+    pub fn node_id(&self) -> u8 {
+        self.shared.node()
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
@@ -874,6 +951,9 @@ impl Handle {
     pub fn prometheus(&self) -> String {
         let mut out = String::with_capacity(8192);
         WorkerStats::write_prometheus(&self.shared.workers, &mut out);
+        if let Some(c) = &self.shared.cluster {
+            c.write_prometheus(&mut out);
+        }
         out
     }
 
@@ -970,11 +1050,30 @@ impl Server {
                 }
             },
         };
-        let (handle, threads) = match backend {
-            #[cfg(target_os = "linux")]
-            Backend::Uring => driver::uring::start(config, addr, n, handler)?,
-            _ => driver::mio::start(config, addr, n, handler)?,
+        let cluster = match &config.cluster {
+            Some(c) => Some(crate::cluster::Cluster::start(
+                c,
+                config.limits.max_message,
+            )?),
+            None => None,
         };
+        let started = match backend {
+            #[cfg(target_os = "linux")]
+            Backend::Uring => driver::uring::start(config, addr, n, handler, cluster.clone()),
+            _ => driver::mio::start(config, addr, n, handler, cluster.clone()),
+        };
+        let (handle, threads) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(c) = &cluster {
+                    c.stop();
+                }
+                return Err(e);
+            }
+        };
+        if let Some(c) = &cluster {
+            c.attach(&handle.shared);
+        }
         let mut server = Server {
             handle,
             threads,
@@ -1027,6 +1126,9 @@ impl Server {
         }
         if let Some(m) = self.metrics {
             m.stop();
+        }
+        if let Some(c) = &self.handle.shared.cluster {
+            c.stop();
         }
     }
 

@@ -75,6 +75,10 @@ pub struct FanoutOpts {
     pub max_pending: usize,
     /// Length of the timeline's intervals (`None`: [`Grid::new`]'s default).
     pub interval: Option<Duration>,
+    /// Servers the subscribers are spread over, round-robin (empty: the target, like the
+    /// publishers). With the nodes of a cluster here and the publishers on another node,
+    /// latency and completeness are those of cross-node delivery.
+    pub sub_targets: Vec<crate::target::Target>,
 }
 
 /// What the workers share beyond [`Control`].
@@ -281,7 +285,11 @@ fn run_worker(
         while started < total && pool.pending < max_pending {
             let p = started.checked_sub(n_subs);
             started += 1;
-            match pool.start() {
+            let to = match (p, w.opts.sub_targets.len()) {
+                (None, n) if n > 0 => Some(&w.opts.sub_targets[(started - 1) % n]),
+                _ => None,
+            };
+            match pool.start_at(to) {
                 Ok(slot) => {
                     if w.publisher_of.len() <= slot {
                         w.publisher_of.resize(slot + 1, None);
@@ -932,6 +940,10 @@ fn report(
 
     let mut t = Table::default();
     t.row("target", common.target.url.clone());
+    if !opts.sub_targets.is_empty() {
+        let urls: Vec<&str> = opts.sub_targets.iter().map(|t| t.url.as_str()).collect();
+        t.row("subscribers on", urls.join(" "));
+    }
     let burst = if opts.burst > 1 {
         format!(" in bursts of {}", opts.burst)
     } else {

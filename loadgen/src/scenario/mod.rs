@@ -431,8 +431,16 @@ impl Pool {
 
     /// Starts a connection; its slot, or why it failed at once.
     pub fn start(&mut self) -> Result<usize, Failure> {
+        self.start_at(None)
+    }
+
+    /// Starts a connection to `to` (`None`: the pool's target); its slot, or why it failed
+    /// at once.
+    pub fn start_at(&mut self, to: Option<&Target>) -> Result<usize, Failure> {
+        let target = to.unwrap_or(&self.target);
+        let (addr, host, path) = (target.addr, target.host_header.clone(), target.path.clone());
         let mut stream = match &self.ports {
-            None => tcp_connect(self.target.addr, None),
+            None => tcp_connect(addr, None),
             Some(ports) => {
                 // A port taken by another program (or a listener on it) is skipped.
                 let mut tries = 0;
@@ -440,7 +448,7 @@ impl Pool {
                     let Some(src) = ports.take() else {
                         return Err(Failure::NoLocalPort);
                     };
-                    match tcp_connect(self.target.addr, Some(src)) {
+                    match tcp_connect(addr, Some(src)) {
                         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 64 => {
                             tries += 1;
                         }
@@ -460,14 +468,7 @@ impl Pool {
             )
             .map_err(|e| Failure::Io(format!("register: {e}")))?;
         let now = self.clock.now_ns();
-        let conn = Conn::new(
-            stream,
-            &self.target.host_header,
-            &self.target.path,
-            &mut self.rng,
-            now,
-            self.deflate,
-        );
+        let conn = Conn::new(stream, &host, &path, &mut self.rng, now, self.deflate);
         self.conns.push(Some(conn));
         self.pending += 1;
         Ok(slot)

@@ -1,11 +1,11 @@
 //! The `volley` server binary: reference modes for trying and benchmarking the engine.
 //!
-//! `volley serve [--addr 127.0.0.1:9001] [--workers N] [--mode echo|broadcast|notify|pubsub]`;
-//! logs with `RUST_LOG`. The modes' wire formats are in docs/modes.md.
+//! `volley serve [--addr 127.0.0.1:9001] [--workers N] [--mode echo|broadcast|notify|pubsub]
+//! [--cluster nats://127.0.0.1:4222 --node-id N]`; logs with `RUST_LOG`. The modes' wire formats are in docs/modes.md.
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
-use volley::{Backend, Config, Server, SlowConsumerPolicy};
+use volley::{Backend, ClusterConfig, Config, Server, SlowConsumerPolicy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -117,6 +117,20 @@ struct ServeArgs {
     /// Most keys one connection may be bound to (0: no limit).
     #[arg(long, default_value_t = 16)]
     max_keys_per_conn: usize,
+    /// Join a cluster of volley nodes through NATS: the broker's URLs, comma-separated
+    /// (nats://127.0.0.1:4222,nats://10.0.0.2:4222). Every mode then works across nodes
+    /// (notify to keys held on other nodes, pubsub topics, broadcast); receipts (`reached`,
+    /// `+PUB topic N`) count this node's deliveries only. See docs/cluster.md.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's id in the cluster, 1 to 255, unique among the nodes (default: a random
+    /// one, logged; set it when running more than a few nodes).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=255))]
+    node_id: Option<u8>,
+    /// Start even when no NATS server answers (serving local connections and connecting
+    /// in the background); without it such a node exits with an error.
+    #[arg(long, requires = "cluster")]
+    cluster_local_start: bool,
     /// Accept permessage-deflate (RFC 7692) from clients that offer it (browsers do),
     /// always without context takeover: compression state is per worker, not per
     /// connection. Broadcast events are compressed once, whatever the recipients.
@@ -193,7 +207,8 @@ fn main() {
         .slow_consumer(match args.slow_consumer {
             SlowPolicy::Close => SlowConsumerPolicy::Close,
             SlowPolicy::Drop => SlowConsumerPolicy::Drop,
-        });
+        })
+        .cluster(cluster_config(&args));
     cfg.deflate = args.deflate.then(|| volley::DeflateConfig {
         threshold: args.deflate_threshold,
         ..Default::default()
@@ -205,7 +220,12 @@ fn main() {
     let server = match Server::start(cfg, reference) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("volley: cannot listen on {}: {e}", args.addr);
+            if args.cluster.is_empty() {
+                eprintln!("volley: cannot listen on {}: {e}", args.addr);
+            } else {
+                // The cluster's broker is reached before the address is bound.
+                eprintln!("volley: cannot start on {}: {e}", args.addr);
+            }
             std::process::exit(1);
         }
     };
@@ -231,6 +251,13 @@ fn main() {
     if let Some(m) = server.metrics_addr() {
         println!("metrics on http://{m}/metrics");
     }
+    if !args.cluster.is_empty() {
+        println!(
+            "cluster node {} on {}",
+            handle.node_id(),
+            args.cluster.join(",")
+        );
+    }
     tracing::info!(addr = %server.local_addr(), mode = args.mode.name(), workers, backend, "listening");
     server.join();
     let s = handle.stats();
@@ -248,6 +275,26 @@ fn main() {
         slow_consumer_closes = s.slow_consumer_closes,
         "stopped"
     );
+}
+
+/// The cluster settings from `--cluster`, `--node-id` and `--cluster-local-start`.
+fn cluster_config(args: &ServeArgs) -> Option<ClusterConfig> {
+    if args.cluster.is_empty() {
+        return None;
+    }
+    let node = args.node_id.unwrap_or_else(|| {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id();
+        let n = (seed % 255 + 1) as u8;
+        tracing::warn!(
+            node_id = n,
+            "no --node-id: picked {n} at random; ids must be unique in the cluster, set them"
+        );
+        n
+    });
+    Some(ClusterConfig::new(args.cluster.clone(), node).start_local_only(args.cluster_local_start))
 }
 
 /// `COUNTxSIZE`, for example `1024x4096`.

@@ -119,6 +119,7 @@ pub(crate) fn start<H: Handler>(
     addr: SocketAddr,
     n: usize,
     handler: H,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
     let soft = crate::runtime::raise_nofile_limit();
     let Plan { rings, table } = plan(cfg.max_connections, cfg.uring_ring_slots, soft, n);
@@ -152,6 +153,7 @@ pub(crate) fn start<H: Handler>(
         max_keys_per_event: cfg.max_keys_per_event,
         deflate: cfg.deflate.is_some(),
         max_bindings: (cfg.max_keys_per_conn, cfg.max_topics_per_conn),
+        cluster,
     });
     let mut listeners = listeners.into_iter();
     let parts: Vec<(Vec<_>, OwnedFd)> = wake_fds
