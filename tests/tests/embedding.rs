@@ -195,16 +195,18 @@ fn next_is(c: &mut RawClient, want: &str) {
     assert_eq!(c.recv(), Got::Text(want.into()));
 }
 
-fn publish_excluding_the_sender_reaches_everyone_else_once(b: Backend) {
+/// A `Room` server on `cfg` with `n` clients, each subscribed to "room"; their ids in the
+/// order the connections opened (not necessarily the clients' order).
+fn room_with(cfg: Config, n: usize) -> (Server, Vec<RawClient>, Vec<ConnId>) {
     let (tx, rx) = mpsc::channel();
     let room = Room {
         opened: Arc::new(Mutex::new(tx)),
     };
-    let server = Server::start(Config::new("127.0.0.1:0").workers(2).backend(b), room).unwrap();
-    let mut clients: Vec<RawClient> = (0..6)
+    let server = Server::start(cfg, room).unwrap();
+    let mut clients: Vec<RawClient> = (0..n)
         .map(|_| RawClient::connect(server.local_addr(), "/"))
         .collect();
-    let ids: Vec<ConnId> = (0..6)
+    let ids: Vec<ConnId> = (0..n)
         .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
         .collect();
     // Subscribed in on_open: a round trip through each client makes sure it ran.
@@ -212,6 +214,12 @@ fn publish_excluding_the_sender_reaches_everyone_else_once(b: Backend) {
         c.send_text("echo:ready");
         next_is(c, "ready");
     }
+    (server, clients, ids)
+}
+
+fn publish_excluding_the_sender_reaches_everyone_else_once(b: Backend) {
+    let cfg = Config::new("127.0.0.1:0").workers(2).backend(b);
+    let (server, mut clients, ids) = room_with(cfg, 6);
     clients[0].send_text("say:hello");
     // The sender's own publish would arrive before the echo of its next message.
     clients[0].send_text("echo:end");
@@ -247,25 +255,11 @@ fn publish_excluding_the_sender_reaches_everyone_else_once(b: Backend) {
 // ---- Handle calls answer what they can know at once; tracked publishes from any thread ----
 
 fn handle_bindings_are_posted_and_publish_tracked_counts_from_any_thread(b: Backend) {
-    let (tx, rx) = mpsc::channel();
-    let room = Room {
-        opened: Arc::new(Mutex::new(tx)),
-    };
     let cfg = Config::new("127.0.0.1:0")
         .workers(2)
         .max_keys_per_event(2)
         .backend(b);
-    let server = Server::start(cfg, room).unwrap();
-    let mut clients: Vec<RawClient> = (0..4)
-        .map(|_| RawClient::connect(server.local_addr(), "/"))
-        .collect();
-    let ids: Vec<ConnId> = (0..4)
-        .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
-        .collect();
-    for c in &mut clients {
-        c.send_text("echo:ready");
-        next_is(c, "ready");
-    }
+    let (server, mut clients, ids) = room_with(cfg, 4);
     let h = server.handle();
     let wait = Duration::from_secs(5);
 
