@@ -56,4 +56,5 @@ pub use proto::handshake::Request;
 pub use proto::CloseCode;
 pub use runtime::{
     Backend, Config, ConnId, DeflateConfig, Handle, Pending, Server, SlowConsumerPolicy, Stats,
+    UringConfig,
 };

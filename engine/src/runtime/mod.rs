@@ -27,6 +27,32 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// The io_uring backend's settings, grouped in [`Config::uring`].
+#[derive(Clone, Debug)]
+pub struct UringConfig {
+    /// Most direct descriptors in one ring's fixed-file table (0, the default: the soft
+    /// open-files limit, the kernel's cap). Below it, fewer connections fill a ring and
+    /// `max_connections` takes more rings per worker sooner (tests use it to get several).
+    pub ring_slots: usize,
+    /// Provided receive buffers per ring (a power of two) and their size. Receives take them
+    /// from the ring (incrementally where the kernel allows it); they go back to the ring as
+    /// soon as the worker has consumed them. Running out (`ENOBUFS`) only delays receives.
+    pub buffers: (u16, usize),
+    /// Send with `SENDMSG_ZC` (zero-copy) when a connection's batch is at least this many
+    /// bytes (`None`: never, the default; see docs/benchmarks.md for why).
+    pub send_zc_min: Option<usize>,
+}
+
+impl Default for UringConfig {
+    fn default() -> Self {
+        UringConfig {
+            ring_slots: 0,
+            buffers: (1024, 4096),
+            send_zc_min: None,
+        }
+    }
+}
+
 /// Server configuration. Every field has a default; set what you need.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -76,17 +102,9 @@ pub struct Config {
     pub high_water: usize,
     /// Size of each worker's receive buffer (mio).
     pub recv_buffer: usize,
-    /// io_uring: most direct descriptors in one ring's fixed-file table (0, the default: the
-    /// soft open-files limit, the kernel's cap). Below it, fewer connections fill a ring and
-    /// `max_connections` takes more rings per worker sooner (tests use it to get several).
-    pub uring_ring_slots: usize,
-    /// io_uring: provided receive buffers per ring (a power of two) and their size. The
-    /// kernel fills one per receive completion; they go back to the ring as soon as the
-    /// worker has consumed them. Running out (`ENOBUFS`) only delays receives.
-    pub uring_buffers: (u16, usize),
-    /// io_uring: send with `SENDMSG_ZC` (zero-copy) when a connection's batch is at least
-    /// this many bytes (`None`: never, the default; see docs/benchmarks.md for why).
-    pub uring_send_zc_min: Option<usize>,
+    /// The io_uring backend's settings (ignored on mio); set them with
+    /// [`Config::uring_ring_slots`], [`Config::uring_buffers`] and [`Config::uring_send_zc`].
+    pub uring: UringConfig,
     /// What happens to a connection whose unsent output is over the write budget when more
     /// comes for it.
     pub slow_consumer: SlowConsumerPolicy,
@@ -184,9 +202,7 @@ impl Config {
             write_budget: 4 << 20,
             high_water: 1 << 20,
             recv_buffer: 256 * 1024,
-            uring_ring_slots: 0,
-            uring_buffers: (1024, 4096),
-            uring_send_zc_min: None,
+            uring: UringConfig::default(),
             slow_consumer: SlowConsumerPolicy::Close,
             max_keys_per_conn: 1024,
             max_topics_per_conn: 1024,
@@ -310,7 +326,7 @@ impl Config {
 
     /// Caps the direct descriptors of one io_uring ring (0: the soft open-files limit).
     pub fn uring_ring_slots(mut self, slots: usize) -> Self {
-        self.uring_ring_slots = slots;
+        self.uring.ring_slots = slots;
         self
     }
 
@@ -321,7 +337,7 @@ impl Config {
         // Past 32,768 there is no u16 power of two to round up to: keep the count as given,
         // for `validate` to refuse with the reason.
         let count = count.checked_next_power_of_two().unwrap_or(count);
-        self.uring_buffers = (count, size.max(64));
+        self.uring.buffers = (count, size.max(64));
         self
     }
 
@@ -336,7 +352,7 @@ impl Config {
     /// count that is not a power of two from 1 to [`Config::MAX_URING_BUFFERS`], or buffers
     /// smaller than 64 bytes.
     pub fn validate(&self) -> io::Result<()> {
-        let (count, size) = self.uring_buffers;
+        let (count, size) = self.uring.buffers;
         if !count.is_power_of_two() || count > Self::MAX_URING_BUFFERS || size < 64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -353,7 +369,7 @@ impl Config {
 
     /// io_uring: use zero-copy sends for batches of at least `min` bytes (`None`: never).
     pub fn uring_send_zc(mut self, min: Option<usize>) -> Self {
-        self.uring_send_zc_min = min;
+        self.uring.send_zc_min = min;
         self
     }
 

@@ -30,7 +30,7 @@ impl<H: Handler> Worker<H> {
     }
 
     fn flush_one(&mut self, key: usize) {
-        let zc_min = self.core.config().uring_send_zc_min;
+        let zc_min = self.core.config().uring.send_zc_min;
         let Some(mut conn) = self.core.wire(key) else {
             return;
         };

@@ -122,7 +122,7 @@ pub(crate) fn start<H: Handler>(
     cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
     let soft = crate::runtime::raise_nofile_limit();
-    let Plan { rings, table } = plan(cfg.max_connections, cfg.uring_ring_slots, soft, n);
+    let Plan { rings, table } = plan(cfg.max_connections, cfg.uring.ring_slots, soft, n);
     if rings > 1 {
         tracing::info!(
             "io_uring: {} connections take {rings} rings per worker ({n} workers, {table} direct \
@@ -169,7 +169,7 @@ pub(crate) fn start<H: Handler>(
         move |core, (listeners, wake_fd)| {
             // The rings are created on the worker's thread: with SINGLE_ISSUER only its
             // creating thread may use them.
-            let bufs = core.config().uring_buffers;
+            let bufs = core.config().uring.buffers;
             let mut worker_rings = Vec::with_capacity(listeners.len());
             for (i, listener) in listeners.into_iter().enumerate() {
                 let ring = match i {
