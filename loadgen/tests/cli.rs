@@ -74,6 +74,25 @@ fn run_echo(server: &Server, extra: &[&str]) -> (Output, String) {
     (out, report)
 }
 
+/// Runs `loadgen` with `args` and `--json` into a file of its own (`name`), checks that it
+/// succeeded, and returns its stdout and the JSON report.
+fn run_ok_with_report(name: &str, args: &[&str]) -> (String, String) {
+    let json =
+        std::env::temp_dir().join(format!("loadgen-test-{name}-{}.json", std::process::id()));
+    let mut all = args.to_vec();
+    all.extend(["--json", json.to_str().unwrap()]);
+    let out = loadgen(&all);
+    let report = std::fs::read_to_string(&json).unwrap_or_default();
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    (text(&out.stdout).to_string(), report)
+}
+
 #[test]
 fn echo_closed_loop_counts_exactly() {
     let server = echo_server();
@@ -274,43 +293,34 @@ fn too_many_connections_for_the_files_limit_prints_the_numbers() {
 fn fanout_every_subscriber_receives_every_event() {
     let server = start(Broadcast);
     let url = format!("ws://{}/", server.local_addr());
-    let json =
-        std::env::temp_dir().join(format!("loadgen-test-fanout-{}.json", std::process::id()));
     let pid = std::process::id().to_string();
     // 2 publishers, 20 events/s in bursts of 2 (one event each every 100 ms) for 0.5 s of
     // warm-up and a 1 s window: exactly 30 events, each to 50 subscribers.
-    let out = loadgen(&[
+    let (_, report) = run_ok_with_report(
         "fanout",
-        "--url",
-        &url,
-        "--subscribers",
-        "50",
-        "--publishers",
-        "2",
-        "--rate",
-        "20",
-        "--burst",
-        "2",
-        "--size",
-        "64",
-        "--warmup",
-        "0.5",
-        "--duration",
-        "1",
-        "--threads",
-        "2",
-        "--server-pid",
-        &pid,
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let report = std::fs::read_to_string(&json).unwrap_or_default();
-    let _ = std::fs::remove_file(&json);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
+        &[
+            "fanout",
+            "--url",
+            &url,
+            "--subscribers",
+            "50",
+            "--publishers",
+            "2",
+            "--rate",
+            "20",
+            "--burst",
+            "2",
+            "--size",
+            "64",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+            "--threads",
+            "2",
+            "--server-pid",
+            &pid,
+        ],
     );
     assert_eq!(json_field(&report, "events_published"), "30");
     assert_eq!(json_field(&report, "subscribers_open"), "50");
@@ -338,50 +348,35 @@ fn fanout_every_subscriber_receives_every_event() {
 fn fanout_spread_over_processes_counts_exactly() {
     let server = start(Broadcast);
     let url = format!("ws://{}/", server.local_addr());
-    let json = std::env::temp_dir().join(format!(
-        "loadgen-test-fanout-procs-{}.json",
-        std::process::id()
-    ));
     let pid = std::process::id().to_string();
     // 10 events/s for 0.5 s of warm-up and a 1 s window: exactly 15 events to 90 subscribers.
-    let out = loadgen(&[
-        "fanout",
-        "--url",
-        &url,
-        "--subscribers",
-        "90",
-        "--rate",
-        "10",
-        "--warmup",
-        "0.5",
-        "--duration",
-        "1",
-        "--hold",
-        "0.2",
-        "--procs",
-        "3",
-        "--source",
-        "127.0.0.2",
-        "--source",
-        "127.0.0.3",
-        "--server-pid",
-        &pid,
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let report = std::fs::read_to_string(&json).unwrap_or_default();
-    let _ = std::fs::remove_file(&json);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
+    let (stdout, report) = run_ok_with_report(
+        "fanout-procs",
+        &[
+            "fanout",
+            "--url",
+            &url,
+            "--subscribers",
+            "90",
+            "--rate",
+            "10",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+            "--hold",
+            "0.2",
+            "--procs",
+            "3",
+            "--source",
+            "127.0.0.2",
+            "--source",
+            "127.0.0.3",
+            "--server-pid",
+            &pid,
+        ],
     );
-    assert!(
-        text(&out.stdout).contains("3 processes"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(stdout.contains("3 processes"), "{}", stdout);
     assert_eq!(json_field(&report, "connected"), "91");
     assert_eq!(json_field(&report, "events_published"), "15");
     assert_eq!(json_field(&report, "subscribers_open"), "90");
@@ -403,30 +398,11 @@ fn fanout_spread_over_processes_counts_exactly() {
 fn connect_spread_over_processes_counts_exactly() {
     let server = echo_server();
     let url = format!("ws://{}/", server.local_addr());
-    let json = std::env::temp_dir().join(format!(
-        "loadgen-test-connect-procs-{}.json",
-        std::process::id()
-    ));
-    let out = loadgen(&[
-        "connect",
-        "--url",
-        &url,
-        "--conns",
-        "301",
-        "--hold",
-        "0.2",
-        "--procs",
-        "2",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let report = std::fs::read_to_string(&json).unwrap_or_default();
-    let _ = std::fs::remove_file(&json);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
+    let (_, report) = run_ok_with_report(
+        "connect-procs",
+        &[
+            "connect", "--url", &url, "--conns", "301", "--hold", "0.2", "--procs", "2",
+        ],
     );
     assert_eq!(json_field(&report, "opened"), "301");
     assert_eq!(json_field(&report, "held"), "301");
@@ -475,35 +451,24 @@ fn fanout_publishing_process_waits_for_late_deliveries() {
         delay: std::time::Duration::from_secs(8),
     });
     let url = format!("ws://{}/", server.local_addr());
-    let json = std::env::temp_dir().join(format!(
-        "loadgen-test-fanout-late-{}.json",
-        std::process::id()
-    ));
     // One event at the window's start (0.1 event/s over a 10 s window), 2 processes.
-    let out = loadgen(&[
-        "fanout",
-        "--url",
-        &url,
-        "--subscribers",
-        "40",
-        "--rate",
-        "0.1",
-        "--warmup",
-        "0",
-        "--duration",
-        "10",
-        "--procs",
-        "2",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let report = std::fs::read_to_string(&json).unwrap_or_default();
-    let _ = std::fs::remove_file(&json);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
+    let (_, report) = run_ok_with_report(
+        "fanout-late",
+        &[
+            "fanout",
+            "--url",
+            &url,
+            "--subscribers",
+            "40",
+            "--rate",
+            "0.1",
+            "--warmup",
+            "0",
+            "--duration",
+            "10",
+            "--procs",
+            "2",
+        ],
     );
     assert_eq!(json_field(&report, "events_published"), "1");
     assert_eq!(json_field(&report, "expected"), "40");
