@@ -29,8 +29,14 @@ fn browser_page_echo(b: Backend) {
         "chromium is not installed: tests/run.sh installs it (apt-get install chromium), or set VOLLEY_SKIP_BROWSER=1"
     );
     let backend = if b == Backend::Uring { "uring" } else { "mio" };
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let srv = ChildServer::spawn(&["--backend", backend, "--deflate", "--metrics", &metrics]);
+    let srv = ChildServer::spawn(&[
+        "--backend",
+        backend,
+        "--deflate",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let metrics = srv.metrics.unwrap().to_string();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()

@@ -867,9 +867,6 @@ fn binary_survives_broker_restarts_without_leaks() {
         return;
     }
     let mut nats = Nats::start(&[]);
-    let metrics: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
     let nodes: Vec<ChildServer> = (0..2)
         .map(|i| {
             serve_node_with(
@@ -877,9 +874,13 @@ fn binary_survives_broker_restarts_without_leaks() {
                 &nats,
                 i as u8 + 1,
                 Backend::Mio,
-                &["--metrics", &metrics[i]],
+                &["--metrics", "127.0.0.1:0"],
             )
         })
+        .collect();
+    let metrics: Vec<String> = nodes
+        .iter()
+        .map(|n| n.metrics.unwrap().to_string())
         .collect();
     let mut sub = RawClient::connect(nodes[1].addr, "/");
     sub.send_text("SUB t");

@@ -413,15 +413,15 @@ fn metrics_are_opt_in_on_their_own_address(b: Backend) {
     assert!(!m.contains("volley_"), "{m}");
     drop(srv);
 
-    let maddr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let srv = ChildServer::spawn(&[
         "--backend",
         backend(b),
         "--workers",
         "2",
         "--metrics",
-        &maddr.to_string(),
+        "127.0.0.1:0",
     ]);
+    let maddr = srv.metrics.unwrap();
     let mut c = RawClient::connect(srv.addr, "/");
     c.send_text("x");
     assert_eq!(c.recv(), Got::Text("x".into()));

@@ -212,7 +212,6 @@ fn broadcast_relays_every_message_to_every_connection(b: Backend) {
 }
 
 fn metrics_endpoint_speaks_prometheus_text(b: Backend) {
-    let maddr = format!("127.0.0.1:{}", free_port());
     let srv = ChildServer::spawn(&[
         "--backend",
         backend(b),
@@ -221,12 +220,13 @@ fn metrics_endpoint_speaks_prometheus_text(b: Backend) {
         "--workers",
         "2",
         "--metrics",
-        &maddr,
+        "127.0.0.1:0",
     ]);
+    let maddr = srv.metrics.unwrap();
     let mut c = RawClient::connect(srv.addr, "/");
     c.send_text("x");
     assert_eq!(c.recv(), Got::Text("x".into()));
-    let mut s = TcpStream::connect(&maddr).unwrap();
+    let mut s = TcpStream::connect(maddr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut out = String::new();

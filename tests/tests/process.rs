@@ -130,7 +130,6 @@ fn unsafe_setsockopt(fd: i32, l: &[i32; 2]) -> i32 {
 
 fn no_fd_leak_over_10000_connect_disconnect_cycles(b: Backend) {
     let backend = if b == Backend::Uring { "uring" } else { "mio" };
-    let maddr = format!("127.0.0.1:{}", free_port());
     let args = [
         "--workers",
         "2",
@@ -139,9 +138,10 @@ fn no_fd_leak_over_10000_connect_disconnect_cycles(b: Backend) {
         "--backend",
         backend,
         "--metrics",
-        &maddr,
+        "127.0.0.1:0",
     ];
     let srv = ChildServer::spawn(&args);
+    let maddr = srv.metrics.unwrap();
     // Warm up, then take the baseline with no client connected.
     cycle(srv.addr, 9);
     std::thread::sleep(Duration::from_millis(200));
@@ -174,7 +174,6 @@ fn no_fd_leak_over_10000_connect_disconnect_cycles(b: Backend) {
     if b == Backend::Uring {
         // No direct descriptor, provided buffer or operation left behind, read from the
         // server's counters (served on their own address: the scrape uses none of them).
-        let maddr: std::net::SocketAddr = maddr.parse().unwrap();
         let t = Instant::now();
         loop {
             let m = http_get(maddr, "/metrics");
@@ -238,8 +237,6 @@ fn uring_serves_3000_connections_with_an_open_files_limit_of_1024() {
     if uring_or_skip("uring_serves_3000_connections_with_an_open_files_limit_of_1024").is_none() {
         return;
     }
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut cmd = std::process::Command::new(volley_bin());
     cmd.args([
         "serve",
@@ -248,18 +245,20 @@ fn uring_serves_3000_connections_with_an_open_files_limit_of_1024() {
         "--max-connections",
         "4000",
         "--addr",
-        &addr.to_string(),
+        "127.0.0.1:0",
     ]);
-    cmd.stdout(std::process::Stdio::null())
+    cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
     with_nofile(&mut cmd, 1024);
-    let child = cmd.spawn().unwrap();
-    let srv = ChildServer { child, addr };
-    let t = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(5), "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = cmd.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut srv = ChildServer {
+        child,
+        addr: "0.0.0.0:0".parse().unwrap(),
+        metrics: None,
+    };
+    srv.addr = read_listening(out, false).0.expect("server did not start");
+    let addr = srv.addr;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.pid())).unwrap();
     let line = limits
         .lines()
@@ -321,3 +320,43 @@ fn too_many_uring_buffers_is_a_clear_start_error() {
         assert!(!stderr.contains("panicked"), "{arg}: {stderr}");
     }
 }
+
+/// A second server started on the port of a running one refuses to start ("address in use"),
+/// through `Server::start` and on the command line, on both backends: its `SO_REUSEPORT`
+/// listeners would otherwise join the first server's, and the kernel would hand each some of
+/// the other's connections. The first keeps serving every connection.
+fn a_second_server_on_a_busy_port_refuses_to_start(b: Backend) {
+    let first = ChildServer::spawn(&["--backend", backend_arg(b), "--workers", "2"]);
+    let cfg = volley::Config::new(first.addr.to_string())
+        .workers(2)
+        .backend(b);
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let rec = Recorder {
+        tx: std::sync::Arc::new(std::sync::Mutex::new(tx)),
+    };
+    let err = volley::Server::start(cfg, rec).expect_err("the port is taken");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    let out = std::process::Command::new(volley_bin())
+        .args(["serve", "--backend", backend_arg(b), "--addr"])
+        .arg(first.addr.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("address in use"), "{stderr}");
+    for i in 0..50 {
+        let mut c = RawClient::connect(first.addr, "/");
+        c.send_text(&format!("m{i}"));
+        assert_eq!(c.recv(), Got::Text(format!("m{i}")));
+    }
+}
+
+fn backend_arg(b: Backend) -> &'static str {
+    if b == Backend::Uring {
+        "uring"
+    } else {
+        "mio"
+    }
+}
+
+both_backends!(a_second_server_on_a_busy_port_refuses_to_start);

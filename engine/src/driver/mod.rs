@@ -67,11 +67,19 @@ pub(crate) fn server_full_response() -> &'static [u8] {
 
 /// Binds `n` listeners on one address with `SO_REUSEPORT` (the kernel spreads connections
 /// over them); returns them and the bound address (with the real port for port 0).
+///
+/// `SO_REUSEPORT` would also let this server join the listeners of another process of the
+/// same user on that port (a second instance started by mistake), and the kernel would split
+/// the connections between the two without a word. A plain bind of the address first fails
+/// with `EADDRINUSE` when anything listens there, and so does the start.
 pub(crate) fn bind_listeners(
     addr: std::net::SocketAddr,
     n: usize,
     backlog: i32,
 ) -> std::io::Result<(Vec<std::net::TcpListener>, std::net::SocketAddr)> {
+    if addr.port() != 0 {
+        refuse_if_listened_on(addr)?;
+    }
     let first = mio::bind_reuseport(addr, backlog)?;
     let local = first.local_addr()?;
     let mut all = vec![first];
@@ -79,6 +87,21 @@ pub(crate) fn bind_listeners(
         all.push(mio::bind_reuseport(local, backlog)?);
     }
     Ok((all, local))
+}
+
+/// Fails with `AddrInUse` when a socket listens on `addr`, with or without `SO_REUSEPORT`.
+fn refuse_if_listened_on(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As the listeners do: connections of an earlier run in TIME_WAIT are no conflict.
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "address in use: another process listens on it",
+        )),
+        other => other,
+    }
 }
 
 /// The cores workers are pinned to (empty: no pinning).

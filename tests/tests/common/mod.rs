@@ -399,29 +399,32 @@ pub fn volley_bin() -> PathBuf {
 pub struct ChildServer {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ChildServer {
+    /// Starts `volley serve` on port 0 with `args` and learns its address from the line the server prints once every worker accepts.
+    /// A port picked by the test and handed to the server would not do: tests run in parallel,
+    /// the kernel may hand the same free port to two of them, and two servers bound with
+    /// `SO_REUSEPORT` would share it, each getting some of the other's connections.
     pub fn spawn(args: &[&str]) -> ChildServer {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = std::process::Command::new(volley_bin());
-        cmd.arg("serve")
-            .arg("--addr")
-            .arg(addr.to_string())
-            .args(args);
-        cmd.stdout(std::process::Stdio::null())
+        cmd.args(["serve", "--addr", "127.0.0.1:0"]).args(args);
+        cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
-        let child = cmd.spawn().expect("spawn volley");
+        let mut child = cmd.spawn().expect("spawn volley");
+        let out = child.stdout.take().unwrap();
         // Owned from here: killed and reaped on drop, whatever happens below.
-        let server = ChildServer { child, addr };
-        for _ in 0..200 {
-            if TcpStream::connect(addr).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("volley did not start listening on {addr}");
+        let mut server = ChildServer {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            metrics: None,
+        };
+        let (addr, metrics) = read_listening(out, args.contains(&"--metrics"));
+        server.addr = addr.unwrap_or_else(|| panic!("volley exited before listening: {args:?}"));
+        server.metrics = metrics;
+        server
     }
 
     pub fn pid(&self) -> u32 {
@@ -443,6 +446,38 @@ impl Drop for ChildServer {
     }
 }
 
+/// Reads a `volley serve` child's stdout until it says where it listens (and, with
+/// `metrics`, where it serves `/metrics`); the rest of its output is drained by a thread, so
+/// the server never writes into a closed pipe.
+pub fn read_listening(
+    out: std::process::ChildStdout,
+    metrics: bool,
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(out);
+    let (mut addr, mut maddr) = (None, None);
+    let mut line = String::new();
+    while addr.is_none() || (metrics && maddr.is_none()) {
+        line.clear();
+        if lines.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let after = |prefix: &str| -> Option<SocketAddr> {
+            let rest = line.strip_prefix(prefix)?;
+            rest.split([' ', '/']).next()?.parse().ok()
+        };
+        if let Some(a) = after("volley listening on ws://") {
+            addr = Some(a);
+        } else if let Some(a) = after("metrics on http://") {
+            maddr = Some(a);
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    (addr, maddr)
+}
+
+/// A free port on 127.0.0.1 at the moment of the call. Only for servers that bind without
+/// `SO_REUSEPORT` (a second bind of the port then fails loudly rather than sharing it).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
