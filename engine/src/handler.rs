@@ -4,58 +4,14 @@
 //! on the hot path); share application state between them through an `Arc` inside it.
 
 use crate::broadcast::registry::Added;
-use crate::broadcast::{LimitReached, Target};
 use crate::proto::handshake::Request;
 use crate::proto::CloseCode;
 use crate::runtime::core::Outbox;
 use crate::runtime::upgrade::DeferSlot;
-use crate::runtime::{ConnId, Handle, Pending};
-
-/// A data message, received from a client or sent to one. Control frames are the engine's.
-///
-/// The one message type of the embedding API. [`crate::proto::Decoded`] is the sans-IO
-/// decoder's output for those who drive the protocol core themselves (a client, a
-/// load generator): the same `Text` and `Binary`, plus the control frames; convert with
-/// `From` and `TryFrom`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Message<'a> {
-    /// A text message (valid UTF-8, checked).
-    Text(&'a str),
-    /// A binary message.
-    Binary(&'a [u8]),
-}
-
-impl<'a> Message<'a> {
-    /// The payload bytes.
-    pub fn as_bytes(&self) -> &'a [u8] {
-        match self {
-            Message::Text(t) => t.as_bytes(),
-            Message::Binary(b) => b,
-        }
-    }
-}
-
-impl<'a> From<Message<'a>> for crate::proto::Decoded<'a> {
-    fn from(m: Message<'a>) -> Self {
-        match m {
-            Message::Text(t) => crate::proto::Decoded::Text(t),
-            Message::Binary(b) => crate::proto::Decoded::Binary(b),
-        }
-    }
-}
-
-impl<'a> TryFrom<crate::proto::Decoded<'a>> for Message<'a> {
-    /// A control frame (ping, pong, close) is not a data message: given back.
-    type Error = crate::proto::Decoded<'a>;
-
-    fn try_from(m: crate::proto::Decoded<'a>) -> Result<Self, Self::Error> {
-        match m {
-            crate::proto::Decoded::Text(t) => Ok(Message::Text(t)),
-            crate::proto::Decoded::Binary(b) => Ok(Message::Binary(b)),
-            control => Err(control),
-        }
-    }
-}
+use crate::runtime::{Handle, Pending};
+use crate::types::ConnId;
+pub use crate::types::Message;
+use crate::types::{LimitReached, Target};
 
 /// What `on_upgrade` may add to the `101 Switching Protocols` answer, or defer it.
 #[derive(Debug, Default)]

@@ -48,13 +48,14 @@ mod driver;
 pub mod handler;
 pub mod proto;
 pub mod runtime;
+mod types;
 
-pub use broadcast::{LimitReached, Receipt, Target};
+pub use broadcast::Receipt;
 pub use cluster::{ClusterConfig, ClusterStatsSnapshot};
-pub use handler::{Ctx, Handler, HttpResponse, Message, Reject, SendStatus, Upgrade};
+pub use handler::{Ctx, Handler, HttpResponse, Reject, SendStatus, Upgrade};
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
 pub use runtime::{
-    Backend, Config, ConnId, DeflateConfig, Handle, Pending, Server, SlowConsumerPolicy, Stats,
-    UringConfig,
+    Backend, Config, DeflateConfig, Handle, Pending, Server, SlowConsumerPolicy, Stats, UringConfig,
 };
+pub use types::{ConnId, LimitReached, Message, Target};

@@ -17,46 +17,13 @@
 
 pub(crate) mod registry;
 
-use crate::handler::Message;
 use crate::proto::frame::encode_header;
 use crate::proto::OpCode;
-use crate::runtime::ConnId;
+use crate::types::{ConnId, Message};
+pub use crate::types::{LimitReached, Target};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
-
-/// Who receives an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target<'a> {
-    /// One connection.
-    Conn(ConnId),
-    /// Several connections (each receives the event once, even if listed twice).
-    Conns(&'a [ConnId]),
-    /// Every connection bound to an application key.
-    Key(&'a str),
-    /// Every connection bound to any of these keys, each once.
-    Keys(&'a [&'a str]),
-    /// Every current subscriber of a topic.
-    Topic(&'a str),
-    /// Every open connection.
-    All,
-}
-
-/// A bind or subscribe refused because the connection already holds as many keys (or
-/// topics) as `Config::max_keys_per_conn` (or `max_topics_per_conn`) allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LimitReached {
-    /// The cap that was reached.
-    pub limit: usize,
-}
-
-impl std::fmt::Display for LimitReached {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "at most {} per connection", self.limit)
-    }
-}
-
-impl std::error::Error for LimitReached {}
 
 /// Whether `target` lists more keys than `max` allows (0: no limit); logs and counts the
 /// refusal in `refused` if so.

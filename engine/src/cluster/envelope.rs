@@ -14,7 +14,7 @@
 //! * `Close`: u64 id, u16 code, reason (UTF-8)
 //! * `Bind`: u64 id, u8 op, name (UTF-8)
 
-use crate::runtime::ConnId;
+use crate::types::ConnId;
 
 const MAGIC: u8 = b'V';
 const VERSION: u8 = 1;

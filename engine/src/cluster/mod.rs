@@ -30,7 +30,8 @@ use crate::broadcast::{new_twin, route, Event, OwnedTarget};
 use crate::proto::frame::encode_header;
 use crate::proto::{CloseCode, OpCode};
 use crate::runtime::core::BindOp;
-use crate::runtime::{Command, ConnId, Shared};
+use crate::runtime::{Command, Shared};
+use crate::types::ConnId;
 use envelope::{Body, Envelope};
 use std::collections::HashMap;
 use std::io;
@@ -829,10 +830,10 @@ mod tests {
         assert_eq!(mask_workers(&m).collect::<Vec<_>>(), [0, 200]);
         mask_set(&mut m, 0, false);
         assert_eq!(mask_workers(&m).collect::<Vec<_>>(), [200]);
-        let f = crate::broadcast::encode_shared(crate::Message::Text("hi"));
+        let f = crate::broadcast::encode_shared(crate::types::Message::Text("hi"));
         assert_eq!(split_frame(&f), (1, &b"hi"[..]));
         let big = vec![1u8; 70_000];
-        let f = crate::broadcast::encode_shared(crate::Message::Binary(&big));
+        let f = crate::broadcast::encode_shared(crate::types::Message::Binary(&big));
         assert_eq!(split_frame(&f), (2, &big[..]));
     }
 }

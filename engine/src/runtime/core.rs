@@ -16,17 +16,16 @@ use super::compress::Compression;
 use super::queue::{BufPool, WriteQueue};
 use super::timer::{millis, TimerWheel};
 use super::upgrade::{self, Answer, DeferSlot};
-use super::{Command, Config, ConnId, Handle, SlowConsumerPolicy, WorkerShared};
+use super::{Command, Config, Handle, SlowConsumerPolicy, WorkerShared};
 use crate::broadcast::registry::{Added, Caps, Registry, Subs};
-use crate::broadcast::{
-    encode_shared, route, scratch_spike, Event, OwnedTarget, ReceiptTo, Target,
-};
-use crate::handler::{Ctx, Handler, HttpResponse, Message, Reject, SendStatus, Upgrade};
+use crate::broadcast::{encode_shared, route, scratch_spike, Event, OwnedTarget, ReceiptTo};
+use crate::handler::{Ctx, Handler, HttpResponse, Reject, SendStatus, Upgrade};
 use crate::proto::conn::{self as machine, ConnConfig, Events, Head, Held, Timeout, Verdict};
 use crate::proto::deflate::{self, Agreed, Inflater, MAX_WINDOW_BITS};
 use crate::proto::frame::encode_header;
 use crate::proto::handshake::{parse_request, AcceptKey, EMPTY_HEADER, MAX_HEADERS};
 use crate::proto::{self, CloseCode, HandshakeError, OpCode};
+use crate::types::{ConnId, Message, Target, GEN_MASK};
 use slab::Slab;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -728,7 +727,7 @@ impl<H: Handler, Io> Core<H, Io> {
     /// Takes a newly accepted connection; returns its key.
     pub(crate) fn insert(&mut self, io: Io) -> usize {
         let gen = self.next_gen;
-        self.next_gen = (self.next_gen.wrapping_add(1) & super::GEN_MASK).max(1);
+        self.next_gen = (self.next_gen.wrapping_add(1) & GEN_MASK).max(1);
         let key = self.conns.insert(Conn {
             io,
             out: WriteQueue::default(),

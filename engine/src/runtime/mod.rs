@@ -14,11 +14,13 @@ pub(crate) mod upgrade;
 
 pub use upgrade::Pending;
 
-use crate::broadcast::{Receipt, Target};
+use crate::broadcast::Receipt;
 use crate::driver;
-use crate::handler::{Handler, Message};
+use crate::handler::Handler;
 pub use crate::proto::deflate::DeflateConfig;
 use crate::proto::{CloseCode, Limits};
+pub use crate::types::ConnId;
+use crate::types::{Message, Target};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -455,76 +457,6 @@ impl Config {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
         .min(255)
-    }
-}
-
-/// Identifies a connection across the server (and, in a cluster, across nodes): node,
-/// worker, slab slot and generation.
-///
-/// A slot is reused after its connection closes, but with a new generation, so an id kept
-/// after its connection closed never reaches the connection that reuses the slot.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
-
-/// Generations are 24 bits: the top byte of the id holds the node.
-pub(crate) const GEN_MASK: u32 = 0xFF_FFFF;
-
-impl ConnId {
-    #[cfg(test)]
-    pub(crate) fn new(worker: u8, key: usize, gen: u32) -> ConnId {
-        ConnId::with_node(0, worker, key, gen)
-    }
-
-    pub(crate) fn with_node(node: u8, worker: u8, key: usize, gen: u32) -> ConnId {
-        debug_assert!(key < (1 << 24));
-        ConnId(
-            (node as u64) << 56
-                | (worker as u64) << 48
-                | (key as u64 & 0xFF_FFFF) << 24
-                | (gen & GEN_MASK) as u64,
-        )
-    }
-
-    pub(crate) fn from_u64(v: u64) -> ConnId {
-        ConnId(v)
-    }
-
-    /// The cluster node that holds the connection (0 outside a cluster).
-    pub fn node(self) -> u8 {
-        (self.0 >> 56) as u8
-    }
-
-    /// The worker that owns the connection.
-    pub fn worker(self) -> usize {
-        ((self.0 >> 48) & 0xFF) as usize
-    }
-
-    pub(crate) fn key(self) -> usize {
-        ((self.0 >> 24) & 0xFF_FFFF) as usize
-    }
-
-    pub(crate) fn gen(self) -> u32 {
-        self.0 as u32 & GEN_MASK
-    }
-
-    /// The id as a number (stable for the connection's life).
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Debug for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConnId({self})")
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.node() != 0 {
-            write!(f, "n{}:", self.node())?;
-        }
-        write!(f, "w{}:{}#{}", self.worker(), self.key(), self.gen())
     }
 }
 

@@ -6,10 +6,11 @@
 //! travels back through the owning worker's inbox, like a `Handle` command, with the accept
 //! key and the response headers it needs: the worker keeps nothing for it but the phase.
 
-use super::{Command, ConnId, Handle};
+use super::{Command, Handle};
 use crate::handler::{HttpResponse, Reject, Upgrade};
 use crate::proto::deflate::Agreed;
 use crate::proto::handshake::{write_accept_response, write_http_response, AcceptKey};
+use crate::types::ConnId;
 use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
