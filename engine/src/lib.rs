@@ -48,6 +48,7 @@ mod driver;
 pub mod handler;
 pub mod proto;
 pub mod runtime;
+mod server;
 mod types;
 
 pub use broadcast::Receipt;

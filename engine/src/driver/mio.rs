@@ -9,8 +9,10 @@
 //! the flush that drains the queue schedules the read (`Core::take_resume`).
 
 use crate::handler::Handler;
+use crate::runtime::config::Config;
 use crate::runtime::core::{AfterFlush, Core};
-use crate::runtime::{Config, Handle, Shared, Wake, WorkerShared};
+use crate::runtime::handle::{Handle, Shared};
+use crate::runtime::inbox::{Wake, WorkerShared};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, IoSlice, Read, Write};
@@ -56,7 +58,7 @@ pub(crate) fn start<H: Handler>(
     handler: H,
     cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
-    crate::runtime::raise_nofile_limit();
+    crate::driver::raise_nofile_limit();
     let (listeners, local_addr) = super::bind_listeners(addr, n, cfg.backlog)?;
     let mut polls = Vec::with_capacity(n);
     let mut workers = Vec::with_capacity(n);

@@ -105,7 +105,7 @@ fn refuse_if_listened_on(addr: std::net::SocketAddr) -> std::io::Result<()> {
 }
 
 /// The cores workers are pinned to (empty: no pinning).
-pub(crate) fn pin_cores(cfg: &crate::runtime::Config) -> Vec<core_affinity::CoreId> {
+pub(crate) fn pin_cores(cfg: &crate::runtime::config::Config) -> Vec<core_affinity::CoreId> {
     if cfg.pin_workers {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {
@@ -135,12 +135,15 @@ pub(crate) trait RunWorker {
 /// error is returned.
 pub(crate) fn spawn_workers<H, Io, T, W, F>(
     label: &'static str,
-    cfg: crate::runtime::Config,
-    shared: std::sync::Arc<crate::runtime::Shared>,
+    cfg: crate::runtime::config::Config,
+    shared: std::sync::Arc<crate::runtime::handle::Shared>,
     handler: H,
     parts: Vec<T>,
     setup: F,
-) -> std::io::Result<(crate::runtime::Handle, Vec<std::thread::JoinHandle<()>>)>
+) -> std::io::Result<(
+    crate::runtime::handle::Handle,
+    Vec<std::thread::JoinHandle<()>>,
+)>
 where
     H: crate::handler::Handler,
     T: Send + 'static,
@@ -176,7 +179,7 @@ where
         threads.push(t);
     }
     drop(ready_tx);
-    let handle = crate::runtime::Handle { shared };
+    let handle = crate::runtime::handle::Handle { shared };
     for _ in 0..n {
         let failed = match ready_rx.recv() {
             Ok(Ok(())) => None,
@@ -195,4 +198,34 @@ where
         }
     }
     Ok((handle, threads))
+}
+
+/// Raises the soft open-files limit to the hard limit (each socket is a file; io_uring's
+/// fixed-file tables are capped by the soft limit too). Logs what it did.
+#[allow(unsafe_code)]
+pub(crate) fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; RLIMIT_NOFILE is a valid resource.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            tracing::debug!(
+                "raised the soft open-files limit from {old} to {}",
+                lim.rlim_cur
+            );
+        } else {
+            lim.rlim_cur = old;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    let cur = lim.rlim_cur as u64;
+    cur
 }

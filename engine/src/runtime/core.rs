@@ -13,10 +13,13 @@
 //! once per loop turn and passes `now` to the machines.
 
 use super::compress::Compression;
+use super::config::{Config, SlowConsumerPolicy};
+use super::handle::{Handle, Shared};
+use super::inbox::{Answer, BindOp, Command, WorkerShared};
 use super::queue::{BufPool, WriteQueue};
+use super::stats::WorkerStats;
 use super::timer::{millis, TimerWheel};
-use super::upgrade::{self, Answer, DeferSlot};
-use super::{Command, Config, Handle, SlowConsumerPolicy, WorkerShared};
+use super::upgrade::{self, DeferSlot};
 use crate::broadcast::registry::{Added, Caps, Registry, Subs};
 use crate::broadcast::{encode_shared, route, scratch_spike, Event, OwnedTarget, ReceiptTo};
 use crate::handler::{Ctx, Handler, HttpResponse, Reject, SendStatus, Upgrade};
@@ -309,15 +312,6 @@ impl<'a> Outbox<'a> {
     }
 }
 
-/// A change to a connection's key or topic bindings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BindOp {
-    Bind,
-    Unbind,
-    Subscribe,
-    Unsubscribe,
-}
-
 /// What the backend should do with a connection after flushing it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum AfterFlush {
@@ -333,7 +327,7 @@ pub(crate) struct Core<H: Handler, Io> {
     cfg: Arc<Config>,
     /// The machines' limits and deadlines, from `cfg`.
     conn_cfg: ConnConfig,
-    shared: Arc<super::Shared>,
+    shared: Arc<Shared>,
     handle: Handle,
     worker: u8,
     /// This node's id in its cluster (0: not in one), carried in every `ConnId` made here.
@@ -369,7 +363,7 @@ struct Ev<'a, H: Handler> {
     deflate: &'a mut u8,
     env: &'a mut Env,
     handle: &'a Handle,
-    stats: &'a super::WorkerStats,
+    stats: &'a WorkerStats,
     cfg: &'a Config,
     id: ConnId,
 }
@@ -614,12 +608,7 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
 }
 
 impl<H: Handler, Io> Core<H, Io> {
-    pub(crate) fn new(
-        handler: H,
-        cfg: Arc<Config>,
-        shared: Arc<super::Shared>,
-        worker: u8,
-    ) -> Self {
+    pub(crate) fn new(handler: H, cfg: Arc<Config>, shared: Arc<Shared>, worker: u8) -> Self {
         // A server-wide limit (the workers share one count): the kernel spreads connections
         // over the workers' SO_REUSEPORT listeners by a hash, not evenly, so an even
         // per-worker share would refuse connections while other workers have room. Without a
@@ -807,7 +796,7 @@ impl<H: Handler, Io> Core<H, Io> {
     }
 
     /// This worker's counters and gauges.
-    pub(crate) fn stats(&self) -> &super::WorkerStats {
+    pub(crate) fn stats(&self) -> &WorkerStats {
         &self.me().stats
     }
 

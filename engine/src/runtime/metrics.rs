@@ -1,87 +1,22 @@
-//! The counters in the Prometheus text exposition format (0.0.4), and the small plain HTTP
-//! listener that serves them on an address of their own (`Config::metrics_addr`).
-//!
-//! The format is written here rather than with a client crate: the counters already live
-//! in per-worker atomics, the output is a few dozen lines, and the format is a stable text
-//! one (HELP, TYPE, one sample per line). The conventions followed: one `# HELP` and one
-//! `# TYPE` per family with its samples right after them, `_total` on counters, base units
-//! (bytes), labels `worker` and `code`.
+//! `GET /metrics`: the answer with the counters (their text format is `runtime::stats`),
+//! and the small plain HTTP listener that serves it on an address of its own
+//! (`Config::metrics_addr`).
 //!
 //! The listener is one thread answering one request at a time with `Connection: close`,
 //! with read and write timeouts: it is meant for a scraper on a private address, not for
 //! the public port. It never touches the workers (it reads their atomics), so scraping
 //! costs them nothing.
 
-use super::Handle;
+use super::handle::Handle;
 use crate::handler::HttpResponse;
 use crate::proto::handshake::write_http_response;
-use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// The content type of the text format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Counters whose name does not say their unit: the Prometheus name adds it.
-fn prometheus_name(name: &str) -> &str {
-    match name {
-        "bytes_in" => "received_bytes",
-        "bytes_out" => "sent_bytes",
-        other => other,
-    }
-}
-
-fn is_gauge(name: &str) -> bool {
-    matches!(
-        name,
-        "connections" | "uring_slots" | "uring_ops" | "uring_bufs_held"
-    )
-}
-
-/// Writes one family: HELP, TYPE, then one sample per worker.
-pub(crate) fn family(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    per_worker: impl Iterator<Item = u64>,
-) {
-    let gauge = is_gauge(name);
-    let suffix = if gauge { "" } else { "_total" };
-    let full = format!("volley_{}{suffix}", prometheus_name(name));
-    let help = help.trim().replace('\\', "\\\\").replace('\n', "\\n");
-    let kind = if gauge { "gauge" } else { "counter" };
-    let _ = writeln!(out, "# HELP {full} {help}");
-    let _ = writeln!(out, "# TYPE {full} {kind}");
-    for (w, v) in per_worker.enumerate() {
-        let _ = writeln!(out, "{full}{{worker=\"{w}\"}} {v}");
-    }
-}
-
-/// Writes the protocol-close family: one sample per worker and close code.
-pub(crate) fn protocol_closes<'a>(
-    out: &mut String,
-    per_worker: impl Iterator<Item = &'a [AtomicU64; 16]>,
-) {
-    let full = "volley_protocol_closes_total";
-    let _ = writeln!(
-        out,
-        "# HELP {full} Connections closed for a protocol error, by the close code sent."
-    );
-    let _ = writeln!(out, "# TYPE {full} counter");
-    for (w, codes) in per_worker.enumerate() {
-        for (i, c) in codes.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{full}{{worker=\"{w}\",code=\"{}\"}} {}",
-                1000 + i,
-                c.load(Ordering::Relaxed)
-            );
-        }
-    }
-}
 
 /// The `200` answer with every worker's counters.
 pub(crate) fn response(handle: &Handle) -> HttpResponse {

@@ -6,12 +6,12 @@
 //! travels back through the owning worker's inbox, like a `Handle` command, with the accept
 //! key and the response headers it needs: the worker keeps nothing for it but the phase.
 
-use super::{Command, Handle};
+use super::handle::Handle;
+use super::inbox::{Answer, Command};
 use crate::handler::{HttpResponse, Reject, Upgrade};
 use crate::proto::deflate::Agreed;
 use crate::proto::handshake::{write_accept_response, write_http_response, AcceptKey};
 use crate::types::ConnId;
-use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -24,24 +24,6 @@ pub(crate) struct DeferSlot {
     pub(crate) accept: AcceptKey,
     /// The permessage-deflate offer the server could accept (settled with the answer).
     pub(crate) offer: Option<Agreed>,
-}
-
-/// A deferred answer on its way to the worker. `result` is a boxed
-/// `Result<H::State, Reject>` (checked by a downcast).
-pub(crate) struct Answer {
-    pub(crate) accept: AcceptKey,
-    pub(crate) offer: Option<Agreed>,
-    pub(crate) protocol: Option<String>,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) result: Box<dyn Any + Send>,
-}
-
-impl fmt::Debug for Answer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Answer")
-            .field("protocol", &self.protocol)
-            .finish_non_exhaustive()
-    }
 }
 
 /// An upgrade whose answer comes later, from any thread: made by

@@ -55,7 +55,7 @@ impl BufRing {
     /// `InvalidInput` for another count (`Config::validate` refuses it first), or what
     /// the allocation or the registration fails with.
     pub(crate) fn new(ring: &IoUring, count: u16, size: usize, bgid: u16) -> io::Result<BufRing> {
-        if !count.is_power_of_two() || count > crate::Config::MAX_URING_BUFFERS {
+        if !count.is_power_of_two() || count > crate::runtime::config::Config::MAX_URING_BUFFERS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{count} provided buffers: not a power of two from 1 to 32768"),

@@ -5,7 +5,9 @@
 use super::ring::Ring;
 use super::worker::Worker;
 use crate::handler::Handler;
-use crate::runtime::{Config, Handle, Shared, Wake, WorkerShared};
+use crate::runtime::config::Config;
+use crate::runtime::handle::{Handle, Shared};
+use crate::runtime::inbox::{Wake, WorkerShared};
 use io_uring::{opcode, types};
 use std::io;
 use std::net::SocketAddr;
@@ -121,7 +123,7 @@ pub(crate) fn start<H: Handler>(
     handler: H,
     cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
-    let soft = crate::runtime::raise_nofile_limit();
+    let soft = crate::driver::raise_nofile_limit();
     let Plan { rings, table } = plan(cfg.max_connections, cfg.uring.ring_slots, soft, n);
     if rings > 1 {
         tracing::info!(

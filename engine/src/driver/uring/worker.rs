@@ -111,7 +111,7 @@ impl<H: Handler> Worker<H> {
         Ok(w)
     }
 
-    pub(super) fn stats(&self) -> &crate::runtime::WorkerStats {
+    pub(super) fn stats(&self) -> &crate::runtime::stats::WorkerStats {
         self.core.stats()
     }
 
