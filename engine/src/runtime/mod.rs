@@ -15,6 +15,7 @@ pub(crate) mod core;
 pub(crate) mod handle;
 pub(crate) mod inbox;
 pub(crate) mod metrics;
+pub(crate) mod outbox;
 pub(crate) mod queue;
 pub(crate) mod stats;
 pub(crate) mod timer;

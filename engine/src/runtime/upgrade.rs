@@ -8,7 +8,6 @@
 
 use super::handle::Handle;
 use super::inbox::{Answer, Command};
-use crate::handler::{HttpResponse, Reject, Upgrade};
 use crate::proto::deflate::Agreed;
 use crate::proto::handshake::{write_accept_response, write_http_response, AcceptKey};
 use crate::types::ConnId;
@@ -24,6 +23,138 @@ pub(crate) struct DeferSlot {
     pub(crate) accept: AcceptKey,
     /// The permessage-deflate offer the server could accept (settled with the answer).
     pub(crate) offer: Option<Agreed>,
+}
+
+/// What `on_upgrade` may add to the `101 Switching Protocols` answer, or defer it.
+#[derive(Debug, Default)]
+pub struct Upgrade {
+    pub(crate) protocol: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+    /// Present while the worker may take one more deferred upgrade.
+    pub(crate) slot: Option<DeferSlot>,
+    pub(crate) deferred: bool,
+}
+
+impl Upgrade {
+    /// Chooses one of the subprotocols the client offered (`Sec-WebSocket-Protocol`).
+    pub fn protocol(&mut self, p: impl Into<String>) -> &mut Self {
+        self.protocol = Some(p.into());
+        self
+    }
+
+    /// Adds a response header. A name or value with CR/LF fails the upgrade with 500.
+    pub fn header(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Answers later, from any thread: `f` gets a [`Pending`] (which is `Send`) to
+    /// `accept(state)` or `reject(..)` when the decision is made (a token checked by an auth
+    /// service); return what `defer` returns from `on_upgrade`. The protocol and headers set
+    /// so far go into the `Pending`.
+    ///
+    /// The client waits at most `Config::handshake_timeout` from its connect, then is
+    /// dropped. Past `Config::max_pending_upgrades` deferred upgrades on this worker, `f` is
+    /// not called and the upgrade is refused at once with 503 and `Retry-After: 1`.
+    ///
+    /// ```no_run
+    /// # use volley::{Pending, Reject, Request, Upgrade};
+    /// # struct User;
+    /// # fn check(_: &str) -> Option<User> { None }
+    /// fn on_upgrade(req: &Request<'_>, up: &mut Upgrade) -> Result<User, Reject> {
+    ///     let token = req.query.unwrap_or("").to_owned();
+    ///     up.defer(move |pending: Pending<User>| {
+    ///         std::thread::spawn(move || match check(&token) {
+    ///             Some(user) => pending.accept(user),
+    ///             None => pending.reject(
+    ///                 Reject::new(401, "log in").header("WWW-Authenticate", "Bearer"),
+    ///             ),
+    ///         });
+    ///     })
+    /// }
+    /// ```
+    pub fn defer<S: Send + 'static>(&mut self, f: impl FnOnce(Pending<S>)) -> Result<S, Reject> {
+        if self.deferred {
+            tracing::error!("Upgrade::defer called twice: the first Pending answers");
+            return Err(Reject::new(500, "internal error\n"));
+        }
+        let Some(slot) = self.slot.take() else {
+            tracing::info!(
+                "upgrade refused: max_pending_upgrades deferred upgrades on this worker"
+            );
+            return Err(Reject::new(503, "too many pending upgrades\n").header("Retry-After", "1"));
+        };
+        self.deferred = true;
+        let protocol = self.protocol.take();
+        let headers = std::mem::take(&mut self.headers);
+        f(Pending::new(slot, protocol, headers));
+        Err(Reject::new(0, "deferred"))
+    }
+}
+
+/// Refuses an upgrade with a status, a short body and optional headers
+/// (`WWW-Authenticate`, `Retry-After`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    /// The HTTP status, such as 401, 403 or 404.
+    pub status: u16,
+    /// A short text body.
+    pub body: String,
+    /// Extra response headers. A name or value with CR, LF or NUL (or a name that is not an
+    /// HTTP token) turns the answer into a 500, logged: nothing is injected.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reject {
+    /// A rejection with `status` and `body`.
+    pub fn new(status: u16, body: impl Into<String>) -> Reject {
+        Reject {
+            status,
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a response header, such as `WWW-Authenticate: Bearer` or `Retry-After: 5`.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Reject {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A response to a plain HTTP request (one that is not an upgrade).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type`.
+    pub content_type: std::borrow::Cow<'static, str>,
+    /// Extra response headers (validated as for [`Reject::headers`]: a bad one answers 500).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A response with `status`, `content_type` and `body`, no extra headers.
+    pub fn new(
+        status: u16,
+        content_type: impl Into<std::borrow::Cow<'static, str>>,
+        body: impl Into<Vec<u8>>,
+    ) -> HttpResponse {
+        HttpResponse {
+            status,
+            content_type: content_type.into(),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// Adds a response header (`Cache-Control`, `Location`, ...).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> HttpResponse {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
 }
 
 /// An upgrade whose answer comes later, from any thread: made by
