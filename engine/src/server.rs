@@ -9,6 +9,7 @@ use crate::runtime::handle::Handle;
 use crate::runtime::metrics;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 impl Backend {
@@ -88,7 +89,7 @@ impl Server {
             }
         };
         if let Some(c) = &cluster {
-            c.attach(&handle.shared);
+            c.attach(Arc::downgrade(&handle.shared) as Weak<_>);
         }
         let mut server = Server {
             handle,

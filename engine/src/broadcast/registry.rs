@@ -8,7 +8,6 @@
 //! closing cost O(N²) when they left in an unlucky order). A per-connection cap ([`Caps`],
 //! from `Config`) bounds how many names one connection can hold.
 
-use crate::cluster::{Kind, Watch};
 use std::collections::{HashMap, HashSet};
 
 /// Key and topic membership on one worker.
@@ -19,7 +18,7 @@ pub(crate) struct Registry {
     caps: Caps,
     /// In a cluster: told when a name gets its first connection here or loses its last
     /// (the node's interest in its subject).
-    pub(crate) watch: Option<Watch>,
+    pub(crate) watch: Option<Box<dyn Interest>>,
 }
 
 /// Most keys and topics one connection may hold (0: no limit).
@@ -52,9 +51,23 @@ pub(crate) enum Added {
 
 type Table = HashMap<Box<str>, HashSet<u32>>;
 
+/// Which table a name lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Key,
+    Topic,
+}
+
+/// Told when a name gets its first connection on this worker or loses its last: in a
+/// cluster, the node's interest in the name's subject (`cluster::Watch`). A trait, so that
+/// the tables, a layer below the cluster, need not name it.
+pub(crate) trait Interest: std::fmt::Debug + Send {
+    fn changed(&self, kind: Kind, name: &str, on: bool);
+}
+
 /// Adds `slot` under `name`; tells the watch (a cluster) when `name` gets its first
 /// connection on this worker.
-fn add(table: &mut Table, watch: &Option<Watch>, kind: Kind, name: &str, slot: u32) {
+fn add(table: &mut Table, watch: &Option<Box<dyn Interest>>, kind: Kind, name: &str, slot: u32) {
     match table.get_mut(name) {
         Some(set) => {
             set.insert(slot);
@@ -70,7 +83,7 @@ fn add(table: &mut Table, watch: &Option<Watch>, kind: Kind, name: &str, slot: u
 
 /// Removes `slot` from under `name`; tells the watch when `name` loses its last connection
 /// on this worker.
-fn remove(table: &mut Table, watch: &Option<Watch>, kind: Kind, name: &str, slot: u32) {
+fn remove(table: &mut Table, watch: &Option<Box<dyn Interest>>, kind: Kind, name: &str, slot: u32) {
     if let Some(set) = table.get_mut(name) {
         set.remove(&slot);
         if set.is_empty() {

@@ -26,11 +26,11 @@
 pub(crate) mod envelope;
 pub(crate) mod nats;
 
+use crate::broadcast::registry::{Interest, Kind};
 use crate::broadcast::{new_twin, route, Event, OwnedTarget};
 use crate::proto::frame::encode_header;
 use crate::proto::{CloseCode, OpCode};
-use crate::runtime::handle::Shared;
-use crate::runtime::inbox::{BindOp, Command};
+use crate::runtime::inbox::{BindOp, Command, WorkerShared};
 use crate::types::ConnId;
 use envelope::{Body, Envelope};
 use std::collections::HashMap;
@@ -184,11 +184,14 @@ fn mask_set(m: &mut Mask, w: u8, on: bool) {
     }
 }
 
-/// Which table a name lives in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Key,
-    Topic,
+/// What the cluster reaches on its own node: the workers' inboxes. The runtime's `Shared`, a
+/// layer above, implements it and is given to [`Cluster::attach`] once the server has
+/// started (a trait, so that the cluster need not name the runtime's shared state).
+pub(crate) trait Node: Send + Sync + std::fmt::Debug {
+    /// Every worker's inbox, by worker index.
+    fn workers(&self) -> &[WorkerShared];
+    /// Whether the server compresses (events carry a compressed twin's cell).
+    fn deflate(&self) -> bool;
 }
 
 /// A node's side of the cluster: its link, its interest, its counters.
@@ -200,7 +203,7 @@ pub(crate) struct Cluster {
     interest: Mutex<HashMap<Box<str>, Mask>>,
     seq: AtomicU64,
     pub(crate) stats: Arc<ClusterStats>,
-    shared: OnceLock<Weak<Shared>>,
+    shared: OnceLock<Weak<dyn Node>>,
     /// The last multi-key event delivered from each origin node: copies of one event reach
     /// a node once per key subject it holds, one after another (one publisher connection,
     /// in order), so the node delivers the first and skips the rest.
@@ -314,8 +317,8 @@ impl Cluster {
     }
 
     /// Gives the cluster the workers' inboxes (once the server has started).
-    pub(crate) fn attach(&self, shared: &Arc<Shared>) {
-        let _ = self.shared.set(Arc::downgrade(shared));
+    pub(crate) fn attach(&self, node: Weak<dyn Node>) {
+        let _ = self.shared.set(node);
     }
 
     /// Stops the link.
@@ -562,11 +565,11 @@ impl Cluster {
             self.stats.lag_us_sum.fetch_add(lag, Ordering::Relaxed);
             self.stats.lag_us_max.fetch_max(lag, Ordering::Relaxed);
         }
-        self.route(&shared, env);
+        self.route(&*shared, env);
     }
 
-    fn route(&self, shared: &Shared, env: Envelope<'_>) {
-        let workers = &shared.workers;
+    fn route(&self, shared: &dyn Node, env: Envelope<'_>) {
+        let workers = shared.workers();
         let mine = |id: &ConnId| id.node() == self.node && id.worker() < workers.len();
         let frame = || -> Arc<[u8]> {
             let op = if env.opcode == 1 {
@@ -586,7 +589,7 @@ impl Cluster {
                 // the origin node, never of this one: nothing to skip here.
                 except: None,
                 // Compressed once for the node (by its first worker with a deflate peer).
-                twin: new_twin(shared.deflate),
+                twin: new_twin(shared.deflate()),
             });
             for (w, inbox) in workers.iter().enumerate() {
                 if mask.map_or(true, |m| m[w / 64] & (1 << (w % 64)) != 0) {
@@ -636,7 +639,7 @@ impl Cluster {
                     workers.len(),
                     None,
                     None,
-                    shared.deflate,
+                    shared.deflate(),
                     |w, ev| workers[w].push(Command::Publish(ev)),
                 );
             }
@@ -808,8 +811,8 @@ pub(crate) struct Watch {
     pub(crate) worker: u8,
 }
 
-impl Watch {
-    pub(crate) fn changed(&self, kind: Kind, name: &str, on: bool) {
+impl Interest for Watch {
+    fn changed(&self, kind: Kind, name: &str, on: bool) {
         self.cluster.interest_changed(self.worker, kind, name, on);
     }
 }

@@ -22,7 +22,7 @@ use super::stats::WorkerStats;
 use super::timer::{millis, TimerWheel};
 use super::upgrade::{self, DeferSlot};
 use super::upgrade::{HttpResponse, Reject, Upgrade};
-use crate::broadcast::registry::{Added, Caps, Registry, Subs};
+use crate::broadcast::registry::{Added, Caps, Interest, Registry, Subs};
 use crate::broadcast::{route, scratch_spike, Event, OwnedTarget, ReceiptTo};
 use crate::handler::{Ctx, Handler};
 use crate::proto::conn::{self as machine, ConnConfig, Events, Head, Held, Timeout, Verdict};
@@ -438,10 +438,9 @@ impl<H: Handler, Io> Core<H, Io> {
         let epoch = Instant::now();
         let node = shared.node();
         let mut registry = Registry::with_caps(caps);
-        registry.watch = shared
-            .cluster
-            .clone()
-            .map(|cluster| crate::cluster::Watch { cluster, worker });
+        registry.watch = shared.cluster.clone().map(|cluster| {
+            Box::new(crate::cluster::Watch { cluster, worker }) as Box<dyn Interest>
+        });
         Core {
             handler,
             conns: Slab::new(),

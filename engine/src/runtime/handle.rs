@@ -27,6 +27,16 @@ pub(crate) struct Shared {
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
+impl crate::cluster::Node for Shared {
+    fn workers(&self) -> &[WorkerShared] {
+        &self.workers
+    }
+
+    fn deflate(&self) -> bool {
+        self.deflate
+    }
+}
+
 impl Shared {
     /// This node's id in its cluster (0: not in one).
     pub(crate) fn node(&self) -> u8 {
