@@ -8,7 +8,7 @@
 //! costs them nothing.
 
 use super::handle::Handle;
-use crate::handler::HttpResponse;
+use super::upgrade::HttpResponse;
 use crate::proto::handshake::write_http_response;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
