@@ -18,6 +18,11 @@
 //!   [`Target`]s (leaving the sender out with [`Ctx::publish_others`]), upgrades answered
 //!   later from any thread ([`Upgrade::defer`], [`Pending`]). docs/embedding.md is the guide.
 //!
+//! The modules are layers, each importing only those below it: `proto`, then the shared
+//! vocabulary ([`Message`], [`ConnId`], [`Target`]), broadcast, the runtime's parts, the
+//! cluster, [`Handle`], [`Handler`] and [`Ctx`], the worker core, the backends, and [`Server`]
+//! on top (docs/architecture.md; `engine/tests/layers.rs` checks it).
+//!
 //! # Embedding in ten lines
 //! ```no_run
 //! use volley::{Config, Ctx, Handler, Message, Reject, Request, Server, Upgrade};

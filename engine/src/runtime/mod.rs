@@ -7,7 +7,7 @@
 //! nothing on the hot path; other threads reach them through their inboxes.
 //!
 //! This file only declares the runtime's modules and re-exports their public items; each
-//! module sits in its own layer (docs/architecture.md, "Layers").
+//! module sits in its own layer (the table at the top of docs/architecture.md).
 
 pub(crate) mod compress;
 pub(crate) mod config;
