@@ -2,6 +2,11 @@
 //!
 //! Each worker thread owns a clone of the handler (thread-per-core: no lock between workers
 //! on the hot path); share application state between them through an `Arc` inside it.
+//!
+//! The types the callbacks take and return are re-exported here: [`Message`] is the shared
+//! vocabulary's, and [`Upgrade`], [`Reject`], [`HttpResponse`] and [`SendStatus`] are defined
+//! with the runtime pieces they are made of, a layer below this one (`runtime::upgrade`,
+//! `runtime::outbox`); the worker core that calls the handler is above it.
 
 use crate::broadcast::registry::Added;
 use crate::proto::handshake::Request;

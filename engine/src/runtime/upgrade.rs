@@ -1,5 +1,7 @@
-//! Upgrades answered later, from any thread ([`Pending`]), and the HTTP answers a handler
-//! produces (a 101 with its headers, a [`Reject`], an [`HttpResponse`]).
+//! What `Handler::on_upgrade` and `Handler::on_http` work with ([`Upgrade`], [`Reject`],
+//! [`HttpResponse`]; re-exported by `handler.rs`), upgrades answered later, from any thread
+//! ([`Pending`]), and the writers of those HTTP answers (a 101 with its headers, a
+//! rejection, a response).
 //!
 //! A deferred upgrade leaves the connection in its machine's `Awaiting` phase (bounded by
 //! the handshake timeout, and by `Config::max_pending_upgrades` per worker). The answer
