@@ -10,7 +10,9 @@
 //! Each connection's lifecycle (phases, deadlines, the pong and close-echo obligations, end
 //! of stream, budgets) is its sans-IO machine, [`crate::proto::conn::Conn`]. `Core` keeps
 //! the slab, the write queues, the handler calls, broadcast and the inbox; it reads the clock
-//! once per loop turn and passes `now` to the machines.
+//! once per loop turn and passes `now` to the machines. What a callback's `Ctx` writes into
+//! is the [`Outbox`] (`runtime/outbox.rs`, a layer below the handler), which `Core` builds
+//! for each callback and whose deferred actions it applies once the callback returns.
 
 use super::compress::Compression;
 use super::config::{Config, SlowConsumerPolicy};
@@ -20,8 +22,7 @@ use super::outbox::{Deferred, Env, Outbox, Own};
 use super::queue::{BufPool, WriteQueue};
 use super::stats::WorkerStats;
 use super::timer::{millis, TimerWheel};
-use super::upgrade::{self, DeferSlot};
-use super::upgrade::{HttpResponse, Reject, Upgrade};
+use super::upgrade::{self, DeferSlot, HttpResponse, Reject, Upgrade};
 use crate::broadcast::registry::{Added, Caps, Interest, Registry, Subs};
 use crate::broadcast::{route, scratch_spike, Event, OwnedTarget, ReceiptTo};
 use crate::handler::{Ctx, Handler};
