@@ -22,7 +22,8 @@
 #                    before/after comparisons of a change, side by side in one run (ratios
 #                    vmio/bmio and vuring/buring)
 #   CONFIGS="..."    configuration names to run (default: c100-i1-64b c100-i16-64b c10-i1-16k;
-#                    also available: c10-i1-64k)
+#                    also available: c10-i1-64k, and c100-i1-20t c100-i16-20t c200-i1-16k, the
+#                    scenarios of ../shared/research/measured-peers.md, 20 B text or 16 KiB binary)
 #   IDLE=0|1         measure idle memory at 10,000 connections afterwards (default 1)
 #   OUT=dir          where the JSON reports go (default /tmp/volley-bench-echo)
 #   MAX_OTHER=cores  a group is run again when another process used more than this (default 0.10)
@@ -76,10 +77,14 @@ start_server() { # name -> sets SPID
 }
 
 all_configs=(
-    "c100-i1-64b|--conns 100 --inflight 1 --size 64"
-    "c100-i16-64b|--conns 100 --inflight 16 --size 64"
-    "c10-i1-16k|--conns 10 --inflight 1 --size 16384"
-    "c10-i1-64k|--conns 10 --inflight 1 --size 65536"
+    "c100-i1-64b|--conns 100 --inflight 1 --size 64 --binary"
+    "c100-i16-64b|--conns 100 --inflight 16 --size 64 --binary"
+    "c10-i1-16k|--conns 10 --inflight 1 --size 16384 --binary"
+    "c10-i1-64k|--conns 10 --inflight 1 --size 65536 --binary"
+    # The scenarios of ../shared/research/measured-peers.md (bench-uws.sh runs them).
+    "c100-i1-20t|--conns 100 --inflight 1 --size 20 --text"
+    "c100-i16-20t|--conns 100 --inflight 16 --size 20 --text"
+    "c200-i1-16k|--conns 200 --inflight 1 --size 16384 --binary"
 )
 read -r -a want <<<"${CONFIGS:-c100-i1-64b c100-i16-64b c10-i1-16k}"
 configs=()
@@ -99,7 +104,7 @@ for round in $(seq 1 "$ROUNDS"); do
             for server in "${SERVERS[@]}"; do
                 f="$OUT/$server-$name-$round"
                 # shellcheck disable=SC2086
-                "$BIN/loadgen" echo --url "ws://$(addr "$server")/" $args --binary --duration "$SECS" --warmup 2 \
+                "$BIN/loadgen" echo --url "ws://$(addr "$server")/" $args --duration "$SECS" --warmup 2 \
                     --pin 1 --server-pid "${SP[$server]}" --json "$f.json" >"$f.txt"
                 other=$(jq .other_cpu_cores "$f.json")
                 echo "round $round $name $server: $(grep -E 'echoes in window|server CPU per message' "$f.txt" | tr -s ' ' | tr '\n' ' ') other load $other cores"

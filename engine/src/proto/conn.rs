@@ -187,12 +187,12 @@ pub trait Events<S> {
 enum Phase<S> {
     Handshake {
         scanner: HeadScanner,
-        since: Instant,
+        since: Stamp,
     },
     /// The request head was read and the application deferred its decision.
     Awaiting {
         /// When the handshake began (its deadline still applies).
-        since: Instant,
+        since: Stamp,
     },
     Open {
         app: S,
@@ -202,14 +202,46 @@ enum Phase<S> {
         /// Our close code and reason, reported to `on_close`.
         code: CloseCode,
         reason: Box<str>,
-        since: Instant,
+        since: Stamp,
     },
     Draining {
-        since: Instant,
+        since: Stamp,
         /// Our write side is shut (after everything queued went out).
         shut: bool,
     },
     Closed,
+}
+
+/// A time as nanoseconds since the connection was accepted ([`Conn::born`]), plus one (so
+/// `Option<Stamp>` takes 8 bytes). A connection keeps four times; as `Instant`s (16 bytes
+/// each) they were a fifth of an idle connection's slab entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp(std::num::NonZeroU64);
+
+impl Stamp {
+    const ZERO: Stamp = Stamp(std::num::NonZeroU64::MIN);
+}
+
+/// Received bytes not consumed yet, boxed: an idle connection (whose tail is empty) keeps 8
+/// bytes for it in its slab entry instead of a `Vec`'s 24.
+/// (The second allocation is made only while a tail is held, which is rare.)
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // the box is the point: 8 bytes in the slab entry
+struct Tail(Option<Box<Vec<u8>>>);
+
+impl Tail {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().map_or(true, |v| v.is_empty())
+    }
+
+    /// The bytes, leaving the tail empty.
+    fn take(&mut self) -> Vec<u8> {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+
+    fn put(&mut self, v: Vec<u8>) {
+        self.0 = (!v.is_empty()).then(|| Box::new(v));
+    }
 }
 
 /// One server connection's protocol machine. See the module docs.
@@ -219,13 +251,17 @@ pub struct Conn<S> {
     decoder: Decoder,
     /// Received bytes not consumed yet: part of a request head, a frame header or a control
     /// frame. Empty (no allocation) almost always.
-    tail: Vec<u8>,
-    last_rx: Instant,
-    ping_sent: Option<Instant>,
+    tail: Tail,
+    /// When the connection was accepted: the origin of its [`Stamp`]s.
+    born: Instant,
+    last_rx: Stamp,
+    ping_sent: Option<Stamp>,
     /// When the first byte of the message being received arrived.
-    msg_start: Option<Instant>,
+    msg_start: Option<Stamp>,
     /// The pong owed for the latest ping, not yet in the write queue.
-    pong: Option<Box<[u8]>>,
+    /// Boxed (8 bytes in the slab entry, not 16), and reused by the next ping that waits.
+    #[allow(clippy::box_collection)]
+    pong: Option<Box<Vec<u8>>>,
     /// This connection's share of [`Held::bytes`].
     held: usize,
     /// The peer shut its write side.
@@ -238,17 +274,31 @@ impl<S> Conn<S> {
         Conn {
             phase: Phase::Handshake {
                 scanner: HeadScanner::new(),
-                since: now,
+                since: Stamp::ZERO,
             },
+            born: now,
             decoder: Decoder::new(Role::Server, limits),
-            tail: Vec::new(),
-            last_rx: now,
+            tail: Tail::default(),
+            last_rx: Stamp::ZERO,
             ping_sent: None,
             msg_start: None,
             pong: None,
             held: 0,
             eof: false,
         }
+    }
+
+    /// `now` as a [`Stamp`] of this connection (a time before it was accepted counts as
+    /// then; 584 years after it, time stops).
+    fn stamp(&self, now: Instant) -> Stamp {
+        let ns = now.saturating_duration_since(self.born).as_nanos();
+        let ns = u64::try_from(ns).unwrap_or(u64::MAX - 1).min(u64::MAX - 1);
+        Stamp(std::num::NonZeroU64::MIN.saturating_add(ns))
+    }
+
+    /// The instant a [`Stamp`] of this connection stands for.
+    fn at(&self, s: Stamp) -> Instant {
+        self.born + std::time::Duration::from_nanos(s.0.get() - 1)
     }
 
     /// Whether the connection is open (messages and events may be sent to it).
@@ -301,26 +351,28 @@ impl<S> Conn<S> {
     pub fn poll_timeout(&self, cfg: &ConnConfig) -> Option<Instant> {
         match &self.phase {
             Phase::Handshake { since, .. } | Phase::Awaiting { since } => {
-                since.checked_add(cfg.handshake_timeout)
+                self.at(*since).checked_add(cfg.handshake_timeout)
             }
             Phase::Open { .. } => {
                 let ping = cfg.ping_interval.and_then(|p| match self.ping_sent {
-                    Some(t) => t.checked_add(cfg.pong_timeout),
-                    None => self.last_rx.checked_add(p),
+                    Some(t) => self.at(t).checked_add(cfg.pong_timeout),
+                    None => self.at(self.last_rx).checked_add(p),
                 });
-                let idle = cfg.idle_timeout.and_then(|i| self.last_rx.checked_add(i));
+                let idle = cfg
+                    .idle_timeout
+                    .and_then(|i| self.at(self.last_rx).checked_add(i));
                 let msg = self.message_deadline(cfg);
                 [ping, idle, msg].into_iter().flatten().min()
             }
             Phase::Closing { since, .. } | Phase::Draining { since, .. } => {
-                since.checked_add(cfg.close_timeout)
+                self.at(*since).checked_add(cfg.close_timeout)
             }
             Phase::Closed => None,
         }
     }
 
     fn message_deadline(&self, cfg: &ConnConfig) -> Option<Instant> {
-        self.msg_start?.checked_add(cfg.message_timeout?)
+        self.at(self.msg_start?).checked_add(cfg.message_timeout?)
     }
 
     /// Bytes arrived. They are unmasked in place.
@@ -334,20 +386,20 @@ impl<S> Conn<S> {
         if self.is_closed() {
             return;
         }
-        self.last_rx = now;
+        self.last_rx = self.stamp(now);
         self.ping_sent = None;
         if self.tail.is_empty() {
             let used = self.process(now, bytes, cfg, ev);
             if used < bytes.len() && self.reading() {
-                self.tail.extend_from_slice(&bytes[used..]);
+                self.tail.put(bytes[used..].to_vec());
             }
         } else {
-            let mut buf = std::mem::take(&mut self.tail);
+            let mut buf = self.tail.take();
             buf.extend_from_slice(bytes);
             let used = self.process(now, &mut buf, cfg, ev);
             if used < buf.len() && self.reading() {
                 buf.drain(..used);
-                self.tail = buf;
+                self.tail.put(buf);
             }
         }
         self.account(now, ev);
@@ -411,7 +463,7 @@ impl<S> Conn<S> {
                     app,
                     code,
                     reason: reason.into(),
-                    since: now,
+                    since: self.stamp(now),
                 };
             }
             Phase::Handshake { .. } => self.abort(CloseCode::ABNORMAL, "", ev),
@@ -455,7 +507,7 @@ impl<S> Conn<S> {
         match self.pong.take() {
             Some(p) if pong_fits(ev.queued(), p.len(), cfg) => {
                 let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
-                ev.send(&h, &p);
+                ev.send(&h, &p[..]);
             }
             waiting => self.pong = waiting,
         }
@@ -498,7 +550,9 @@ impl<S> Conn<S> {
                 Timeout::Handshake
             }
             Phase::Open { .. } => {
-                let idle = cfg.idle_timeout.and_then(|i| self.last_rx.checked_add(i));
+                let idle = cfg
+                    .idle_timeout
+                    .and_then(|i| self.at(self.last_rx).checked_add(i));
                 if passed(self.message_deadline(cfg)) {
                     self.fail(now, CloseCode::POLICY_VIOLATION, "message timeout", ev);
                     Timeout::Message
@@ -511,7 +565,7 @@ impl<S> Conn<S> {
                 } else {
                     // Over the budget the peer is not reading: the ping is not queued, and
                     // unless bytes arrive the pong timeout drops the connection.
-                    self.ping_sent = Some(now);
+                    self.ping_sent = Some(self.stamp(now));
                     if ev.queued() <= cfg.write_budget {
                         let h = encode_header(true, OpCode::Ping, 0, None);
                         ev.send(&h, &[]);
@@ -560,7 +614,7 @@ impl<S> Conn<S> {
         let Some(app) = app else {
             return self.drain(now, ev);
         };
-        self.last_rx = now;
+        self.last_rx = self.stamp(now);
         self.phase = Phase::Open { app };
         if let Phase::Open { app } = &mut self.phase {
             if ev.open(app) == Verdict::SlowConsumer {
@@ -569,11 +623,11 @@ impl<S> Conn<S> {
             }
         }
         if !self.tail.is_empty() {
-            let mut buf = std::mem::take(&mut self.tail);
+            let mut buf = self.tail.take();
             let used = self.frames(now, &mut buf, cfg, ev);
             if used < buf.len() && self.reading() {
                 buf.drain(..used);
-                self.tail = buf;
+                self.tail.put(buf);
             }
             self.account(now, ev);
         }
@@ -609,7 +663,7 @@ impl<S> Conn<S> {
                             return pos;
                         }
                         Head::Open(app) => {
-                            self.last_rx = now;
+                            self.last_rx = self.stamp(now);
                             self.phase = Phase::Open { app };
                             if let Phase::Open { app } = &mut self.phase {
                                 if ev.open(app) == Verdict::SlowConsumer {
@@ -682,8 +736,11 @@ impl<S> Conn<S> {
                         ev.send(&h, p);
                     } else {
                         match &mut self.pong {
-                            Some(old) if old.len() == p.len() => old.copy_from_slice(p),
-                            slot => *slot = Some(p.into()),
+                            Some(old) => {
+                                old.clear();
+                                old.extend_from_slice(p);
+                            }
+                            slot => *slot = Some(Box::new(p.to_vec())),
                         }
                     }
                 }
@@ -756,7 +813,7 @@ impl<S> Conn<S> {
     /// Enters `Draining` (the application's state, if any, has been handed back).
     fn drain<E: Events<S>>(&mut self, now: Instant, ev: &mut E) {
         self.phase = Phase::Draining {
-            since: now,
+            since: self.stamp(now),
             shut: false,
         };
         self.release(ev);
@@ -766,7 +823,7 @@ impl<S> Conn<S> {
     /// the worker's budget; and a pong not sent yet (no pong follows a close).
     fn release<E: Events<S>>(&mut self, ev: &mut E) {
         self.pong = None;
-        self.tail = Vec::new();
+        self.tail = Tail::default();
         self.decoder.release();
         self.msg_start = None;
         let h = ev.held();
@@ -781,7 +838,8 @@ impl<S> Conn<S> {
             return;
         }
         if self.decoder.is_assembling() || !self.tail.is_empty() {
-            self.msg_start.get_or_insert(now);
+            let t = self.stamp(now);
+            self.msg_start.get_or_insert(t);
         } else {
             self.msg_start = None;
         }

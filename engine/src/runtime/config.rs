@@ -7,7 +7,7 @@ use std::io;
 use std::time::Duration;
 
 /// The io_uring backend's settings, grouped in [`Config::uring`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct UringConfig {
     /// Most direct descriptors in one ring's fixed-file table (0, the default: the soft
     /// open-files limit, the kernel's cap). Below it, fewer connections fill a ring and
@@ -16,20 +16,14 @@ pub struct UringConfig {
     /// Provided receive buffers per ring (a power of two) and their size. Receives take them
     /// from the ring (incrementally where the kernel allows it); they go back to the ring as
     /// soon as the worker has consumed them. Running out (`ENOBUFS`) only delays receives.
-    pub buffers: (u16, usize),
+    /// `None` (the default): 4 MiB per ring, as 64 x 64 KiB where the kernel consumes
+    /// buffers incrementally (Linux 6.12: a 16 KiB message lands in one completion instead of
+    /// five, and small reads still pack), else as 1,024 x 4 KiB (each receive takes a whole
+    /// buffer, so many small reads at once need many buffers).
+    pub buffers: Option<(u16, usize)>,
     /// Send with `SENDMSG_ZC` (zero-copy) when a connection's batch is at least this many
     /// bytes (`None`: never, the default; see docs/benchmarks.md for why).
     pub send_zc_min: Option<usize>,
-}
-
-impl Default for UringConfig {
-    fn default() -> Self {
-        UringConfig {
-            ring_slots: 0,
-            buffers: (1024, 4096),
-            send_zc_min: None,
-        }
-    }
 }
 
 /// Server configuration. Every field has a default; set what you need.
@@ -308,7 +302,7 @@ impl Config {
         // Past 32,768 there is no u16 power of two to round up to: keep the count as given,
         // for `validate` to refuse with the reason.
         let count = count.checked_next_power_of_two().unwrap_or(count);
-        self.uring.buffers = (count, size.max(64));
+        self.uring.buffers = Some((count, size.max(64)));
         self
     }
 
@@ -323,7 +317,9 @@ impl Config {
     /// count that is not a power of two from 1 to [`Config::MAX_URING_BUFFERS`], or buffers
     /// smaller than 64 bytes.
     pub fn validate(&self) -> io::Result<()> {
-        let (count, size) = self.uring.buffers;
+        let Some((count, size)) = self.uring.buffers else {
+            return Ok(());
+        };
         if !count.is_power_of_two() || count > Self::MAX_URING_BUFFERS || size < 64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -70,9 +70,10 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     send_zc_min: usize,
     /// io_uring: provided receive buffers per worker, COUNTxSIZE (bytes); a message larger
-    /// than SIZE arrives in pieces that are copied together.
-    #[arg(long, default_value = "1024x4096", value_parser = parse_buffers)]
-    uring_buffers: (u16, usize),
+    /// than SIZE arrives in pieces that are copied together. Default: 64x65536 where the
+    /// kernel consumes buffers incrementally (Linux 6.12), else 1024x4096.
+    #[arg(long, value_parser = parse_buffers)]
+    uring_buffers: Option<(u16, usize)>,
     /// Most connections held (0: no limit but the backend's). With io_uring and no
     /// --workers, more than one ring per core can hold starts more workers.
     #[arg(long, default_value_t = 0)]
@@ -188,7 +189,6 @@ fn main() {
         .write_budget(args.write_budget)
         .max_connections(args.max_connections)
         .uring_send_zc((args.send_zc_min > 0).then_some(args.send_zc_min))
-        .uring_buffers(args.uring_buffers.0, args.uring_buffers.1)
         .handshake_timeout(Duration::from_secs(args.handshake_timeout))
         .idle_timeout(secs(args.idle_timeout))
         .ping(
@@ -209,6 +209,9 @@ fn main() {
             SlowPolicy::Drop => SlowConsumerPolicy::Drop,
         })
         .cluster(cluster_config(&args));
+    if let Some((count, size)) = args.uring_buffers {
+        cfg = cfg.uring_buffers(count, size);
+    }
     cfg.deflate = args.deflate.then(|| volley::DeflateConfig {
         threshold: args.deflate_threshold,
         ..Default::default()

@@ -21,6 +21,15 @@ use std::sync::atomic::{AtomicU16, Ordering};
 /// (The io-uring crate has it only in its private bindings.)
 const IOU_PBUF_RING_INC: u16 = 2;
 
+/// The default buffers where the kernel consumes them incrementally: a 16 KiB message lands
+/// in one completion (with 4 KiB buffers it came in about five, each a receive of its own and
+/// a copy into the connection's tail: 16 KiB echo cost 0.80-0.89x the server CPU with these,
+/// docs/benchmarks.md), while small reads still pack into the head buffer.
+pub(crate) const AUTO_INCREMENTAL: (u16, usize) = (64, 64 * 1024);
+/// The default buffers where each receive takes a whole buffer (before Linux 6.12): many,
+/// so that many small reads at once do not run out. The same 4 MiB as [`AUTO_INCREMENTAL`].
+pub(crate) const AUTO_WHOLE: (u16, usize) = (1024, 4096);
+
 /// Buffers and the ring of their descriptors shared with the kernel.
 pub(crate) struct BufRing {
     /// INVARIANT: `entries` points to `count` zeroed-then-initialised `BufRingEntry`s in a
@@ -48,13 +57,43 @@ impl std::fmt::Debug for BufRing {
 }
 
 impl BufRing {
-    /// Allocates `count` (a power of two, at most 32,768) buffers of `size` bytes and
-    /// registers them.
+    /// Registers `want` (`count` buffers, a power of two at most 32,768, of `size` bytes),
+    /// consumed incrementally where the kernel allows it; `None`: [`AUTO_INCREMENTAL`]
+    /// where the kernel consumes buffers incrementally, else [`AUTO_WHOLE`].
     ///
     /// # Errors
     /// `InvalidInput` for another count (`Config::validate` refuses it first), or what
     /// the allocation or the registration fails with.
-    pub(crate) fn new(ring: &IoUring, count: u16, size: usize, bgid: u16) -> io::Result<BufRing> {
+    pub(crate) fn new(
+        ring: &IoUring,
+        want: Option<(u16, usize)>,
+        bgid: u16,
+    ) -> io::Result<BufRing> {
+        let (count, size) = want.unwrap_or(AUTO_INCREMENTAL);
+        // Incremental consumption first; a kernel that does not know the flag (before 6.12)
+        // refuses it with EINVAL, and the ring is registered without it.
+        let mut br = BufRing::alloc(count, size, bgid)?;
+        match br.register(ring, IOU_PBUF_RING_INC) {
+            Ok(()) => br.offsets = vec![0; count as usize],
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                if want.is_none() {
+                    // Nothing is registered: dropping `br` frees it.
+                    let (count, size) = AUTO_WHOLE;
+                    br = BufRing::alloc(count, size, bgid)?;
+                }
+                br.register(ring, 0)?;
+            }
+            Err(e) => return Err(e),
+        }
+        for bid in 0..br.count {
+            br.push(bid);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    /// `count` buffers of `size` bytes and their descriptors, not registered.
+    fn alloc(count: u16, size: usize, bgid: u16) -> io::Result<BufRing> {
         if !count.is_power_of_two() || count > crate::runtime::config::Config::MAX_URING_BUFFERS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -69,37 +108,36 @@ impl BufRing {
         if entries.is_null() {
             return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring"));
         }
-        let mut br = BufRing {
+        Ok(BufRing {
             entries,
             layout,
+            // Zeroed by calloc: pages are touched only when the kernel first fills them.
             bufs: vec![0u8; count as usize * size],
             count,
             size,
             tail: 0,
             bgid,
             offsets: Vec::new(),
-        };
-        // Incremental consumption first; a kernel that does not know the flag (before 6.12)
-        // refuses it with EINVAL, and the ring is registered without it.
-        let register = |flags: u16| {
-            // SAFETY: `entries` is page aligned and holds `count` entries. The kernel uses
-            // them until the buffer ring is unregistered, which `Ring`'s `Drop` does before
-            // dropping this struct (on failure here nothing is registered).
-            unsafe {
-                ring.submitter()
-                    .register_buf_ring_with_flags(entries as u64, count, bgid, flags)
-            }
-        };
-        match register(IOU_PBUF_RING_INC) {
-            Ok(()) => br.offsets = vec![0; count as usize],
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => register(0)?,
-            Err(e) => return Err(e),
+        })
+    }
+
+    fn register(&self, ring: &IoUring, flags: u16) -> io::Result<()> {
+        // SAFETY: `entries` is page aligned and holds `count` entries. The kernel uses them
+        // until the buffer ring is unregistered, which `Ring`'s `Drop` does before dropping
+        // this struct (when registration fails nothing is registered).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                self.entries as u64,
+                self.count,
+                self.bgid,
+                flags,
+            )
         }
-        for bid in 0..count {
-            br.push(bid);
-        }
-        br.publish();
-        Ok(br)
+    }
+
+    /// How many buffers, of what size.
+    pub(crate) fn shape(&self) -> (u16, usize) {
+        (self.count, self.size)
     }
 
     /// Whether buffers are consumed incrementally (`IOU_PBUF_RING_INC`).
@@ -164,6 +202,25 @@ impl Drop for BufRing {
 mod tests {
     use super::*;
 
+    /// Without a setting, the buffers follow what the kernel offers: 64 x 64 KiB consumed
+    /// incrementally, or 1,024 x 4 KiB consumed whole.
+    #[test]
+    fn default_buffers_follow_incremental_consumption() {
+        let Ok(ring) = IoUring::new(8) else {
+            eprintln!("SKIPPED (io_uring unavailable)");
+            return;
+        };
+        let br = BufRing::new(&ring, None, 3).expect("register");
+        let want = if br.incremental() {
+            AUTO_INCREMENTAL
+        } else {
+            AUTO_WHOLE
+        };
+        assert_eq!(br.shape(), want);
+        assert_eq!(br.bufs.len(), 4 << 20, "4 MiB either way");
+        ring.submitter().unregister_buf_ring(3).expect("unregister");
+    }
+
     /// With incremental consumption each completion's bytes start where the buffer's
     /// previous completion ended, and the completion without BUF_MORE starts it afresh; a
     /// length past the buffer is refused, not sliced out of a neighbour.
@@ -173,7 +230,7 @@ mod tests {
             eprintln!("SKIPPED (io_uring unavailable)");
             return;
         };
-        let mut br = BufRing::new(&ring, 4, 256, 7).expect("register");
+        let mut br = BufRing::new(&ring, Some((4, 256)), 7).expect("register");
         let base = br.bufs.as_ptr() as usize;
         let at = |s: &mut [u8]| s.as_ptr() as usize - base;
         if br.incremental() {

@@ -76,7 +76,7 @@ fn context(what: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
 impl Ring {
     /// A ring for the calling thread (`SINGLE_ISSUER`: only it may use the ring), a sparse
     /// fixed-file table of `table` slots, and `count` provided buffers of `size` bytes.
-    pub(super) fn new(table: u32, bufs: (u16, usize)) -> io::Result<Ring> {
+    pub(super) fn new(table: u32, bufs: Option<(u16, usize)>) -> io::Result<Ring> {
         Ring::build(true, table, bufs)
     }
 
@@ -88,7 +88,7 @@ impl Ring {
     /// worker's thread, which the kernel wakes when it sleeps in the primary ring.
     pub(super) fn new_secondary(
         table: u32,
-        bufs: (u16, usize),
+        bufs: Option<(u16, usize)>,
         wake_fd: std::os::fd::RawFd,
     ) -> io::Result<Ring> {
         let ring = Ring::build(false, table, bufs)?;
@@ -99,13 +99,14 @@ impl Ring {
         Ok(ring)
     }
 
-    fn build(primary: bool, table: u32, (count, size): (u16, usize)) -> io::Result<Ring> {
+    fn build(primary: bool, table: u32, want: Option<(u16, usize)>) -> io::Result<Ring> {
         let ring = build_ring(primary).map_err(context("io_uring_setup failed"))?;
         ring.submitter()
             .register_files_sparse(table)
             .map_err(context("sparse file table"))?;
         // If this fails nothing is registered: the ring alone is dropped.
-        let bufs = BufRing::new(&ring, count, size, 0).map_err(context("provided-buffer ring"))?;
+        let bufs = BufRing::new(&ring, want, 0).map_err(context("provided-buffer ring"))?;
+        let (count, size) = bufs.shape();
         if primary {
             tracing::debug!(
                 count,
@@ -312,7 +313,7 @@ mod tests {
             eprintln!("SKIPPED (io_uring unavailable: {why})");
             return;
         }
-        let mut ring = Ring::new(16, (16, 64)).expect("ring");
+        let mut ring = Ring::new(16, Some((16, 64))).expect("ring");
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let bgid = ring.bufs().bgid;
         let e = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), bgid)

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 pub(crate) fn probe() -> Result<(), String> {
     // A scratch ring with a small table and buffer ring; its `Drop` unregisters the buffer
     // ring before freeing it.
-    let mut ring = Ring::new(16, (16, 64)).map_err(|e| e.to_string())?;
+    let mut ring = Ring::new(16, Some((16, 64))).map_err(|e| e.to_string())?;
     let mut p = io_uring::Probe::new();
     ring.uring()
         .submitter()

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# volley against uWebSockets, side by side in one run: the five scenarios of
+# ../shared/research/measured-peers.md (issue 14's table), for uWS ("uws"), volley on mio ("vmio")
+# and volley on io_uring ("vuring"), every server one thread pinned to CPU 0, loadgen pinned to
+# CPU 1, ROUNDS rounds alternating the servers, medians; ratios are server CPU per message (or
+# per delivery) over uWS' in the same round, then their median.
+#
+#   cargo build --release -p volley -p loadgen
+#   UWS_MIRROR=... USOCKETS_MIRROR=... ../shared/peers/uws/build.sh     # -> /tmp/uws/uws-server
+#   loadgen/scripts/bench-uws.sh [ROUNDS=3] [SECS=10]
+#
+# Environment: BIN, UWS, MAX_OTHER, ATTEMPTS, WAIT_IDLE as for bench-echo.sh and bench-fanout.sh
+# (which this runs); OUT=dir (default /tmp/volley-bench-uws) holds both scripts' reports and logs.
+# Without a uWS build it stops with a line saying how to build one.
+set -euo pipefail
+ROUNDS=${1:-3}
+SECS=${2:-10}
+here=$(cd "$(dirname "$0")" && pwd)
+UWS=${UWS:-/tmp/uws/uws-server}
+OUT=${OUT:-/tmp/volley-bench-uws}
+[ -x "$UWS" ] || { echo "no uWS at $UWS: build it with ../shared/peers/uws/build.sh (its README says how), or set UWS=path" >&2; exit 1; }
+mkdir -p "$OUT"
+export UWS
+SERVERS="uws vmio vuring" CONFIGS="c100-i1-20t c100-i16-20t c200-i1-16k" IDLE=1 OUT="$OUT/echo" \
+    "$here/bench-echo.sh" "$ROUNDS" "$SECS" | tee "$OUT/echo.txt"
+SERVERS="uws vmio vuring" CONFIGS="s1k-r50" SIZE=64 OUT="$OUT/fanout" \
+    "$here/bench-fanout.sh" "$ROUNDS" "$SECS" | tee "$OUT/fanout.txt"
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+# med DIR SERVER CONFIG FIELD: the median of FIELD over the rounds
+med() { for f in "$OUT/$1/$2-$3"-[0-9]*.json; do jq "$4" "$f"; done | median; }
+# ratio DIR SERVER CONFIG FIELD: the median over rounds of SERVER's FIELD / uws' FIELD in that round
+ratio() {
+    for r in $(seq 1 "$ROUNDS"); do
+        jq -n --slurpfile a "$OUT/$1/$2-$3-$r.json" --slurpfile b "$OUT/$1/uws-$3-$r.json" "\$a[0]$4 / \$b[0]$4"
+    done | median
+}
+row() { # label dir config field unit target
+    printf "| %s | %.2f %s | %.2fx | %.2fx | %s |\n" "$1" "$(med "$2" uws "$3" "$4")" "$5" \
+        "$(ratio "$2" vmio "$3" "$4")" "$(ratio "$2" vuring "$3" "$4")" "$6"
+}
+lat() { # label dir config: p50/p99 of each server
+    printf "| %s | %s |\n" "$1" "$(for s in uws vmio vuring; do
+        printf '%s %.0f/%.0f us; ' "$s" "$(med "$2" "$s" "$3" '.latency.percentiles.p50 / 1e3')" \
+            "$(med "$2" "$s" "$3" '.latency.percentiles.p99 / 1e3')"; done)"
+}
+{
+echo
+echo "## volley against uWebSockets, $(date -u +%F), $ROUNDS rounds of $SECS s, medians"
+echo
+echo "Server CPU per message (per delivery for the broadcast), uWS' absolute figure and volley's ratio to it"
+echo "in the same round (below 1.00x: volley spends less):"
+echo
+echo "| scenario | uWS | volley mio | volley io_uring | target |"
+echo "|---|---|---|---|---|"
+row "echo, 100 connections x 1 in flight, 20 B text" echo c100-i1-20t .server_cpu_us_per_msg us "<= 0.90x"
+row "echo, 100 connections x 16 in flight, 20 B text" echo c100-i16-20t .server_cpu_us_per_msg us "<= 0.85x"
+row "echo, 200 connections x 1 in flight, 16 KiB" echo c200-i1-16k .server_cpu_us_per_msg us "<= 0.90x"
+row "broadcast 64 B at 50/s to 1,000 subscribers" fanout s1k-r50 .server_cpu_us_per_delivery us "<= 0.75x"
+row "idle, server bytes per connection at 10,000" echo idle10k .server_bytes_per_conn B "<= 200 B"
+printf "| (idle, absolute) | %.0f B | %.0f B | %.0f B | |\n" "$(med echo uws idle10k .server_bytes_per_conn)" \
+    "$(med echo vmio idle10k .server_bytes_per_conn)" "$(med echo vuring idle10k .server_bytes_per_conn)"
+echo
+echo "Latency p50/p99 (echo: round trip; broadcast: publish to delivery):"
+echo
+echo "| scenario | uws, vmio, vuring |"
+echo "|---|---|"
+lat "echo 100 x 1, 20 B" echo c100-i1-20t
+lat "echo 100 x 16, 20 B" echo c100-i16-20t
+lat "echo 200 x 1, 16 KiB" echo c200-i1-16k
+lat "broadcast 1,000 subscribers" fanout s1k-r50
+} | tee "$OUT/table.md"
