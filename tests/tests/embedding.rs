@@ -406,6 +406,37 @@ fn deferred_upgrade_accepted_from_another_thread_opens(b: Backend) {
     server.shutdown();
 }
 
+/// A deferred upgrade that offers permessage-deflate: the extension agreed when the request
+/// arrived is answered in the 101 sent later, and the connection then speaks it both ways
+/// (a compressed message in, a compressed answer out).
+fn deferred_upgrade_keeps_its_permessage_deflate_offer(b: Backend) {
+    let (server, _) = auth_server(b, |c| c.deflate(true));
+    let token = format!("good-{}", "z".repeat(100));
+    let path = format!("/?token={token}");
+    let mut c = RawClient::connect_raw(
+        server.local_addr(),
+        &path,
+        &[("Sec-WebSocket-Extensions", "permessage-deflate")],
+    );
+    assert_eq!(c.status, 101, "{}", c.head);
+    assert!(
+        c.head.contains(&format!("X-User: {token}\r\n")),
+        "{}",
+        c.head
+    );
+    let ext = c
+        .extensions()
+        .expect("the deferred 101 names the extension");
+    assert!(ext.starts_with("permessage-deflate"), "{ext}");
+    c.send_compressed(OpCode::Text, b"who", 1);
+    // The answer (over the 64-byte threshold, and compressible) comes back compressed.
+    assert_eq!(c.recv(), Got::Text(format!("user {token}")));
+    assert!(c.last_compressed, "the answer was sent plain");
+    assert_eq!(server.handle().stats().upgrades_deferred, 1);
+    drop(c);
+    server.shutdown();
+}
+
 fn rejections_carry_headers_now_or_later(b: Backend) {
     let (server, _) = auth_server(b, |c| c);
     let addr = server.local_addr();
@@ -496,6 +527,7 @@ both_backends!(
     publish_excluding_the_sender_reaches_everyone_else_once,
     handle_bindings_are_posted_and_publish_tracked_counts_from_any_thread,
     deferred_upgrade_accepted_from_another_thread_opens,
+    deferred_upgrade_keeps_its_permessage_deflate_offer,
     rejections_carry_headers_now_or_later,
     deferred_upgrade_never_answered_is_dropped_at_the_handshake_timeout,
 );

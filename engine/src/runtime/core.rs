@@ -20,7 +20,7 @@ use super::handle::{Handle, Shared};
 use super::inbox::{Answer, BindOp, Command, WorkerShared};
 use super::outbox::{Deferred, Env, Outbox, Own};
 use super::queue::{BufPool, WriteQueue};
-use super::stats::WorkerStats;
+use super::stats::{add_own, WorkerStats};
 use super::timer::{millis, TimerWheel};
 use super::upgrade::{self, DeferSlot, HttpResponse, Reject, Upgrade};
 use crate::broadcast::registry::{Added, Caps, Interest, Registry, Subs};
@@ -199,8 +199,8 @@ impl<H: Handler> Ev<'_, H> {
         };
         f(&mut *self.handler, &mut ctx, app);
         let (sent, dropped, over) = (ctx.out.sent, ctx.out.dropped, ctx.out.over);
-        self.stats.messages_out.fetch_add(sent, Ordering::Relaxed);
-        self.stats.drops.fetch_add(dropped, Ordering::Relaxed);
+        add_own(&self.stats.messages_out, sent);
+        add_own(&self.stats.drops, dropped);
         if !over {
             return Verdict::Continue;
         }
@@ -381,7 +381,7 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
         let Ok(data) = Message::try_from(msg) else {
             return Verdict::Continue;
         };
-        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        add_own(&self.stats.messages_in, 1);
         self.call(app, |h, ctx, s| h.on_message(ctx, s, data))
     }
 
@@ -687,10 +687,7 @@ impl<H: Handler, Io> Core<H, Io> {
     /// Bytes arrived for `key`. The backend may pass any buffer; it is unmasked in place.
     pub(crate) fn on_data(&mut self, key: usize, bytes: &mut [u8]) {
         let now = self.now;
-        self.me()
-            .stats
-            .bytes_in
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        add_own(&self.me().stats.bytes_in, bytes.len() as u64);
         self.with_conn(key, |m, ev, cfg| m.handle_read(now, bytes, cfg, ev));
         self.apply_deferred();
         self.settle(key);
@@ -852,7 +849,7 @@ impl<H: Handler, Io> Core<H, Io> {
             return;
         };
         if self.push_shared_to(key, &frame) {
-            self.me().stats.messages_out.fetch_add(1, Ordering::Relaxed);
+            add_own(&self.me().stats.messages_out, 1);
         }
     }
 
@@ -965,10 +962,7 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Adds `n` bytes written to the worker's counters.
     pub(crate) fn count_written(&self, n: usize) {
-        self.me()
-            .stats
-            .bytes_out
-            .fetch_add(n as u64, Ordering::Relaxed);
+        add_own(&self.me().stats.bytes_out, n as u64);
     }
 
     // ---- broadcast ----
@@ -1094,10 +1088,7 @@ impl<H: Handler, Io> Core<H, Io> {
             slots = Vec::new();
         }
         self.scratch = slots;
-        self.me()
-            .stats
-            .deliveries
-            .fetch_add(reached as u64, Ordering::Relaxed);
+        add_own(&self.me().stats.deliveries, reached as u64);
         if let Some(t) = &ev.tracker {
             if let Some(total) = t.finish_part(reached) {
                 match &t.to {

@@ -10,6 +10,23 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Adds `n` to a counter of [`WorkerStats`] that its worker alone writes: a load and a store,
+/// not a locked read-modify-write. Readers on other threads see the old or the new value.
+/// (Per message a `lock add` is ~20 cycles: in a profile of echo at 16 messages in flight
+/// the three in `on_message`'s path were 3% of the server's CPU.) Counters that other threads
+/// also write (`events_published`, `bindings_refused`) keep `fetch_add`.
+#[inline]
+pub(crate) fn add_own(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Subtracts `n` from a gauge of [`WorkerStats`] that its worker alone writes (see
+/// [`add_own`]).
+#[inline]
+pub(crate) fn sub_own(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+}
+
 macro_rules! stats {
     ($( #[doc = $help:literal] $name:ident, )*) => {
         /// Counters of one worker, updated by that worker only.

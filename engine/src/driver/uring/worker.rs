@@ -8,6 +8,7 @@ use super::send::SendSlot;
 use super::{CloseState, UringIo};
 use crate::handler::Handler;
 use crate::runtime::core::Core;
+use crate::runtime::stats::{add_own, sub_own};
 use io_uring::{cqueue, opcode, squeue, types};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -368,7 +369,7 @@ impl<H: Handler> Worker<H> {
                     // With incremental consumption the kernel keeps filling this buffer
                     // (for any connection) until a completion without BUF_MORE ends it.
                     let buf_more = cqueue::buffer_more(flags);
-                    self.stats().uring_bufs_held.fetch_add(1, Ordering::Relaxed);
+                    add_own(&self.stats().uring_bufs_held, 1);
                     match self.rings[r].ring.bufs().take(bid, res as usize, buf_more) {
                         Some(buf) => self.core.on_data(key, buf),
                         None => {
@@ -379,7 +380,7 @@ impl<H: Handler> Worker<H> {
                     if !buf_more {
                         self.rings[r].ring.bufs().recycle(bid);
                     }
-                    self.stats().uring_bufs_held.fetch_sub(1, Ordering::Relaxed);
+                    sub_own(&self.stats().uring_bufs_held, 1);
                     if !more {
                         self.rearm.push(key);
                     } else if !self.core.wants_read(key) {
@@ -444,7 +445,7 @@ impl<H: Handler> Worker<H> {
         let Some(io) = io else { return };
         io.ops += 1;
         let r = io.ring as usize;
-        self.stats().uring_ops.fetch_add(1, Ordering::Relaxed);
+        add_own(&self.stats().uring_ops, 1);
         let e = e.user_data(op.encode());
         // SAFETY: the caller's duty.
         unsafe { self.rings[r].ring.push(&e) };
@@ -472,7 +473,7 @@ impl<H: Handler> Worker<H> {
         io.ops = io.ops.saturating_sub(1);
         let (idle, close) = (io.ops == 0, io.close);
         let st = self.core.stats();
-        st.uring_ops.fetch_sub(1, Ordering::Relaxed);
+        sub_own(&st.uring_ops, 1);
         if !idle {
             return;
         }
