@@ -422,7 +422,9 @@ impl ChildServer {
             metrics: None,
         };
         let (addr, metrics) = read_listening(out, args.contains(&"--metrics"));
-        server.addr = addr.unwrap_or_else(|| panic!("volley exited before listening: {args:?}"));
+        server.addr = addr.unwrap_or_else(|| {
+            panic!("volley did not print its address (exited, or not within 30 s): {args:?}")
+        });
         server.metrics = metrics;
         server
     }
@@ -447,33 +449,41 @@ impl Drop for ChildServer {
 }
 
 /// Reads a `volley serve` child's stdout until it says where it listens (and, with
-/// `metrics`, where it serves `/metrics`); the rest of its output is drained by a thread, so
-/// the server never writes into a closed pipe.
+/// `metrics`, where it serves `/metrics`), for at most 30 s; the rest of its output is
+/// drained by a thread, so the server never writes into a closed pipe. `None` for what it
+/// did not print (it exited, or took too long).
 pub fn read_listening(
     out: std::process::ChildStdout,
     metrics: bool,
 ) -> (Option<SocketAddr>, Option<SocketAddr>) {
     use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(out);
-    let (mut addr, mut maddr) = (None, None);
-    let mut line = String::new();
-    while addr.is_none() || (metrics && maddr.is_none()) {
-        line.clear();
-        if lines.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
+    // Read on a thread, so that a server that neither prints nor exits fails the test after
+    // a while instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(out);
+        let (mut addr, mut maddr) = (None, None);
+        let mut line = String::new();
+        while addr.is_none() || (metrics && maddr.is_none()) {
+            line.clear();
+            if lines.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let after = |prefix: &str| -> Option<SocketAddr> {
+                let rest = line.strip_prefix(prefix)?;
+                rest.split([' ', '/']).next()?.parse().ok()
+            };
+            if let Some(a) = after("volley listening on ws://") {
+                addr = Some(a);
+            } else if let Some(a) = after("metrics on http://") {
+                maddr = Some(a);
+            }
         }
-        let after = |prefix: &str| -> Option<SocketAddr> {
-            let rest = line.strip_prefix(prefix)?;
-            rest.split([' ', '/']).next()?.parse().ok()
-        };
-        if let Some(a) = after("volley listening on ws://") {
-            addr = Some(a);
-        } else if let Some(a) = after("metrics on http://") {
-            maddr = Some(a);
-        }
-    }
-    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
-    (addr, maddr)
+        let _ = tx.send((addr, maddr));
+        let _ = std::io::copy(&mut lines, &mut std::io::sink());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or((None, None))
 }
 
 /// A free port on 127.0.0.1 at the moment of the call. Only for servers that bind without
