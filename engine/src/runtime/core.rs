@@ -1119,7 +1119,7 @@ impl<H: Handler, Io> Core<H, Io> {
             match self.cfg.slow_consumer {
                 SlowConsumerPolicy::Close => self.slow_consumer(key),
                 SlowConsumerPolicy::Drop => {
-                    self.me().stats.drops.fetch_add(1, Ordering::Relaxed);
+                    add_own(&self.me().stats.drops, 1);
                 }
             }
             return false;
