@@ -224,23 +224,26 @@ impl Stamp {
 
 /// Received bytes not consumed yet, boxed: an idle connection (whose tail is empty) keeps 8
 /// bytes for it in its slab entry instead of a `Vec`'s 24.
-/// (The second allocation is made only while a tail is held, which is rare.)
+/// The box is allocated when a tail starts and travels with its bytes (`take`/`put`) while
+/// reads continue it, so a frame spanning several reads costs one box, not one per read.
 #[derive(Debug, Default)]
 #[allow(clippy::box_collection)] // the box is the point: 8 bytes in the slab entry
 struct Tail(Option<Box<Vec<u8>>>);
 
+#[allow(clippy::box_collection)] // the box travels with the bytes (see above)
 impl Tail {
     fn is_empty(&self) -> bool {
         self.0.as_ref().map_or(true, |v| v.is_empty())
     }
 
-    /// The bytes, leaving the tail empty.
-    fn take(&mut self) -> Vec<u8> {
-        self.0.take().map(|b| *b).unwrap_or_default()
+    /// The bytes (in their box), leaving the tail empty.
+    fn take(&mut self) -> Box<Vec<u8>> {
+        self.0.take().unwrap_or_default()
     }
 
-    fn put(&mut self, v: Vec<u8>) {
-        self.0 = (!v.is_empty()).then(|| Box::new(v));
+    /// Keeps `v` as the tail; an empty one is freed.
+    fn put(&mut self, v: Box<Vec<u8>>) {
+        self.0 = (!v.is_empty()).then_some(v);
     }
 }
 
@@ -391,7 +394,7 @@ impl<S> Conn<S> {
         if self.tail.is_empty() {
             let used = self.process(now, bytes, cfg, ev);
             if used < bytes.len() && self.reading() {
-                self.tail.put(bytes[used..].to_vec());
+                self.tail.put(Box::new(bytes[used..].to_vec()));
             }
         } else {
             let mut buf = self.tail.take();
