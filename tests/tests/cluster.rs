@@ -23,6 +23,8 @@ use volley::{
 /// A `nats-server` child process; killed on drop.
 struct Nats {
     child: Option<Child>,
+    /// Names this server's log file (unique in the process: two tests may pick one port).
+    id: u64,
     port: u16,
     monitor: u16,
     args: Vec<String>,
@@ -64,8 +66,10 @@ impl Nats {
             .map(|s| s.to_string())
             .collect();
             args.extend_from_slice(extra);
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let mut n = Nats {
                 child: None,
+                id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 port,
                 monitor,
                 args,
@@ -87,7 +91,7 @@ impl Nats {
     fn try_spawn(&mut self) -> Result<(), String> {
         // The log goes to a file (a pipe nobody reads would block it, or kill it with
         // SIGPIPE once closed).
-        let log = std::env::temp_dir().join(format!("volley-test-nats-{}.log", self.port));
+        let log = self.log();
         let file = std::fs::File::create(&log).expect("nats log file");
         let mut child = Command::new("nats-server")
             .args(&self.args)
@@ -96,8 +100,13 @@ impl Nats {
             .spawn()
             .expect("spawn nats-server");
         // Generous: a loaded machine (other builds) can take seconds to start a process.
+        // Ready is what its own log says, not a connect to the port: another test's server
+        // may hold that port (it was free when picked), and this one then exits.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Server is ready")
+        {
             if let Ok(Some(status)) = child.try_wait() {
                 let err = std::fs::read_to_string(&log).unwrap_or_default();
                 return Err(format!("exited with {status}: {err}"));
@@ -111,6 +120,14 @@ impl Nats {
         }
         self.child = Some(child);
         Ok(())
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!(
+            "volley-test-nats-{}-{}.log",
+            std::process::id(),
+            self.id
+        ))
     }
 
     fn kill(&mut self) {
@@ -202,9 +219,7 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_file(
-            std::env::temp_dir().join(format!("volley-test-nats-{}.log", self.port)),
-        );
+        let _ = std::fs::remove_file(self.log());
     }
 }
 
