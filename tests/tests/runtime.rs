@@ -505,7 +505,31 @@ fn running_out_of_receive_buffers_loses_nothing(b: Backend) {
     // Two provided buffers of 512 bytes for 40 connections sending 64 KiB each at once: the
     // io_uring backend runs out (ENOBUFS) again and again and must lose no byte.
     let srv = TestServer::start(TestServer::config(b).uring_buffers(2, 512));
-    let payload: Vec<u8> = (0..65536u32).map(|i| (i * 13) as u8).collect();
+    burst_of_large_messages(&srv, b, 65536);
+}
+
+fn the_receive_ring_grows_when_it_runs_out(b: Backend) {
+    // One worker, 16 x 64 KiB: 4 of them (256 KiB) circulate at first. 40 connections
+    // sending 256 KiB each at once exhaust them; the ring takes more (up to all 16) and
+    // loses no byte.
+    let srv = TestServer::start(TestServer::config(b).workers(1).uring_buffers(16, 65536));
+    let live = |srv: &TestServer| srv.handle().stats().uring_bufs_live;
+    if b == Backend::Uring {
+        assert_eq!(live(&srv), 4, "256 KiB of buffers at first");
+    }
+    burst_of_large_messages(&srv, b, 256 * 1024);
+    if b == Backend::Uring {
+        assert!(live(&srv) > 4, "the ring grew: {} buffers", live(&srv));
+        assert!(live(&srv) <= 16, "never past the configured count");
+    } else {
+        assert_eq!(live(&srv), 0, "mio has no ring");
+    }
+}
+
+/// 40 connections send one binary message of `len` bytes each, all at once; every one is
+/// echoed intact. On io_uring the receives must have run out of buffers at least once.
+fn burst_of_large_messages(srv: &TestServer, b: Backend, len: u32) {
+    let payload: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
     let mut clients: Vec<RawClient> = (0..40).map(|_| RawClient::connect(srv.addr, "/")).collect();
     let writers: Vec<_> = clients
         .iter()
@@ -568,6 +592,7 @@ fn uring_zero_copy_sends_deliver_the_same_bytes() {
 both_backends!(
     many_small_frames_in_one_write_are_all_answered_in_order,
     running_out_of_receive_buffers_loses_nothing,
+    the_receive_ring_grows_when_it_runs_out,
 );
 
 both_backends!(

@@ -144,6 +144,8 @@ stats! {
     uring_ops,
     /// io_uring: provided buffers taken out of the ring and not yet returned (gauge).
     uring_bufs_held,
+    /// io_uring: provided buffers in circulation (gauge): 256 KiB worth per ring at first, twice as many each time a receive runs out, up to the configured count.
+    uring_bufs_live,
 }
 
 /// Counters whose name does not say their unit: the Prometheus name adds it.
@@ -158,7 +160,7 @@ fn prometheus_name(name: &str) -> &str {
 fn is_gauge(name: &str) -> bool {
     matches!(
         name,
-        "connections" | "uring_slots" | "uring_ops" | "uring_bufs_held"
+        "connections" | "uring_slots" | "uring_ops" | "uring_bufs_held" | "uring_bufs_live"
     )
 }
 

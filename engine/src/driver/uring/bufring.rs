@@ -9,6 +9,14 @@
 //! it, and only then is it recycled. So small reads (handshakes, pongs, chat messages) pack
 //! into a few pages instead of touching a whole buffer each, and large buffers (one 16 KiB
 //! message in one completion) cost memory only for the bytes that really arrive.
+//!
+//! Not all buffers are handed to the kernel at first: [`START_BYTES`] worth go into the
+//! ring, the rest wait, and each time a receive runs out (`ENOBUFS`) the ring takes twice as
+//! many, up to all of them ([`BufRing::grow`]). The kernel takes buffers in ring order, so a
+//! ring of few buffers keeps reusing the same memory: it stays in the cache (a 16 KiB
+//! message received into a 4 MiB ring cycled end to end cost 1.5-3x more to copy and to
+//! unmask than into mio's one 256 KiB buffer), and a worker that accepted thousands of
+//! handshakes touched 256 KiB of buffers, not 4 MiB (docs/benchmarks.md).
 #![allow(unsafe_code)]
 
 use io_uring::types::BufRingEntry;
@@ -29,6 +37,9 @@ pub(crate) const AUTO_INCREMENTAL: (u16, usize) = (64, 64 * 1024);
 /// The default buffers where each receive takes a whole buffer (before Linux 6.12): many,
 /// so that many small reads at once do not run out. The same 4 MiB as [`AUTO_INCREMENTAL`].
 pub(crate) const AUTO_WHOLE: (u16, usize) = (1024, 4096);
+/// Bytes of buffers in the ring at first (at least one buffer); more each time it runs out.
+/// The size of the mio backend's read buffer.
+pub(crate) const START_BYTES: usize = 256 * 1024;
 
 /// Buffers and the ring of their descriptors shared with the kernel.
 pub(crate) struct BufRing {
@@ -39,6 +50,8 @@ pub(crate) struct BufRing {
     bufs: Vec<u8>,
     count: u16,
     size: usize,
+    /// Buffers `0..live` circulate through the ring; `live..count` wait for [`BufRing::grow`].
+    live: u16,
     /// Our copy of the tail; the kernel reads the shared one.
     tail: u16,
     pub(crate) bgid: u16,
@@ -85,7 +98,8 @@ impl BufRing {
             }
             Err(e) => return Err(e),
         }
-        for bid in 0..br.count {
+        br.live = (START_BYTES / br.size).clamp(1, br.count as usize) as u16;
+        for bid in 0..br.live {
             br.push(bid);
         }
         br.publish();
@@ -115,6 +129,7 @@ impl BufRing {
             bufs: vec![0u8; count as usize * size],
             count,
             size,
+            live: 0,
             tail: 0,
             bgid,
             offsets: Vec::new(),
@@ -138,6 +153,27 @@ impl BufRing {
     /// How many buffers, of what size.
     pub(crate) fn shape(&self) -> (u16, usize) {
         (self.count, self.size)
+    }
+
+    /// How many buffers circulate through the ring (the rest wait for [`BufRing::grow`]).
+    pub(crate) fn live(&self) -> u16 {
+        self.live
+    }
+
+    /// The kernel ran out of buffers (a receive failed with `ENOBUFS`): twice as many go
+    /// round from now on, up to all of them. Returns how many were added (0: all were live).
+    /// The ring's `count` entries hold every buffer, so it never overflows.
+    pub(crate) fn grow(&mut self) -> u16 {
+        let to = self.live.saturating_mul(2).min(self.count);
+        for bid in self.live..to {
+            self.push(bid);
+        }
+        let added = to - self.live;
+        self.live = to;
+        if added > 0 {
+            self.publish();
+        }
+        added
     }
 
     /// Whether buffers are consumed incrementally (`IOU_PBUF_RING_INC`).
@@ -218,7 +254,37 @@ mod tests {
         };
         assert_eq!(br.shape(), want);
         assert_eq!(br.bufs.len(), 4 << 20, "4 MiB either way");
+        assert_eq!(
+            br.live() as usize * br.shape().1,
+            START_BYTES,
+            "256 KiB go round at first"
+        );
         ring.submitter().unregister_buf_ring(3).expect("unregister");
+    }
+
+    /// Each `grow` doubles the buffers in the ring up to all of them; what goes in is the
+    /// buffers not yet handed out, each once, after the entries already there.
+    #[test]
+    fn the_ring_grows_by_doubling_up_to_every_buffer() {
+        let Ok(ring) = IoUring::new(8) else {
+            eprintln!("SKIPPED (io_uring unavailable)");
+            return;
+        };
+        let mut br = BufRing::new(&ring, Some((16, 64 * 1024)), 5).expect("register");
+        assert_eq!((br.live(), br.tail), (4, 4), "256 KiB of 64 KiB buffers");
+        assert_eq!(br.grow(), 4);
+        assert_eq!(br.grow(), 8);
+        assert_eq!((br.live(), br.tail), (16, 16));
+        assert_eq!(br.grow(), 0, "all are live");
+        assert_eq!(br.tail, 16, "nothing pushed twice");
+        // SAFETY: 16 entries were allocated; the kernel only reads them.
+        let bids: Vec<u16> = (0..16).map(|i| unsafe { (*br.entries.add(i)).bid() }).collect();
+        assert_eq!(bids, (0..16).collect::<Vec<u16>>());
+        // Buffers larger than START_BYTES: one at first.
+        let big = BufRing::new(&ring, Some((4, 512 * 1024)), 6).expect("register");
+        assert_eq!(big.live(), 1);
+        ring.submitter().unregister_buf_ring(5).expect("unregister");
+        ring.submitter().unregister_buf_ring(6).expect("unregister");
     }
 
     /// With incremental consumption each completion's bytes start where the buffer's

@@ -174,10 +174,14 @@ pub(crate) fn start<H: Handler>(
             let bufs = core.config().uring.buffers;
             let mut worker_rings = Vec::with_capacity(listeners.len());
             for (i, listener) in listeners.into_iter().enumerate() {
-                let ring = match i {
+                let mut ring = match i {
                     0 => Ring::new(table, bufs)?,
                     _ => Ring::new_secondary(table, bufs, wake_fd.as_raw_fd())?,
                 };
+                crate::runtime::stats::add_own(
+                    &core.stats().uring_bufs_live,
+                    u64::from(ring.bufs().live()),
+                );
                 worker_rings.push((ring, listener));
             }
             core.stats().uring_rings.fetch_add(

@@ -396,6 +396,10 @@ impl<H: Handler> Worker<H> {
             }
         } else if res == -libc::ENOBUFS {
             self.stats().recv_enobufs.fetch_add(1, Ordering::Relaxed);
+            let added = self.rings[r].ring.bufs().grow();
+            if added > 0 {
+                add_own(&self.stats().uring_bufs_live, u64::from(added));
+            }
             self.rearm.push(key);
         } else if res == 0 {
             // The peer is done sending; what it is owed still goes out.
