@@ -906,7 +906,7 @@ pub fn drive_conn(ops: &[ConnOp], small: bool, drop_policy: bool) {
         drop_policy,
         largest_frame: 0,
     };
-    let mut conn: Conn<u32> = Conn::new(now, cfg.limits);
+    let mut conn: Conn<u32> = Conn::new(now);
     let mut keys = KeyGen::new(0x5eed);
     // A close frame holds at most 2 + 125 bytes.
     let bound = |ev: &ConnEv| cfg.write_budget + ev.largest_frame + 127;

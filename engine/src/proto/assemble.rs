@@ -112,12 +112,21 @@ struct Assembly {
     delivered: bool,
 }
 
-/// Per-connection frame decoder and message assembler. 32 bytes while idle.
+/// Per-connection frame decoder and message assembler: [`Frames`] and the limits it
+/// enforces. 32 bytes while idle.
 #[derive(Debug)]
 pub struct Decoder {
+    frames: Frames,
+    limits: Limits,
+}
+
+/// A decoder's per-connection state without its limits (16 bytes while idle): what a
+/// server connection keeps in its slab entry, the limits being its worker's
+/// ([`super::conn::ConnConfig`]).
+#[derive(Debug)]
+pub(crate) struct Frames {
     role: Role,
     closed: bool,
-    limits: Limits,
     asm: Option<Box<Assembly>>,
 }
 
@@ -125,28 +134,25 @@ impl Decoder {
     /// A decoder for `role` with the given limits.
     pub fn new(role: Role, limits: Limits) -> Self {
         Decoder {
-            role,
-            closed: false,
+            frames: Frames::new(role),
             limits,
-            asm: None,
         }
     }
 
     /// Whether a message is being assembled (its buffer is allocated).
     pub fn is_assembling(&self) -> bool {
-        self.asm.as_ref().is_some_and(|a| !a.delivered)
+        self.frames.is_assembling()
     }
 
     /// Bytes held by the assembly buffer (0 while idle).
     pub fn buffered_capacity(&self) -> usize {
-        self.asm.as_ref().map_or(0, |a| a.buf.capacity())
+        self.frames.buffered_capacity()
     }
 
     /// Frees the assembly buffer of a message that will never be finished (the connection
     /// stops reading). The decoder must not be used afterwards.
     pub fn release(&mut self) {
-        self.asm = None;
-        self.closed = true;
+        self.frames.release();
     }
 
     /// Decodes from the start of `buf`, unmasking in place. See the module docs.
@@ -176,13 +182,46 @@ impl Decoder {
     pub fn decode_with<'a>(
         &'a mut self,
         buf: &'a mut [u8],
+        inflater: Option<&mut Inflater>,
+    ) -> Result<Step<'a>, ProtocolError> {
+        self.frames.decode_with(buf, inflater, self.limits)
+    }
+}
+
+impl Frames {
+    pub(crate) fn new(role: Role) -> Self {
+        Frames {
+            role,
+            closed: false,
+            asm: None,
+        }
+    }
+
+    pub(crate) fn is_assembling(&self) -> bool {
+        self.asm.as_ref().is_some_and(|a| !a.delivered)
+    }
+
+    pub(crate) fn buffered_capacity(&self) -> usize {
+        self.asm.as_ref().map_or(0, |a| a.buf.capacity())
+    }
+
+    pub(crate) fn release(&mut self) {
+        self.asm = None;
+        self.closed = true;
+    }
+
+    /// [`Decoder::decode_with`] under `limits`.
+    pub(crate) fn decode_with<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
         mut inflater: Option<&mut Inflater>,
+        limits: Limits,
     ) -> Result<Step<'a>, ProtocolError> {
         if self.asm.as_ref().is_some_and(|a| a.delivered) {
             self.asm = None;
         }
         if self.asm.as_ref().is_some_and(|a| a.frame_remaining > 0) {
-            return self.stream_payload(buf, 0, inflater);
+            return self.stream_payload(buf, 0, inflater, limits);
         }
         let (h, hlen) = match FrameHeader::parse(buf)? {
             Status::Complete(x) => x,
@@ -212,10 +251,10 @@ impl Decoder {
             _ => {}
         }
         // Control frames are bounded at 125 bytes by the header parser; the limit is for data.
-        if !h.opcode.is_control() && h.payload_len > self.limits.max_frame as u64 {
+        if !h.opcode.is_control() && h.payload_len > limits.max_frame as u64 {
             return Err(ProtocolError::FrameTooBig {
                 len: h.payload_len,
-                max: self.limits.max_frame,
+                max: limits.max_frame,
             });
         }
         // Bounded by max_frame, which is a usize: the cast below cannot truncate.
@@ -253,10 +292,10 @@ impl Decoder {
             _ => {}
         }
         let so_far = self.asm.as_ref().map_or(0, |a| a.buf.len()) as u64;
-        if so_far + h.payload_len > self.limits.max_message as u64 {
+        if so_far + h.payload_len > limits.max_message as u64 {
             return Err(ProtocolError::MessageTooBig {
                 len: so_far + h.payload_len,
-                max: self.limits.max_message,
+                max: limits.max_message,
             });
         }
         // A whole compressed message in one frame, wholly in the input: inflated straight
@@ -274,7 +313,7 @@ impl Decoder {
             }
             let asm = self.asm.insert(Assembly::boxed(h.opcode, true));
             asm.delivered = true;
-            let message = inflate_into(inf, payload, asm, self.limits.max_message)?;
+            let message = inflate_into(inf, payload, asm, limits.max_message)?;
             return Ok(Step {
                 consumed: hlen + len,
                 message: Some(message),
@@ -304,9 +343,9 @@ impl Decoder {
         asm.mask = h.mask;
         asm.phase = 0;
         if len == 0 {
-            return self.finish_frame(hlen, inflater);
+            return self.finish_frame(hlen, inflater, limits);
         }
-        self.stream_payload(&mut buf[hlen..], hlen, inflater)
+        self.stream_payload(&mut buf[hlen..], hlen, inflater, limits)
     }
 
     /// Moves the available bytes of the current frame's payload into the assembly buffer.
@@ -316,6 +355,7 @@ impl Decoder {
         buf: &'a mut [u8],
         already: usize,
         inflater: Option<&mut Inflater>,
+        limits: Limits,
     ) -> Result<Step<'a>, ProtocolError> {
         let asm = self.asm.as_mut().expect("stream_payload needs an assembly");
         let n = (asm.frame_remaining.min(buf.len() as u64)) as usize;
@@ -334,7 +374,7 @@ impl Decoder {
                 message: None,
             });
         }
-        self.finish_frame(already + n, inflater)
+        self.finish_frame(already + n, inflater, limits)
     }
 
     /// The current frame is complete: hand out the message if it was the last fragment.
@@ -342,6 +382,7 @@ impl Decoder {
         &mut self,
         consumed: usize,
         inflater: Option<&mut Inflater>,
+        limits: Limits,
     ) -> Result<Step<'_>, ProtocolError> {
         let asm = self.asm.as_mut().expect("finish_frame needs an assembly");
         if !asm.frame_fin {
@@ -356,7 +397,7 @@ impl Decoder {
             // frames all arrive through the same connection's calls.
             let inf = inflater.ok_or(ProtocolError::ReservedBits)?;
             let compressed = std::mem::take(&mut asm.buf);
-            let message = inflate_into(inf, &compressed, asm, self.limits.max_message)?;
+            let message = inflate_into(inf, &compressed, asm, limits.max_message)?;
             return Ok(Step {
                 consumed,
                 message: Some(message),

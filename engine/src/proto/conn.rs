@@ -42,7 +42,8 @@ use super::deflate::Inflater;
 use super::encode::encode_close_frame;
 use super::frame::{encode_header, OpCode};
 use super::handshake::HeadScanner;
-use super::{Decoded, Decoder, HandshakeError, Limits, ProtocolError, Role, Status};
+use super::assemble::Frames;
+use super::{Decoded, HandshakeError, Limits, ProtocolError, Role, Status};
 use std::time::{Duration, Instant};
 
 /// The limits and deadlines of a connection, shared by all of a worker's connections.
@@ -199,10 +200,9 @@ enum Phase<S> {
     },
     Closing {
         app: S,
-        /// Our close code and reason, reported to `on_close`.
-        code: CloseCode,
-        reason: Box<str>,
-        since: Stamp,
+        /// Our close: boxed, because only a closing connection needs it, and inline it was
+        /// 32 bytes of every slab entry.
+        ours: Box<OurClose>,
     },
     Draining {
         since: Stamp,
@@ -210,6 +210,15 @@ enum Phase<S> {
         shut: bool,
     },
     Closed,
+}
+
+/// The close we sent, while we wait for the peer's: reported to `on_close` when the
+/// handshake ends (or the connection drops first).
+#[derive(Debug)]
+struct OurClose {
+    code: CloseCode,
+    reason: Box<str>,
+    since: Stamp,
 }
 
 /// A time as nanoseconds since the connection was accepted ([`Conn::born`]), plus one (so
@@ -251,7 +260,7 @@ impl Tail {
 #[derive(Debug)]
 pub struct Conn<S> {
     phase: Phase<S>,
-    decoder: Decoder,
+    decoder: Frames,
     /// Received bytes not consumed yet: part of a request head, a frame header or a control
     /// frame. Empty (no allocation) almost always.
     tail: Tail,
@@ -272,15 +281,16 @@ pub struct Conn<S> {
 }
 
 impl<S> Conn<S> {
-    /// A connection accepted at `now`, waiting for its request head.
-    pub fn new(now: Instant, limits: Limits) -> Self {
+    /// A connection accepted at `now`, waiting for its request head. Its limits are the
+    /// [`ConnConfig`] given to each call.
+    pub fn new(now: Instant) -> Self {
         Conn {
             phase: Phase::Handshake {
                 scanner: HeadScanner::new(),
                 since: Stamp::ZERO,
             },
             born: now,
-            decoder: Decoder::new(Role::Server, limits),
+            decoder: Frames::new(Role::Server),
             tail: Tail::default(),
             last_rx: Stamp::ZERO,
             ping_sent: None,
@@ -367,9 +377,8 @@ impl<S> Conn<S> {
                 let msg = self.message_deadline(cfg);
                 [ping, idle, msg].into_iter().flatten().min()
             }
-            Phase::Closing { since, .. } | Phase::Draining { since, .. } => {
-                self.at(*since).checked_add(cfg.close_timeout)
-            }
+            Phase::Closing { ours, .. } => self.at(ours.since).checked_add(cfg.close_timeout),
+            Phase::Draining { since, .. } => self.at(*since).checked_add(cfg.close_timeout),
             Phase::Closed => None,
         }
     }
@@ -422,10 +431,8 @@ impl<S> Conn<S> {
                 ev.close(app, CloseCode::ABNORMAL, "connection dropped");
                 self.drain(now, ev);
             }
-            Phase::Closing {
-                app, code, reason, ..
-            } => {
-                ev.close(app, code, &reason);
+            Phase::Closing { app, ours } => {
+                ev.close(app, ours.code, &ours.reason);
                 self.drain(now, ev);
             }
             Phase::Draining { shut: true, .. } => self.release(ev),
@@ -443,12 +450,7 @@ impl<S> Conn<S> {
     pub fn abort<E: Events<S>>(&mut self, code: CloseCode, reason: &str, ev: &mut E) {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Open { app } => ev.close(app, code, reason),
-            Phase::Closing {
-                app,
-                code: c,
-                reason: r,
-                ..
-            } => ev.close(app, c, &r),
+            Phase::Closing { app, ours } => ev.close(app, ours.code, &ours.reason),
             Phase::Awaiting { .. } => ev.upgrade_settled(),
             _ => {}
         }
@@ -464,9 +466,11 @@ impl<S> Conn<S> {
                 send_close(code, reason, ev);
                 self.phase = Phase::Closing {
                     app,
-                    code,
-                    reason: reason.into(),
-                    since: self.stamp(now),
+                    ours: Box::new(OurClose {
+                        code,
+                        reason: reason.into(),
+                        since: self.stamp(now),
+                    }),
                 };
             }
             Phase::Handshake { .. } => self.abort(CloseCode::ABNORMAL, "", ev),
@@ -702,7 +706,7 @@ impl<S> Conn<S> {
     ) -> usize {
         let mut pos = 0;
         loop {
-            let step = match self.decoder.decode_with(&mut buf[pos..], ev.inflater()) {
+            let step = match self.decoder.decode_with(&mut buf[pos..], ev.inflater(), cfg.limits) {
                 Ok(s) => s,
                 Err(e) => {
                     ev.protocol_error(&e);
@@ -782,13 +786,8 @@ impl<S> Conn<S> {
                 ev.close(app, code, reason);
                 self.drain(now, ev);
             }
-            Phase::Closing {
-                app,
-                code: c,
-                reason: r,
-                ..
-            } => {
-                ev.close(app, c, &r);
+            Phase::Closing { app, ours } => {
+                ev.close(app, ours.code, &ours.reason);
                 self.drain(now, ev);
             }
             other => self.phase = other,

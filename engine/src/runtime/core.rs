@@ -529,7 +529,7 @@ impl<H: Handler, Io> Core<H, Io> {
             io,
             out: WriteQueue::default(),
             gen,
-            machine: machine::Conn::new(self.now, self.conn_cfg.limits),
+            machine: machine::Conn::new(self.now),
             subs: None,
             timer_tick: 0,
             dirty: false,
@@ -1354,7 +1354,9 @@ mod tests {
     fn a_connection_slab_entry_stays_small() {
         use std::mem::size_of;
         assert!(size_of::<super::WriteQueue>() <= 56);
-        assert!(size_of::<crate::proto::conn::Conn<()>>() <= 136);
-        assert!(size_of::<super::Conn<(), mio::net::TcpStream>>() <= 224);
+        assert!(size_of::<crate::proto::conn::Conn<()>>() <= 112);
+        assert!(size_of::<super::Conn<(), mio::net::TcpStream>>() <= 200);
+        // An application state of one pointer (the volley binary's) costs no more.
+        assert!(size_of::<super::Conn<Option<Box<u8>>, mio::net::TcpStream>>() <= 200);
     }
 }

@@ -57,16 +57,18 @@ pub struct Reference {
     pub max_keys_per_event: usize,
 }
 
-/// Per-connection state.
+/// Per-connection state: 8 bytes in the connection's slab entry, allocated only while a
+/// mode needs it (notify: from the upgrade to `on_open`; pubsub: from the first publish).
 #[derive(Default)]
-pub struct State {
-    /// notify: the key from `/?id=KEY`.
+pub struct State(Option<Box<Extra>>);
+
+#[derive(Default)]
+struct Extra {
+    /// notify: the key from `/?id=KEY`, until `on_open` binds the connection to it.
     key: Option<Box<str>>,
     /// pubsub: topics of publishes awaiting their receipt, in order (receipts of one
     /// connection's publishes complete in the order they were made).
-    /// Boxed: a connection that never publishes keeps 8 bytes for it, not a `VecDeque`'s 32.
-    #[allow(clippy::box_collection)]
-    pending_pubs: Option<Box<std::collections::VecDeque<Box<str>>>>,
+    pending_pubs: std::collections::VecDeque<Box<str>>,
 }
 
 /// Parses a binary notify envelope: `0x01`, u16 BE key count, (u8 length, key bytes) per
@@ -170,7 +172,7 @@ impl Reference {
                     ctx.send_text("-ERR invalid topic");
                     return;
                 }
-                let pending = state.pending_pubs.get_or_insert_with(Default::default);
+                let pending = &mut state.0.get_or_insert_with(Default::default).pending_pubs;
                 if pending.len() >= 1024 {
                     return ctx.close(CloseCode::POLICY_VIOLATION, "too many publishes in flight");
                 }
@@ -199,10 +201,10 @@ impl Handler for Reference {
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("id="));
             return match id {
-                Some(id) if valid_name(id) => Ok(State {
+                Some(id) if valid_name(id) => Ok(State(Some(Box::new(Extra {
                     key: Some(id.into()),
-                    ..State::default()
-                }),
+                    ..Extra::default()
+                })))),
                 Some(_) => Err(Reject::new(
                     400,
                     "id must be 1-128 bytes of [A-Za-z0-9_.:-/]",
@@ -226,8 +228,8 @@ impl Handler for Reference {
 
     fn on_open(&mut self, ctx: &mut Ctx<'_>, state: &mut State) {
         // notify: the key was validated in on_upgrade; the connection is bound to it here.
-        if let Some(k) = &state.key {
-            ctx.bind_key(k);
+        if let Some(k) = state.0.take().and_then(|e| e.key) {
+            ctx.bind_key(&k);
         }
     }
 
@@ -259,9 +261,9 @@ impl Handler for Reference {
             }
             _ => {
                 let topic = state
-                    .pending_pubs
+                    .0
                     .as_mut()
-                    .and_then(|p| p.pop_front())
+                    .and_then(|e| e.pending_pubs.pop_front())
                     .unwrap_or_default();
                 ctx.send_text(&format!("+PUB {topic} {reached}"));
             }

@@ -174,7 +174,7 @@ impl Sim {
             t0,
             now: t0,
             cfg,
-            conn: Conn::new(t0, cfg.limits),
+            conn: Conn::new(t0),
             ev: Ev::new(&cfg),
         }
     }
