@@ -15,12 +15,17 @@ pub(crate) fn millis(d: std::time::Duration) -> u64 {
 
 /// Slots in the wheel; with 100 ms ticks one revolution is 51.2 s.
 const SLOTS: usize = 512;
+/// The last tick an [`Entry`] can name (69 years of ticks of a millisecond or more).
+const LAST_TICK: u64 = u32::MAX as u64 * SLOTS as u64 + (SLOTS as u64 - 1);
 
+/// 12 bytes, not 16: the due tick is `rev * SLOTS` plus the index of the slot that holds
+/// the entry (a u32 of revolutions lasts 2^32 * 512 ticks, 69 years at 1 ms a tick; a
+/// later due tick is [`LAST_TICK`], which is never in practice).
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     key: u32,
     gen: u32,
-    due: u64,
+    rev: u32,
 }
 
 /// The wheel. Time is in ticks since the worker started.
@@ -45,10 +50,12 @@ impl TimerWheel {
         self.len == 0
     }
 
-    /// Schedules `(key, gen)` to fire at tick `due` (or at the next tick, if `due` is past).
+    /// Schedules `(key, gen)` to fire at tick `due` (or at the next tick, if `due` is past;
+    /// at [`LAST_TICK`] if later). Returns the tick it will fire at.
     pub(crate) fn schedule(&mut self, key: u32, gen: u32, due: u64) -> u64 {
-        let due = due.max(self.current);
-        self.slots[(due % SLOTS as u64) as usize].push(Entry { key, gen, due });
+        let due = due.max(self.current).min(LAST_TICK);
+        let rev = (due / SLOTS as u64) as u32;
+        self.slots[(due % SLOTS as u64) as usize].push(Entry { key, gen, rev });
         self.len += 1;
         due
     }
@@ -60,11 +67,13 @@ impl TimerWheel {
         }
         let steps = (now - self.current + 1).min(SLOTS as u64);
         for i in 0..steps {
-            let slot = &mut self.slots[((self.current + i) % SLOTS as u64) as usize];
+            let index = (self.current + i) % SLOTS as u64;
+            let slot = &mut self.slots[index as usize];
             let before = slot.len();
             slot.retain(|e| {
-                if e.due <= now {
-                    out.push((e.key, e.gen, e.due));
+                let due = u64::from(e.rev) * SLOTS as u64 + index;
+                if due <= now {
+                    out.push((e.key, e.gen, due));
                     false
                 } else {
                     true
@@ -117,5 +126,28 @@ mod tests {
         out.clear();
         w.expire(10_001, &mut out);
         assert_eq!(out, vec![(4, 1, 10_001)]);
+    }
+
+    /// An entry keeps its due tick as revolutions (u32) and its slot: a tick far in the
+    /// future (hours, years) comes back exact, and one past what it can name fires at
+    /// `LAST_TICK` (and `schedule` says so, so the caller's copy of it matches).
+    #[test]
+    fn far_due_ticks_come_back_exact_or_at_the_last_tick() {
+        let mut w = TimerWheel::new();
+        let hour = 3_600_000 + 7;
+        assert_eq!(w.schedule(1, 9, hour), hour);
+        assert_eq!(w.schedule(2, 3, u64::MAX), LAST_TICK);
+        let mut out = Vec::new();
+        w.expire(hour - 1, &mut out);
+        assert!(out.is_empty());
+        w.expire(hour, &mut out);
+        assert_eq!(out, vec![(1, 9, hour)]);
+        out.clear();
+        w.expire(LAST_TICK - 1, &mut out);
+        assert!(out.is_empty());
+        w.expire(LAST_TICK, &mut out);
+        assert_eq!(out, vec![(2, 3, LAST_TICK)]);
+        assert!(w.is_empty());
+        assert_eq!(std::mem::size_of::<Entry>(), 12);
     }
 }

@@ -10,6 +10,7 @@ use crate::handler::Handler;
 use crate::runtime::core::AfterFlush;
 use io_uring::{cqueue, opcode, types};
 use std::io::IoSlice;
+use std::num::NonZeroU32;
 
 /// Iovecs per sendmsg.
 const MAX_IOV: usize = 64;
@@ -80,7 +81,8 @@ impl<H: Handler> Worker<H> {
             slot.hdr.msg_iov = slot.iov.as_mut_ptr();
             slot.hdr.msg_iovlen = filled as _;
             let hdr: *const libc::msghdr = &slot.hdr;
-            conn.io.send = Some(slot_id as u32);
+            // One send slot at most per connection: far fewer than u32::MAX.
+            conn.io.send = NonZeroU32::new(slot_id as u32 + 1);
             if zc {
                 opcode::SendMsgZc::new(fd, hdr)
                     .flags(libc::MSG_NOSIGNAL as u32)
@@ -124,7 +126,7 @@ impl<H: Handler> Worker<H> {
             return;
         };
         if let Some(s) = conn.io.send.take() {
-            let slot = self.sends.remove(s as usize);
+            let slot = self.sends.remove(s.get() as usize - 1);
             self.send_pool.push(slot);
         }
         let written = res.max(0) as usize;
