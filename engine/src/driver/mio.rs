@@ -224,9 +224,22 @@ impl<H: Handler> Worker<H> {
         self.accept_pending = true;
     }
 
+    /// Reads what `key` has, then writes what that produced for it at once: the answers
+    /// are still in the cache (a 16 KiB echo queued and sent at the end of the turn, after
+    /// the other connections' reads, cost the kernel's copy from user memory 5x what an
+    /// immediate send does; docs/benchmarks.md, "Issue 14, fourth session"). Output for
+    /// other connections (broadcasts) waits for the end of the turn as before.
+    fn read(&mut self, key: usize, to_end: bool) {
+        self.read_socket(key, to_end);
+        if self.core.is_dirty(key) {
+            self.core.prepare_flush(key);
+            self.flush_one(key);
+        }
+    }
+
     /// Reads what `key` has. A short read means the socket is drained (a later arrival raises
     /// a new edge), unless `to_end`: the peer has closed its side, so read until EOF.
-    fn read(&mut self, key: usize, to_end: bool) {
+    fn read_socket(&mut self, key: usize, to_end: bool) {
         for _ in 0..MAX_READS {
             // Not while the connection's queue is over its budget (read backpressure): with
             // edge-triggered readiness nothing more is reported for it, and
@@ -259,7 +272,10 @@ impl<H: Handler> Worker<H> {
     fn flush(&mut self) {
         let mut dirty = self.core.take_dirty();
         for key in dirty.drain(..) {
-            self.flush_one(key);
+            // Flushed already this turn, right after its read (see `read`), or listed twice.
+            if self.core.is_dirty(key) {
+                self.flush_one(key);
+            }
         }
         self.core.give_dirty(dirty);
     }

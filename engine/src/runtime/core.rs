@@ -916,6 +916,21 @@ impl<H: Handler, Io> Core<H, Io> {
         dirty
     }
 
+    /// Whether `key` waits to be flushed this turn (it has output, or a pong or a shutdown
+    /// is owed) and is not dead.
+    pub(crate) fn is_dirty(&self, key: usize) -> bool {
+        self.conns.get(key).is_some_and(|c| c.dirty && !c.dead)
+    }
+
+    /// Gets `key` ready to be flushed ahead of the turn's other connections (the pong it
+    /// owes queued first, as [`Core::take_dirty`] does): a backend that has just read from
+    /// it writes its answers while they are still in the cache. The key stays in the turn's
+    /// list; [`Core::after_flush`] clears its mark, and the backend skips it there
+    /// ([`Core::is_dirty`]).
+    pub(crate) fn prepare_flush(&mut self, key: usize) {
+        self.with_conn(key, |m, ev, cfg| m.poll_transmit(cfg, ev));
+    }
+
     /// Returns the (drained) vector from [`Core::take_dirty`], to reuse its allocation.
     pub(crate) fn give_dirty(&mut self, mut dirty: Vec<usize>) {
         if self.dirty.is_empty() {
