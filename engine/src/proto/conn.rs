@@ -37,12 +37,12 @@
 //! * A message must be complete within `message_timeout` of its first byte, and the bytes
 //!   a worker holds in incomplete messages are bounded by [`Held`] (1013 past it).
 
+use super::assemble::Frames;
 use super::close::CloseCode;
 use super::deflate::Inflater;
 use super::encode::encode_close_frame;
 use super::frame::{encode_header, OpCode};
 use super::handshake::HeadScanner;
-use super::assemble::Frames;
 use super::{Decoded, HandshakeError, Limits, ProtocolError, Role, Status};
 use std::time::{Duration, Instant};
 
@@ -706,7 +706,10 @@ impl<S> Conn<S> {
     ) -> usize {
         let mut pos = 0;
         loop {
-            let step = match self.decoder.decode_with(&mut buf[pos..], ev.inflater(), cfg.limits) {
+            let step = match self
+                .decoder
+                .decode_with(&mut buf[pos..], ev.inflater(), cfg.limits)
+            {
                 Ok(s) => s,
                 Err(e) => {
                     ev.protocol_error(&e);

@@ -278,7 +278,9 @@ mod tests {
         assert_eq!(br.grow(), 0, "all are live");
         assert_eq!(br.tail, 16, "nothing pushed twice");
         // SAFETY: 16 entries were allocated; the kernel only reads them.
-        let bids: Vec<u16> = (0..16).map(|i| unsafe { (*br.entries.add(i)).bid() }).collect();
+        let bids: Vec<u16> = (0..16)
+            .map(|i| unsafe { (*br.entries.add(i)).bid() })
+            .collect();
         assert_eq!(bids, (0..16).collect::<Vec<u16>>());
         // Buffers larger than START_BYTES: one at first.
         let big = BufRing::new(&ring, Some((4, 512 * 1024)), 6).expect("register");
