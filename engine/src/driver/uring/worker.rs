@@ -48,6 +48,8 @@ pub(super) struct Worker<H: Handler> {
     /// The result of the wake-up read completed in this batch: the inbox is drained after
     /// the batch's other completions (see `reap_completions`).
     pub(super) woken: Option<i32>,
+    /// Bytes of sends queued since the last submission by [`Worker::send_early`].
+    pub(super) early_bytes: usize,
 }
 
 impl<H: Handler> Drop for Worker<H> {
@@ -93,6 +95,7 @@ impl<H: Handler> Worker<H> {
             cqes: Vec::with_capacity(1024),
             rearm: Vec::new(),
             woken: None,
+            early_bytes: 0,
         };
         for (ring, listener) in rings {
             // Accepted sockets inherit TCP_NODELAY from the listener (there is no fd to set
@@ -179,6 +182,7 @@ impl<H: Handler> Worker<H> {
             }
             // Sleep only when nothing is waiting to be handled.
             let wait = !self.has_completions();
+            self.early_bytes = 0;
             self.rings[0].ring.submit(wait, timeout)?;
             self.core.update_now();
             let queued = self.stats().deliveries.load(Ordering::Relaxed);
@@ -381,6 +385,7 @@ impl<H: Handler> Worker<H> {
                         self.rings[r].ring.bufs().recycle(bid);
                     }
                     sub_own(&self.stats().uring_bufs_held, 1);
+                    self.send_early(key, r);
                     if !more {
                         self.rearm.push(key);
                     } else if !self.core.wants_read(key) {
