@@ -12,11 +12,11 @@
 //!
 //! Not all buffers are handed to the kernel at first: [`START_BYTES`] worth go into the
 //! ring, the rest wait, and each time a receive runs out (`ENOBUFS`) the ring takes twice as
-//! many, up to all of them ([`BufRing::grow`]). The kernel takes buffers in ring order, so a
-//! ring of few buffers keeps reusing the same memory: it stays in the cache (a 16 KiB
-//! message received into a 4 MiB ring cycled end to end cost 1.5-3x more to copy and to
-//! unmask than into mio's one 256 KiB buffer), and a worker that accepted thousands of
-//! handshakes touched 256 KiB of buffers, not 4 MiB (docs/benchmarks.md).
+//! many, up to all of them ([`BufRing::grow`]). The kernel takes buffers in ring order, so
+//! with all of them in the ring a worker that accepted 10,000 handshakes had touched most
+//! of its 4 MiB; now it touches 256 KiB, and a ring grows only as far as its bursts need
+//! (200 connections echoing 16 KiB each need all 64 x 64 KiB: a batch of receives is copied
+//! before the worker handles any; docs/benchmarks.md, "Issue 14, fourth session").
 #![allow(unsafe_code)]
 
 use io_uring::types::BufRingEntry;
