@@ -509,17 +509,21 @@ fn running_out_of_receive_buffers_loses_nothing(b: Backend) {
 }
 
 fn the_receive_ring_grows_when_it_runs_out(b: Backend) {
-    // One worker, 16 x 64 KiB: 4 of them (256 KiB) circulate at first. 40 connections
-    // sending 256 KiB each at once exhaust them; the ring takes more (up to all 16) and
-    // loses no byte.
+    // One worker, 16 x 64 KiB: 1 of them circulates at first (4, 256 KiB, where the kernel
+    // does not consume buffers incrementally). 40 connections sending 256 KiB each at once
+    // exhaust them; the ring takes more (up to all 16) and loses no byte.
     let srv = TestServer::start(TestServer::config(b).workers(1).uring_buffers(16, 65536));
     let live = |srv: &TestServer| srv.handle().stats().uring_bufs_live;
+    let start = live(&srv);
     if b == Backend::Uring {
-        assert_eq!(live(&srv), 4, "256 KiB of buffers at first");
+        assert!(
+            matches!(start, 1 | 4),
+            "64 or 256 KiB of buffers at first: {start}"
+        );
     }
     burst_of_large_messages(&srv, b, 256 * 1024);
     if b == Backend::Uring {
-        assert!(live(&srv) > 4, "the ring grew: {} buffers", live(&srv));
+        assert!(live(&srv) > start, "the ring grew: {} buffers", live(&srv));
         assert!(live(&srv) <= 16, "never past the configured count");
     } else {
         assert_eq!(live(&srv), 0, "mio has no ring");

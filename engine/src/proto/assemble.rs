@@ -117,16 +117,17 @@ struct Assembly {
 #[derive(Debug)]
 pub struct Decoder {
     frames: Frames,
+    role: Role,
+    /// A close frame was decoded (or the decoder released): nothing more is.
+    closed: bool,
     limits: Limits,
 }
 
-/// A decoder's per-connection state without its limits (16 bytes while idle): what a
-/// server connection keeps in its slab entry, the limits being its worker's
-/// ([`super::conn::ConnConfig`]).
+/// A decoder's per-connection state without its role, limits and closed flag (8 bytes
+/// while idle): what a server connection keeps in its slab entry, the limits being its
+/// worker's ([`super::conn::ConnConfig`]) and the flag the machine's own.
 #[derive(Debug)]
 pub(crate) struct Frames {
-    role: Role,
-    closed: bool,
     asm: Option<Box<Assembly>>,
 }
 
@@ -134,7 +135,9 @@ impl Decoder {
     /// A decoder for `role` with the given limits.
     pub fn new(role: Role, limits: Limits) -> Self {
         Decoder {
-            frames: Frames::new(role),
+            frames: Frames::new(),
+            role,
+            closed: false,
             limits,
         }
     }
@@ -153,6 +156,7 @@ impl Decoder {
     /// stops reading). The decoder must not be used afterwards.
     pub fn release(&mut self) {
         self.frames.release();
+        self.closed = true;
     }
 
     /// Decodes from the start of `buf`, unmasking in place. See the module docs.
@@ -184,17 +188,14 @@ impl Decoder {
         buf: &'a mut [u8],
         inflater: Option<&mut Inflater>,
     ) -> Result<Step<'a>, ProtocolError> {
-        self.frames.decode_with(buf, inflater, self.limits)
+        self.frames
+            .decode_with(buf, inflater, self.limits, self.role, &mut self.closed)
     }
 }
 
 impl Frames {
-    pub(crate) fn new(role: Role) -> Self {
-        Frames {
-            role,
-            closed: false,
-            asm: None,
-        }
+    pub(crate) fn new() -> Self {
+        Frames { asm: None }
     }
 
     pub(crate) fn is_assembling(&self) -> bool {
@@ -205,17 +206,27 @@ impl Frames {
         self.asm.as_ref().map_or(0, |a| a.buf.capacity())
     }
 
+    /// Frees the assembly buffer (the caller marks itself closed: nothing more is decoded).
     pub(crate) fn release(&mut self) {
         self.asm = None;
-        self.closed = true;
     }
 
-    /// [`Decoder::decode_with`] under `limits`.
+    /// Frees the buffer of a message already handed out (which the next call would free).
+    pub(crate) fn drop_delivered(&mut self) {
+        if self.asm.as_ref().is_some_and(|a| a.delivered) {
+            self.asm = None;
+        }
+    }
+
+    /// [`Decoder::decode_with`] under `limits`, for `role`; `closed` is set once a close
+    /// frame is decoded (and data after it refused).
     pub(crate) fn decode_with<'a>(
         &'a mut self,
         buf: &'a mut [u8],
         mut inflater: Option<&mut Inflater>,
         limits: Limits,
+        role: Role,
+        closed: &mut bool,
     ) -> Result<Step<'a>, ProtocolError> {
         if self.asm.as_ref().is_some_and(|a| a.delivered) {
             self.asm = None;
@@ -232,7 +243,7 @@ impl Frames {
                 })
             }
         };
-        if self.closed {
+        if *closed {
             return Err(ProtocolError::DataAfterClose);
         }
         let rsv1 = h.rsv & 0b100 != 0;
@@ -245,7 +256,7 @@ impl Frames {
         if rsv1 && h.opcode == OpCode::Continuation {
             return Err(ProtocolError::CompressedContinuation);
         }
-        match (self.role, h.mask.is_some()) {
+        match (role, h.mask.is_some()) {
             (Role::Server, false) => return Err(ProtocolError::UnmaskedClientFrame),
             (Role::Client, true) => return Err(ProtocolError::MaskedServerFrame),
             _ => {}
@@ -274,7 +285,7 @@ impl Frames {
                 OpCode::Ping => Decoded::Ping(payload),
                 OpCode::Pong => Decoded::Pong(payload),
                 _ => {
-                    self.closed = true;
+                    *closed = true;
                     Decoded::Close(parse_close_payload(payload)?)
                 }
             };

@@ -199,10 +199,10 @@ enum Phase<S> {
         app: S,
     },
     Closing {
-        app: S,
-        /// Our close: boxed, because only a closing connection needs it, and inline it was
-        /// 32 bytes of every slab entry.
-        ours: Box<OurClose>,
+        /// The application's state and our close: boxed, because only a closing connection
+        /// needs the close, and inline it was 32 bytes of every slab entry (with the state
+        /// beside it, 8 more).
+        ours: Box<OurClose<S>>,
     },
     Draining {
         since: Stamp,
@@ -215,45 +215,65 @@ enum Phase<S> {
 /// The close we sent, while we wait for the peer's: reported to `on_close` when the
 /// handshake ends (or the connection drops first).
 #[derive(Debug)]
-struct OurClose {
+struct OurClose<S> {
+    app: S,
     code: CloseCode,
     reason: Box<str>,
     since: Stamp,
 }
 
-/// A time as nanoseconds since the connection was accepted ([`Conn::born`]), plus one (so
-/// `Option<Stamp>` takes 8 bytes). A connection keeps four times; as `Instant`s (16 bytes
-/// each) they were a fifth of an idle connection's slab entry.
+/// A time as signed nanoseconds from [`EPOCH`], stored offset by 2^63 (so `Option<Stamp>`
+/// takes 8 bytes). A connection keeps several times; as `Instant`s (16 bytes each), plus
+/// one for the connection's own origin, they were a fifth of an idle connection's slab
+/// entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp(std::num::NonZeroU64);
 
+/// The origin of every [`Stamp`]: the first `now` any connection was given. Not a clock
+/// read (the machine stays sans-IO, and a simulated clock works as well): any later or
+/// earlier `Instant` is a signed offset from it, good for 292 years either way.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+const STAMP_ZERO: i128 = 1 << 63;
+
 impl Stamp {
-    const ZERO: Stamp = Stamp(std::num::NonZeroU64::MIN);
+    fn of(now: Instant) -> Stamp {
+        let epoch = *EPOCH.get_or_init(|| now);
+        let ns: i128 = match now.checked_duration_since(epoch) {
+            Some(d) => d.as_nanos() as i128,
+            None => -((epoch - now).as_nanos() as i128),
+        };
+        let v = (ns + STAMP_ZERO).clamp(1, u64::MAX as i128) as u64;
+        Stamp(std::num::NonZeroU64::new(v).unwrap_or(std::num::NonZeroU64::MIN))
+    }
+
+    fn at(self) -> Instant {
+        let epoch = *EPOCH.get().expect("a stamp was made, so the epoch is set");
+        let ns = self.0.get() as i128 - STAMP_ZERO;
+        let d = std::time::Duration::from_nanos(ns.unsigned_abs() as u64);
+        if ns >= 0 {
+            epoch.checked_add(d).unwrap_or(epoch)
+        } else {
+            epoch.checked_sub(d).unwrap_or(epoch)
+        }
+    }
 }
 
-/// Received bytes not consumed yet, boxed: an idle connection (whose tail is empty) keeps 8
-/// bytes for it in its slab entry instead of a `Vec`'s 24.
-/// The box is allocated when a tail starts and travels with its bytes (`take`/`put`) while
-/// reads continue it, so a frame spanning several reads costs one box, not one per read.
+/// What a connection keeps between reads while a frame or message is unfinished, boxed:
+/// an idle connection keeps 8 bytes for it in its slab entry instead of 40. The box exists
+/// while `tail` is not empty or a message is being assembled, and is freed when neither is
+/// true after a read. Its tail travels out of it and back (`take_tail`/`put_tail`) while a
+/// read continues it, so a frame spanning several reads costs one buffer, not one per read.
 #[derive(Debug, Default)]
-#[allow(clippy::box_collection)] // the box is the point: 8 bytes in the slab entry
-struct Tail(Option<Box<Vec<u8>>>);
-
-#[allow(clippy::box_collection)] // the box travels with the bytes (see above)
-impl Tail {
-    fn is_empty(&self) -> bool {
-        self.0.as_ref().map_or(true, |v| v.is_empty())
-    }
-
-    /// The bytes (in their box), leaving the tail empty.
-    fn take(&mut self) -> Box<Vec<u8>> {
-        self.0.take().unwrap_or_default()
-    }
-
-    /// Keeps `v` as the tail; an empty one is freed.
-    fn put(&mut self, v: Box<Vec<u8>>) {
-        self.0 = (!v.is_empty()).then_some(v);
-    }
+struct Partial {
+    /// Received bytes not consumed yet: part of a request head, a frame header or a control
+    /// frame.
+    tail: Vec<u8>,
+    /// When the first byte of the message being received arrived.
+    msg_start: Option<Stamp>,
+    /// This connection's share of [`Held::bytes`] (its assembly buffer's capacity, as last
+    /// counted).
+    held: usize,
 }
 
 /// One server connection's protocol machine. See the module docs.
@@ -261,23 +281,21 @@ impl Tail {
 pub struct Conn<S> {
     phase: Phase<S>,
     decoder: Frames,
-    /// Received bytes not consumed yet: part of a request head, a frame header or a control
-    /// frame. Empty (no allocation) almost always.
-    tail: Tail,
-    /// When the connection was accepted: the origin of its [`Stamp`]s.
-    born: Instant,
+    /// The unfinished frame or message, if any (`None`, no allocation, almost always).
+    partial: Option<Box<Partial>>,
     last_rx: Stamp,
-    ping_sent: Option<Stamp>,
-    /// When the first byte of the message being received arrived.
-    msg_start: Option<Stamp>,
+    /// A ping was sent and nothing arrived since: how late it went out, in milliseconds
+    /// after `last_rx + ping_interval` (plus one; saturating at 49 days). 4 bytes where the
+    /// time it was sent took 8.
+    ping_late: Option<std::num::NonZeroU32>,
     /// The pong owed for the latest ping, not yet in the write queue.
     /// Boxed (8 bytes in the slab entry, not 16), and reused by the next ping that waits.
     #[allow(clippy::box_collection)]
     pong: Option<Box<Vec<u8>>>,
-    /// This connection's share of [`Held::bytes`].
-    held: usize,
     /// The peer shut its write side.
     eof: bool,
+    /// The decoder saw the peer's close frame, or was released: nothing more is decoded.
+    decoded_close: bool,
 }
 
 impl<S> Conn<S> {
@@ -287,31 +305,24 @@ impl<S> Conn<S> {
         Conn {
             phase: Phase::Handshake {
                 scanner: HeadScanner::new(),
-                since: Stamp::ZERO,
+                since: Stamp::of(now),
             },
-            born: now,
-            decoder: Frames::new(Role::Server),
-            tail: Tail::default(),
-            last_rx: Stamp::ZERO,
-            ping_sent: None,
-            msg_start: None,
+            decoder: Frames::new(),
+            partial: None,
+            last_rx: Stamp::of(now),
+            ping_late: None,
             pong: None,
-            held: 0,
             eof: false,
+            decoded_close: false,
         }
     }
 
-    /// `now` as a [`Stamp`] of this connection (a time before it was accepted counts as
-    /// then; 584 years after it, time stops).
     fn stamp(&self, now: Instant) -> Stamp {
-        let ns = now.saturating_duration_since(self.born).as_nanos();
-        let ns = u64::try_from(ns).unwrap_or(u64::MAX - 1).min(u64::MAX - 1);
-        Stamp(std::num::NonZeroU64::MIN.saturating_add(ns))
+        Stamp::of(now)
     }
 
-    /// The instant a [`Stamp`] of this connection stands for.
     fn at(&self, s: Stamp) -> Instant {
-        self.born + std::time::Duration::from_nanos(s.0.get() - 1)
+        s.at()
     }
 
     /// Whether the connection is open (messages and events may be sent to it).
@@ -349,13 +360,46 @@ impl<S> Conn<S> {
 
     /// Bytes this connection holds in an incomplete message.
     pub fn held(&self) -> usize {
-        self.held
+        self.partial.as_ref().map_or(0, |p| p.held)
+    }
+
+    fn tail_is_empty(&self) -> bool {
+        self.partial.as_ref().map_or(true, |p| p.tail.is_empty())
+    }
+
+    /// The unconsumed bytes, leaving the tail empty (the rest of the partial state stays).
+    fn take_tail(&mut self) -> Vec<u8> {
+        self.partial
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.tail))
+            .unwrap_or_default()
+    }
+
+    /// Keeps `v` as the tail (an empty one keeps no buffer); frees the box if nothing in it
+    /// is left.
+    fn put_tail(&mut self, v: Vec<u8>) {
+        match &mut self.partial {
+            Some(p) => {
+                p.tail = if v.is_empty() { Vec::new() } else { v };
+                if p.tail.is_empty() && p.msg_start.is_none() && p.held == 0 {
+                    self.partial = None;
+                }
+            }
+            None if !v.is_empty() => {
+                self.partial = Some(Box::new(Partial {
+                    tail: v,
+                    ..Partial::default()
+                }));
+            }
+            None => {}
+        }
     }
 
     /// The application's state while the connection is open or closing.
     pub fn app_mut(&mut self) -> Option<&mut S> {
         match &mut self.phase {
-            Phase::Open { app } | Phase::Closing { app, .. } => Some(app),
+            Phase::Open { app } => Some(app),
+            Phase::Closing { ours } => Some(&mut ours.app),
             _ => None,
         }
     }
@@ -367,9 +411,14 @@ impl<S> Conn<S> {
                 self.at(*since).checked_add(cfg.handshake_timeout)
             }
             Phase::Open { .. } => {
-                let ping = cfg.ping_interval.and_then(|p| match self.ping_sent {
-                    Some(t) => self.at(t).checked_add(cfg.pong_timeout),
-                    None => self.at(self.last_rx).checked_add(p),
+                let ping = cfg.ping_interval.and_then(|p| {
+                    let ping_at = self.at(self.last_rx).checked_add(p)?;
+                    match self.ping_late {
+                        Some(late) => ping_at
+                            .checked_add(Duration::from_millis(u64::from(late.get() - 1)))?
+                            .checked_add(cfg.pong_timeout),
+                        None => Some(ping_at),
+                    }
                 });
                 let idle = cfg
                     .idle_timeout
@@ -377,14 +426,15 @@ impl<S> Conn<S> {
                 let msg = self.message_deadline(cfg);
                 [ping, idle, msg].into_iter().flatten().min()
             }
-            Phase::Closing { ours, .. } => self.at(ours.since).checked_add(cfg.close_timeout),
+            Phase::Closing { ours } => self.at(ours.since).checked_add(cfg.close_timeout),
             Phase::Draining { since, .. } => self.at(*since).checked_add(cfg.close_timeout),
             Phase::Closed => None,
         }
     }
 
     fn message_deadline(&self, cfg: &ConnConfig) -> Option<Instant> {
-        self.at(self.msg_start?).checked_add(cfg.message_timeout?)
+        self.at(self.partial.as_ref()?.msg_start?)
+            .checked_add(cfg.message_timeout?)
     }
 
     /// Bytes arrived. They are unmasked in place.
@@ -399,21 +449,26 @@ impl<S> Conn<S> {
             return;
         }
         self.last_rx = self.stamp(now);
-        self.ping_sent = None;
-        if self.tail.is_empty() {
+        self.ping_late = None;
+        let mut buf = self.take_tail();
+        let rest = if buf.is_empty() {
             let used = self.process(now, bytes, cfg, ev);
             if used < bytes.len() && self.reading() {
-                self.tail.put(Box::new(bytes[used..].to_vec()));
+                bytes[used..].to_vec()
+            } else {
+                Vec::new()
             }
         } else {
-            let mut buf = self.tail.take();
             buf.extend_from_slice(bytes);
             let used = self.process(now, &mut buf, cfg, ev);
             if used < buf.len() && self.reading() {
                 buf.drain(..used);
-                self.tail.put(buf);
+                buf
+            } else {
+                Vec::new()
             }
-        }
+        };
+        self.put_tail(rest);
         self.account(now, ev);
     }
 
@@ -431,8 +486,11 @@ impl<S> Conn<S> {
                 ev.close(app, CloseCode::ABNORMAL, "connection dropped");
                 self.drain(now, ev);
             }
-            Phase::Closing { app, ours } => {
-                ev.close(app, ours.code, &ours.reason);
+            Phase::Closing { ours } => {
+                let OurClose {
+                    app, code, reason, ..
+                } = *ours;
+                ev.close(app, code, &reason);
                 self.drain(now, ev);
             }
             Phase::Draining { shut: true, .. } => self.release(ev),
@@ -450,7 +508,12 @@ impl<S> Conn<S> {
     pub fn abort<E: Events<S>>(&mut self, code: CloseCode, reason: &str, ev: &mut E) {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Open { app } => ev.close(app, code, reason),
-            Phase::Closing { app, ours } => ev.close(app, ours.code, &ours.reason),
+            Phase::Closing { ours } => {
+                let OurClose {
+                    app, code, reason, ..
+                } = *ours;
+                ev.close(app, code, &reason)
+            }
             Phase::Awaiting { .. } => ev.upgrade_settled(),
             _ => {}
         }
@@ -465,8 +528,8 @@ impl<S> Conn<S> {
                 self.pong = None;
                 send_close(code, reason, ev);
                 self.phase = Phase::Closing {
-                    app,
                     ours: Box::new(OurClose {
+                        app,
                         code,
                         reason: reason.into(),
                         since: self.stamp(now),
@@ -487,7 +550,8 @@ impl<S> Conn<S> {
     /// connection was open or closing (and is now closed).
     pub fn handle_slow_consumer<E: Events<S>>(&mut self, now: Instant, ev: &mut E) -> bool {
         let app = match std::mem::replace(&mut self.phase, Phase::Closed) {
-            Phase::Open { app } | Phase::Closing { app, .. } => app,
+            Phase::Open { app } => app,
+            Phase::Closing { ours } => ours.app,
             other => {
                 self.phase = other;
                 return false;
@@ -566,13 +630,25 @@ impl<S> Conn<S> {
                 } else if passed(idle) {
                     self.close(now, CloseCode::GOING_AWAY, "idle timeout", ev);
                     Timeout::Idle
-                } else if self.ping_sent.is_some() {
+                } else if self.ping_late.is_some() {
                     self.abort(CloseCode::ABNORMAL, "pong timeout", ev);
                     Timeout::Pong
                 } else {
                     // Over the budget the peer is not reading: the ping is not queued, and
                     // unless bytes arrive the pong timeout drops the connection.
-                    self.ping_sent = Some(self.stamp(now));
+                    let ping_at = cfg
+                        .ping_interval
+                        .and_then(|p| self.at(self.last_rx).checked_add(p))
+                        .unwrap_or(now);
+                    // Rounded up: the pong's deadline is never earlier than before.
+                    let late = now
+                        .saturating_duration_since(ping_at)
+                        .as_nanos()
+                        .div_ceil(1_000_000);
+                    let late = u32::try_from(late)
+                        .unwrap_or(u32::MAX - 1)
+                        .min(u32::MAX - 1);
+                    self.ping_late = std::num::NonZeroU32::new(late + 1);
                     if ev.queued() <= cfg.write_budget {
                         let h = encode_header(true, OpCode::Ping, 0, None);
                         ev.send(&h, &[]);
@@ -629,13 +705,16 @@ impl<S> Conn<S> {
                 return;
             }
         }
-        if !self.tail.is_empty() {
-            let mut buf = self.tail.take();
+        if !self.tail_is_empty() {
+            let mut buf = self.take_tail();
             let used = self.frames(now, &mut buf, cfg, ev);
-            if used < buf.len() && self.reading() {
+            let rest = if used < buf.len() && self.reading() {
                 buf.drain(..used);
-                self.tail.put(buf);
-            }
+                buf
+            } else {
+                Vec::new()
+            };
+            self.put_tail(rest);
             self.account(now, ev);
         }
     }
@@ -706,10 +785,13 @@ impl<S> Conn<S> {
     ) -> usize {
         let mut pos = 0;
         loop {
-            let step = match self
-                .decoder
-                .decode_with(&mut buf[pos..], ev.inflater(), cfg.limits)
-            {
+            let step = match self.decoder.decode_with(
+                &mut buf[pos..],
+                ev.inflater(),
+                cfg.limits,
+                Role::Server,
+                &mut self.decoded_close,
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     ev.protocol_error(&e);
@@ -789,8 +871,11 @@ impl<S> Conn<S> {
                 ev.close(app, code, reason);
                 self.drain(now, ev);
             }
-            Phase::Closing { app, ours } => {
-                ev.close(app, ours.code, &ours.reason);
+            Phase::Closing { ours } => {
+                let OurClose {
+                    app, code, reason, ..
+                } = *ours;
+                ev.close(app, code, &reason);
                 self.drain(now, ev);
             }
             other => self.phase = other,
@@ -807,8 +892,8 @@ impl<S> Conn<S> {
                 ev.close(app, code, reason);
                 self.drain(now, ev);
             }
-            Phase::Closing { app, .. } => {
-                ev.close(app, code, reason);
+            Phase::Closing { ours } => {
+                ev.close(ours.app, code, reason);
                 self.drain(now, ev);
             }
             other => self.phase = other,
@@ -828,12 +913,12 @@ impl<S> Conn<S> {
     /// the worker's budget; and a pong not sent yet (no pong follows a close).
     fn release<E: Events<S>>(&mut self, ev: &mut E) {
         self.pong = None;
-        self.tail = Tail::default();
+        let held = self.held();
+        self.partial = None;
         self.decoder.release();
-        self.msg_start = None;
+        self.decoded_close = true;
         let h = ev.held();
-        h.bytes = h.bytes.saturating_sub(self.held);
-        self.held = 0;
+        h.bytes = h.bytes.saturating_sub(held);
     }
 
     /// After a read: starts or ends the message clock, and settles this connection's share
@@ -842,17 +927,24 @@ impl<S> Conn<S> {
         if !matches!(self.phase, Phase::Open { .. } | Phase::Closing { .. }) {
             return;
         }
-        if self.decoder.is_assembling() || !self.tail.is_empty() {
-            let t = self.stamp(now);
-            self.msg_start.get_or_insert(t);
-        } else {
-            self.msg_start = None;
-        }
+        // A message handed out in this read is done with: its buffer goes now, not on the
+        // next read (which may never come to an idle connection).
+        self.decoder.drop_delivered();
         let now_held = self.decoder.buffered_capacity();
-        let grew = now_held > self.held;
+        let old_held = self.held();
+        if self.decoder.is_assembling() || !self.tail_is_empty() {
+            let t = self.stamp(now);
+            let p = self.partial.get_or_insert_with(Box::default);
+            p.msg_start.get_or_insert(t);
+            p.held = now_held;
+        } else {
+            // Nothing assembling: the decoder holds no buffer.
+            debug_assert_eq!(now_held, 0);
+            self.partial = None;
+        }
+        let grew = now_held > old_held;
         let h = ev.held();
-        h.bytes = h.bytes.saturating_sub(self.held) + now_held;
-        self.held = now_held;
+        h.bytes = h.bytes.saturating_sub(old_held) + now_held;
         if grew && h.bytes > h.max {
             ev.over_incomplete_budget();
             self.fail(

@@ -35,7 +35,8 @@ pub const EMPTY_HEADER: httparse::Header<'static> = httparse::EMPTY_HEADER;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeadScanner {
     /// Bytes of the buffer already known not to contain the end (minus an overlap of 3).
-    scanned: usize,
+    /// (u32, saturating: a longer head is rescanned from there, which is only slower.)
+    scanned: u32,
 }
 
 impl HeadScanner {
@@ -55,7 +56,7 @@ impl HeadScanner {
         buf: &[u8],
         max_head: usize,
     ) -> Result<Status<usize>, HandshakeError> {
-        let from = self.scanned.saturating_sub(3).min(buf.len());
+        let from = (self.scanned.saturating_sub(3) as usize).min(buf.len());
         match memchr::memmem::find(&buf[from..], b"\r\n\r\n") {
             Some(i) => {
                 let end = from + i + 4;
@@ -67,7 +68,7 @@ impl HeadScanner {
             }
             None if buf.len() > max_head => Err(HandshakeError::HeadTooLarge),
             None => {
-                self.scanned = buf.len();
+                self.scanned = u32::try_from(buf.len()).unwrap_or(u32::MAX);
                 Ok(Status::Partial)
             }
         }

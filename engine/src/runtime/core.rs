@@ -39,6 +39,19 @@ use std::time::{Duration, Instant};
 /// Timer granularity.
 const TICK_MS: u64 = 100;
 
+/// How far ahead a timer entry may be due, in ticks (3.4 years): a later deadline is
+/// scheduled at this distance and scheduled again when it fires.
+const MAX_AHEAD: u64 = 1 << 30;
+
+/// A tick as a connection keeps it: 32 bits (4 bytes of its slab entry, not 8), wrapping
+/// after 13.6 years of a worker's uptime, never 0 (which means "no entry"). Every live
+/// entry is due within [`MAX_AHEAD`] ticks of now, so two tags compare by their wrapping
+/// difference. Two ticks 2^32 apart share a tag; the worst a stale entry that matches can
+/// do is make the worker look at the connection's deadline early, which is harmless.
+fn tick_tag(tick: u64) -> u32 {
+    (tick as u32).max(1)
+}
+
 /// One connection's entry in the worker's slab.
 #[derive(Debug)]
 pub(crate) struct Conn<S, Io> {
@@ -50,18 +63,42 @@ pub(crate) struct Conn<S, Io> {
     machine: machine::Conn<S>,
     /// Keys and topics this connection is bound to (allocated on its first binding).
     subs: Option<Box<Subs>>,
-    /// The tick of this connection's live timer entry (0: none).
-    timer_tick: u64,
-    dirty: bool,
-    dead: bool,
-    /// Reading stopped because the write queue was over the budget (read backpressure).
-    paused: bool,
-    /// The write queue went over the high-water mark: `on_drain` is owed once it is down to
-    /// half of it.
-    drain_owed: bool,
+    /// The live timer entry's tick, as a [`tick_tag`] (0: none).
+    timer_tick: u32,
+    flags: Flags,
     /// permessage-deflate: 0 if not negotiated, else the window (bits) agreed for what we
     /// send. The connection holds no compression state: it is the worker's.
     deflate: u8,
+}
+
+/// A connection's yes/no state, one bit each (as four `bool`s they took 8 bytes of every
+/// slab entry, with the padding they caused).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Flags(u8);
+
+impl Flags {
+    /// In the worker's dirty list: output to flush at the end of the turn.
+    pub(crate) const DIRTY: u8 = 1;
+    /// Closed for the core: its socket is closed once the backend takes it
+    /// ([`Core::pop_dead`]).
+    pub(crate) const DEAD: u8 = 2;
+    /// Reading stopped because the write queue was over the budget (read backpressure).
+    pub(crate) const PAUSED: u8 = 4;
+    /// The write queue went over the high-water mark: `on_drain` is owed once it is down to
+    /// half of it.
+    pub(crate) const DRAIN_OWED: u8 = 8;
+
+    pub(crate) fn has(self, f: u8) -> bool {
+        self.0 & f != 0
+    }
+
+    pub(crate) fn set(&mut self, f: u8, on: bool) {
+        if on {
+            self.0 |= f;
+        } else {
+            self.0 &= !f;
+        }
+    }
 }
 
 /// A backend's view of one connection: its socket handle and its unsent output, the only
@@ -168,7 +205,7 @@ struct Ev<'a, H: Handler> {
     handler: &'a mut H,
     out: &'a mut WriteQueue,
     subs: &'a mut Option<Box<Subs>>,
-    drain_owed: &'a mut bool,
+    flags: &'a mut Flags,
     deflate: &'a mut u8,
     env: &'a mut Env,
     handle: &'a Handle,
@@ -190,7 +227,7 @@ impl<H: Handler> Ev<'_, H> {
                 Some(Own {
                     out: &mut *self.out,
                     subs: &mut *self.subs,
-                    drain_owed: &mut *self.drain_owed,
+                    flags: &mut *self.flags,
                     deflate: *self.deflate,
                 }),
                 &mut *self.env,
@@ -532,10 +569,7 @@ impl<H: Handler, Io> Core<H, Io> {
             machine: machine::Conn::new(self.now),
             subs: None,
             timer_tick: 0,
-            dirty: false,
-            dead: false,
-            paused: false,
-            drain_owed: false,
+            flags: Flags::default(),
             deflate: 0,
         });
         if self.max_conns != usize::MAX {
@@ -568,7 +602,7 @@ impl<H: Handler, Io> Core<H, Io> {
     pub(crate) fn wire(&mut self, key: usize) -> Option<Wire<'_, Io>> {
         let conn = self.conns.get_mut(key)?;
         Some(Wire {
-            dead: conn.dead,
+            dead: conn.flags.has(Flags::DEAD),
             io: &mut conn.io,
             out: Output {
                 queue: &mut conn.out,
@@ -640,13 +674,13 @@ impl<H: Handler, Io> Core<H, Io> {
             conn_cfg,
             ..
         } = self;
-        let conn = conns.get_mut(key).filter(|c| !c.dead)?;
+        let conn = conns.get_mut(key).filter(|c| !c.flags.has(Flags::DEAD))?;
         let id = ConnId::with_node(*node, *worker, key, conn.gen);
         let Conn {
             machine,
             out,
             subs,
-            drain_owed,
+            flags,
             deflate,
             ..
         } = conn;
@@ -654,7 +688,7 @@ impl<H: Handler, Io> Core<H, Io> {
             handler,
             out,
             subs,
-            drain_owed,
+            flags,
             deflate,
             env,
             handle,
@@ -671,11 +705,11 @@ impl<H: Handler, Io> Core<H, Io> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.dead {
+        if conn.flags.has(Flags::DEAD) {
             return;
         }
         if conn.machine.is_closed() {
-            conn.dead = true;
+            conn.flags.set(Flags::DEAD, true);
             conn.out.clear(&mut self.env.pool);
             self.dead.push(key);
             return;
@@ -714,12 +748,12 @@ impl<H: Handler, Io> Core<H, Io> {
         let Some(c) = self.conns.get_mut(key) else {
             return false;
         };
-        if c.dead {
+        if c.flags.has(Flags::DEAD) {
             return false;
         }
         let yes = c.machine.wants_read(c.out.len(), &self.conn_cfg);
         if !yes {
-            c.paused = true;
+            c.flags.set(Flags::PAUSED, true);
         }
         yes
     }
@@ -732,8 +766,11 @@ impl<H: Handler, Io> Core<H, Io> {
         let Some(c) = self.conns.get_mut(key) else {
             return false;
         };
-        if c.paused && !c.dead && c.machine.wants_read(c.out.len(), &self.conn_cfg) {
-            c.paused = false;
+        if c.flags.has(Flags::PAUSED)
+            && !c.flags.has(Flags::DEAD)
+            && c.machine.wants_read(c.out.len(), &self.conn_cfg)
+        {
+            c.flags.set(Flags::PAUSED, false);
             return true;
         }
         false
@@ -746,10 +783,10 @@ impl<H: Handler, Io> Core<H, Io> {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if !c.drain_owed || c.dead || c.out.len() > low {
+        if !c.flags.has(Flags::DRAIN_OWED) || c.flags.has(Flags::DEAD) || c.out.len() > low {
             return;
         }
-        c.drain_owed = false;
+        c.flags.set(Flags::DRAIN_OWED, false);
         if !c.machine.is_open() {
             return;
         }
@@ -811,7 +848,7 @@ impl<H: Handler, Io> Core<H, Io> {
         }
         let key = id.key();
         let c = self.conns.get(key)?;
-        (c.gen == id.gen() && !c.dead).then_some(key)
+        (c.gen == id.gen() && !c.flags.has(Flags::DEAD)).then_some(key)
     }
 
     /// Queues a frame a callback sent to its own connection (admitted within the budget
@@ -891,11 +928,11 @@ impl<H: Handler, Io> Core<H, Io> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.dead || (conn.out.is_empty() && !conn.machine.needs_flush()) {
+        if conn.flags.has(Flags::DEAD) || (conn.out.is_empty() && !conn.machine.needs_flush()) {
             return;
         }
-        if !conn.dirty {
-            conn.dirty = true;
+        if !conn.flags.has(Flags::DIRTY) {
+            conn.flags.set(Flags::DIRTY, true);
             self.dirty.push(key);
         }
     }
@@ -919,7 +956,9 @@ impl<H: Handler, Io> Core<H, Io> {
     /// Whether `key` waits to be flushed this turn (it has output, or a pong or a shutdown
     /// is owed) and is not dead.
     pub(crate) fn is_dirty(&self, key: usize) -> bool {
-        self.conns.get(key).is_some_and(|c| c.dirty && !c.dead)
+        self.conns
+            .get(key)
+            .is_some_and(|c| c.flags.has(Flags::DIRTY) && !c.flags.has(Flags::DEAD))
     }
 
     /// Gets `key` ready to be flushed ahead of the turn's other connections (the pong it
@@ -944,18 +983,18 @@ impl<H: Handler, Io> Core<H, Io> {
         let Some(conn) = self.conns.get_mut(key) else {
             return AfterFlush::Nothing;
         };
-        conn.dirty = false;
-        if conn.dead {
+        conn.flags.set(Flags::DIRTY, false);
+        if conn.flags.has(Flags::DEAD) {
             return AfterFlush::Nothing;
         }
         let shut = conn.machine.handle_flushed(conn.out.len());
         if conn.machine.is_closed() {
             // The peer had already shut its side: both directions are done.
-            conn.dead = true;
+            conn.flags.set(Flags::DEAD, true);
             self.dead.push(key);
         } else if conn.out.is_empty() && conn.machine.needs_flush() {
             // A pong waited for the queue to drain.
-            conn.dirty = true;
+            conn.flags.set(Flags::DIRTY, true);
             self.dirty.push(key);
         }
         if shut {
@@ -968,8 +1007,8 @@ impl<H: Handler, Io> Core<H, Io> {
     /// Marks `key` for flushing (after a writable event).
     pub(crate) fn want_flush(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key) {
-            if !c.dirty && !c.dead && !c.out.is_empty() {
-                c.dirty = true;
+            if !c.flags.has(Flags::DIRTY) && !c.flags.has(Flags::DEAD) && !c.out.is_empty() {
+                c.flags.set(Flags::DIRTY, true);
                 self.dirty.push(key);
             }
         }
@@ -1127,7 +1166,7 @@ impl<H: Handler, Io> Core<H, Io> {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        if conn.dead || !conn.machine.is_open() {
+        if conn.flags.has(Flags::DEAD) || !conn.machine.is_open() {
             return false;
         }
         if conn.out.len() > budget {
@@ -1141,10 +1180,10 @@ impl<H: Handler, Io> Core<H, Io> {
         }
         conn.out.push_shared(frame.clone());
         if conn.out.len() > self.env.high_water {
-            conn.drain_owed = true;
+            conn.flags.set(Flags::DRAIN_OWED, true);
         }
-        if !conn.dirty {
-            conn.dirty = true;
+        if !conn.flags.has(Flags::DIRTY) {
+            conn.flags.set(Flags::DIRTY, true);
             self.dirty.push(key);
         }
         true
@@ -1246,9 +1285,14 @@ impl<H: Handler, Io> Core<H, Io> {
             return;
         };
         let ms = d.saturating_duration_since(self.epoch).as_millis() as u64;
-        let tick = ms.div_ceil(TICK_MS).max(1);
-        if conn.timer_tick == 0 || tick < conn.timer_tick {
-            conn.timer_tick = self.timers.schedule(key as u32, conn.gen, tick);
+        // A deadline further ahead than `MAX_AHEAD` ticks fires early and is scheduled again,
+        // so that every live tag is within 2^31 ticks of every other (see `tick_tag`).
+        let now_tick = self.now_ms / TICK_MS;
+        let tick = ms.div_ceil(TICK_MS).max(1).min(now_tick + MAX_AHEAD);
+        let live = conn.timer_tick;
+        if live == 0 || (tick_tag(tick).wrapping_sub(live) as i32) < 0 {
+            let due = self.timers.schedule(key as u32, conn.gen, tick);
+            conn.timer_tick = tick_tag(due);
         }
     }
 
@@ -1262,7 +1306,7 @@ impl<H: Handler, Io> Core<H, Io> {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.gen != gen || conn.timer_tick != tick || conn.dead {
+            if conn.gen != gen || conn.timer_tick != tick_tag(tick) || conn.flags.has(Flags::DEAD) {
                 continue; // stale entry
             }
             conn.timer_tick = 0;
@@ -1273,7 +1317,7 @@ impl<H: Handler, Io> Core<H, Io> {
             let keys: Vec<usize> = self
                 .conns
                 .iter()
-                .filter(|(_, c)| !c.dead)
+                .filter(|(_, c)| !c.flags.has(Flags::DEAD))
                 .map(|(k, _)| k)
                 .collect();
             for key in keys {
@@ -1363,15 +1407,20 @@ impl<H: Handler, Io> Core<H, Io> {
 #[cfg(test)]
 mod tests {
     /// An idle connection's cost is mostly its slab entry (server RSS per idle connection at
-    /// 10,000, one mio worker: 472 B with a 288-byte entry, 287 B with this one; uWebSockets
-    /// holds 272 B). A field added to the entry shows up here first.
+    /// 10,000, one mio worker: 472 B with a 288-byte entry, 287 B with a 224-byte one, 219 B
+    /// with a 200-byte one; uWebSockets holds 272 B). A field added to the entry shows up
+    /// here first.
     #[test]
     fn a_connection_slab_entry_stays_small() {
         use std::mem::size_of;
         assert!(size_of::<super::WriteQueue>() <= 56);
-        assert!(size_of::<crate::proto::conn::Conn<()>>() <= 112);
-        assert!(size_of::<super::Conn<(), mio::net::TcpStream>>() <= 200);
+        assert!(size_of::<crate::proto::conn::Conn<()>>() <= 56);
+        // A 4-byte socket handle stands for mio's (a file descriptor in a release build;
+        // debug builds add a selector id to it).
+        assert!(size_of::<super::Conn<(), std::os::fd::OwnedFd>>() <= 136);
         // An application state of one pointer (the volley binary's) costs no more.
-        assert!(size_of::<super::Conn<Option<Box<u8>>, mio::net::TcpStream>>() <= 200);
+        assert!(size_of::<super::Conn<Option<Box<u8>>, std::os::fd::OwnedFd>>() <= 136);
+        #[cfg(not(debug_assertions))]
+        assert_eq!(size_of::<mio::net::TcpStream>(), 4);
     }
 }

@@ -82,7 +82,7 @@ pub(crate) struct Env {
 pub(crate) struct Own<'a> {
     pub(super) out: &'a mut WriteQueue,
     pub(super) subs: &'a mut Option<Box<Subs>>,
-    pub(super) drain_owed: &'a mut bool,
+    pub(super) flags: &'a mut super::core::Flags,
     /// The connection's agreed window for compressed messages (0: none).
     pub(super) deflate: u8,
 }
@@ -178,7 +178,7 @@ impl<'a> Outbox<'a> {
             })
             .sum();
         if own.out.len() + pending > self.env.high_water {
-            *own.drain_owed = true;
+            own.flags.set(super::core::Flags::DRAIN_OWED, true);
             SendStatus::Backpressure
         } else {
             SendStatus::Queued

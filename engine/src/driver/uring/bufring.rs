@@ -10,11 +10,12 @@
 //! into a few pages instead of touching a whole buffer each, and large buffers (one 16 KiB
 //! message in one completion) cost memory only for the bytes that really arrive.
 //!
-//! Not all buffers are handed to the kernel at first: [`START_BYTES`] worth go into the
-//! ring, the rest wait, and each time a receive runs out (`ENOBUFS`) the ring takes twice as
-//! many, up to all of them ([`BufRing::grow`]). The kernel takes buffers in ring order, so
-//! with all of them in the ring a worker that accepted 10,000 handshakes had touched most
-//! of its 4 MiB; now it touches 256 KiB, and a ring grows only as far as its bursts need
+//! Not all buffers are handed to the kernel at first: [`start_bytes`] worth go into the
+//! ring (one 64 KiB buffer where consumed incrementally, 256 KiB otherwise), the rest wait,
+//! and each time a receive runs out (`ENOBUFS`) the ring takes twice as many, up to all of
+//! them ([`BufRing::grow`]). The kernel takes buffers in ring order, so with all of them in
+//! the ring a worker that accepted 10,000 handshakes had touched most of its 4 MiB; now it
+//! touches 64 KiB, and a ring grows only as far as its bursts need
 //! (200 connections echoing 16 KiB each need all 64 x 64 KiB: a batch of receives is copied
 //! before the worker handles any; docs/benchmarks.md, "Issue 14, fourth session").
 #![allow(unsafe_code)]
@@ -38,8 +39,17 @@ pub(crate) const AUTO_INCREMENTAL: (u16, usize) = (64, 64 * 1024);
 /// so that many small reads at once do not run out. The same 4 MiB as [`AUTO_INCREMENTAL`].
 pub(crate) const AUTO_WHOLE: (u16, usize) = (1024, 4096);
 /// Bytes of buffers in the ring at first (at least one buffer); more each time it runs out.
-/// The size of the mio backend's read buffer.
-pub(crate) const START_BYTES: usize = 256 * 1024;
+/// Where buffers are consumed incrementally, one 64 KiB buffer takes the small reads of
+/// hundreds of connections (10,000 handshakes touched all 256 KiB of a larger start, 26 B of
+/// every idle connection's cost at 10,000); where each receive takes a whole buffer, 256 KiB
+/// (64 of 4 KiB), the size of the mio backend's read buffer.
+pub(crate) fn start_bytes(incremental: bool) -> usize {
+    if incremental {
+        64 * 1024
+    } else {
+        256 * 1024
+    }
+}
 
 /// Buffers and the ring of their descriptors shared with the kernel.
 pub(crate) struct BufRing {
@@ -98,7 +108,7 @@ impl BufRing {
             }
             Err(e) => return Err(e),
         }
-        br.live = (START_BYTES / br.size).clamp(1, br.count as usize) as u16;
+        br.live = (start_bytes(br.incremental()) / br.size).clamp(1, br.count as usize) as u16;
         for bid in 0..br.live {
             br.push(bid);
         }
@@ -256,8 +266,8 @@ mod tests {
         assert_eq!(br.bufs.len(), 4 << 20, "4 MiB either way");
         assert_eq!(
             br.live() as usize * br.shape().1,
-            START_BYTES,
-            "256 KiB go round at first"
+            start_bytes(br.incremental()),
+            "64 KiB (incremental) or 256 KiB go round at first"
         );
         ring.submitter().unregister_buf_ring(3).expect("unregister");
     }
@@ -271,7 +281,13 @@ mod tests {
             return;
         };
         let mut br = BufRing::new(&ring, Some((16, 64 * 1024)), 5).expect("register");
-        assert_eq!((br.live(), br.tail), (4, 4), "256 KiB of 64 KiB buffers");
+        if br.incremental() {
+            assert_eq!((br.live(), br.tail), (1, 1), "one 64 KiB buffer");
+            assert_eq!(br.grow(), 1);
+            assert_eq!(br.grow(), 2);
+        } else {
+            assert_eq!((br.live(), br.tail), (4, 4), "256 KiB of 64 KiB buffers");
+        }
         assert_eq!(br.grow(), 4);
         assert_eq!(br.grow(), 8);
         assert_eq!((br.live(), br.tail), (16, 16));
@@ -282,7 +298,7 @@ mod tests {
             .map(|i| unsafe { (*br.entries.add(i)).bid() })
             .collect();
         assert_eq!(bids, (0..16).collect::<Vec<u16>>());
-        // Buffers larger than START_BYTES: one at first.
+        // Buffers larger than the start: one at first.
         let big = BufRing::new(&ring, Some((4, 512 * 1024)), 6).expect("register");
         assert_eq!(big.live(), 1);
         ring.submitter().unregister_buf_ring(5).expect("unregister");

@@ -148,11 +148,11 @@ impl<H: Handler> Worker<H> {
             return;
         };
         if cqueue::notif(flags) {
-            let written = io.zc_written.take().unwrap_or(0);
+            let written = std::mem::take(&mut io.zc_written);
             return self.on_send(key, written);
         }
         if cqueue::more(flags) {
-            io.zc_written = Some(res);
+            io.zc_written = res;
         } else {
             self.on_send(key, res);
         }

@@ -125,6 +125,18 @@ pub(crate) fn start<H: Handler>(
 ) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
     let soft = crate::driver::raise_nofile_limit();
     let Plan { rings, table } = plan(cfg.max_connections, cfg.uring.ring_slots, soft, n);
+    if rings > super::MAX_RINGS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "io_uring: {} connections would take {rings} rings per worker ({n} workers, \
+                 {table} direct descriptors per ring), more than {}: raise the open-files \
+                 limit or run more workers",
+                cfg.max_connections,
+                super::MAX_RINGS
+            ),
+        ));
+    }
     if rings > 1 {
         tracing::info!(
             "io_uring: {} connections take {rings} rings per worker ({n} workers, {table} direct \

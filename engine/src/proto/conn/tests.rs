@@ -253,6 +253,22 @@ fn a_quiet_connection_is_pinged_then_dropped_without_a_pong() {
 }
 
 #[test]
+fn a_ping_sent_late_still_gets_the_whole_pong_timeout() {
+    // The worker was busy: the ping went out 700.4 ms after it was due. The pong's deadline
+    // runs from when it was sent (rounded up to the millisecond), not from when it was due.
+    let mut s = Sim::open(cfg());
+    s.now = s.t0 + Duration::from_micros(3_700_400);
+    assert_eq!(
+        s.conn.handle_timeout(s.now, &s.cfg, &mut s.ev),
+        Some(Timeout::Ping)
+    );
+    assert_eq!(s.deadline_ms(), Some(5701));
+    assert_eq!(s.at(5700), None);
+    assert!(s.conn.is_open());
+    assert_eq!(s.at(5701), Some(Timeout::Pong));
+}
+
+#[test]
 fn any_byte_answers_a_ping_and_restarts_the_ping_interval() {
     let mut s = Sim::open(cfg());
     assert_eq!(s.at(3000), Some(Timeout::Ping));
