@@ -286,12 +286,13 @@ impl<H: Handler> Worker<H> {
         let mut written = 0;
         if let Some(mut conn) = core.wire(key) {
             while !conn.out.is_empty() && !conn.is_dead() {
-                let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                let n = conn.out.io_slices(&mut iov);
-                // One chunk (the usual case: a turn's frames coalesce) is a plain write.
-                let res = if n == 1 {
-                    conn.io.write(&iov[0])
+                // One chunk (the usual case: a turn's frames coalesce) is a plain write, and
+                // the iovec array (1 KiB of stores to initialise) is built only for more.
+                let res = if let Some(only) = conn.out.single_slice() {
+                    conn.io.write(only)
                 } else {
+                    let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                    let n = conn.out.io_slices(&mut iov);
                     conn.io.write_vectored(&iov[..n])
                 };
                 match res {

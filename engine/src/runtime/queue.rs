@@ -241,6 +241,15 @@ impl WriteQueue {
         self.push_chunk(Chunk::Shared(frame));
     }
 
+    /// The unsent bytes when they are all in one chunk (the usual case: a turn's frames
+    /// coalesce), else `None`.
+    pub(crate) fn single_slice(&self) -> Option<&[u8]> {
+        match &self.first {
+            Some(first) if self.rest.is_empty() => Some(&first.bytes()[self.offset..]),
+            _ => None,
+        }
+    }
+
     /// Fills `out` with slices of the unsent bytes; returns how many were filled.
     pub(crate) fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let Some(first) = &self.first else { return 0 };
@@ -325,8 +334,14 @@ mod tests {
     fn coalesces_small_frames_and_keeps_shared_by_reference() {
         let mut pool = BufPool::default();
         let mut q = WriteQueue::default();
+        assert_eq!(q.single_slice(), None, "empty");
         q.push_parts(&mut pool, &[b"ab", b"cd"]);
         q.push_parts(&mut pool, &[b"ef"]);
+        assert_eq!(
+            q.single_slice(),
+            Some(&b"abcdef"[..]),
+            "one coalesced chunk"
+        );
         let shared: Arc<[u8]> = Arc::from(&b"SHARED"[..]);
         q.push_shared(shared.clone());
         q.push_parts(&mut pool, &[b"gh"]);
@@ -338,7 +353,10 @@ mod tests {
         assert_eq!(drain(&q), b"defSHAREDgh");
         q.advance(6, &mut pool);
         assert_eq!(drain(&q), b"REDgh");
-        q.advance(5, &mut pool);
+        assert_eq!(q.single_slice(), None, "two chunks");
+        q.advance(3, &mut pool);
+        assert_eq!(q.single_slice(), Some(&b"gh"[..]), "the last chunk alone");
+        q.advance(2, &mut pool);
         assert!(q.is_empty());
         assert_eq!(Arc::strong_count(&shared), 1);
         assert_eq!(q.rest.capacity(), 0);
