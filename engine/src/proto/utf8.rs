@@ -13,7 +13,15 @@ use super::error::ProtocolError;
 /// # Errors
 /// [`ProtocolError::InvalidUtf8`] if `bytes` is not UTF-8.
 #[inline]
+#[allow(unsafe_code)]
 pub fn validate(bytes: &[u8]) -> Result<&str, ProtocolError> {
+    // Short texts (chat lines, small JSON events) are mostly ASCII: a word-at-a-time check
+    // of their high bits is a few nanoseconds, where simdutf8 hands inputs under 64 bytes to
+    // `core::str::from_utf8` (2.7% of the server's CPU echoing 20-byte texts, 16 in flight).
+    if bytes.len() < 64 && bytes.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
     // The `basic` flavour is the fastest; it only says yes or no, which is all we need here.
     simdutf8::basic::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)
 }
@@ -144,7 +152,26 @@ mod tests {
         assert_eq!(stream_ok(&[b"", b""]), Ok(()));
     }
 
+    #[test]
+    fn whole_texts_short_and_long_are_checked() {
+        assert_eq!(validate(b"hello"), Ok("hello"));
+        assert_eq!(validate(b""), Ok(""));
+        assert_eq!(validate("h\u{e9}llo".as_bytes()), Ok("h\u{e9}llo"));
+        assert_eq!(validate(b"abc\xFF"), Err(ProtocolError::InvalidUtf8));
+        assert_eq!(validate(&[b'a'; 63]).map(str::len), Ok(63));
+        let mut long = vec![b'a'; 100];
+        assert_eq!(validate(&long).map(str::len), Ok(100));
+        long[99] = 0x80;
+        assert_eq!(validate(&long), Err(ProtocolError::InvalidUtf8));
+    }
+
     proptest! {
+        #[test]
+        fn prop_validate_matches_std(bytes in proptest::collection::vec(
+            prop_oneof![4 => 0x20u8..0x7F, 1 => any::<u8>()], 0..100)) {
+            prop_assert_eq!(validate(&bytes).is_ok(), std::str::from_utf8(&bytes).is_ok());
+        }
+
         #[test]
         fn prop_stream_matches_std(
             bytes in proptest::collection::vec(any::<u8>(), 0..64),
