@@ -20,9 +20,10 @@ pub struct UringConfig {
     /// buffers incrementally (Linux 6.12: a 16 KiB message lands in one completion instead of
     /// five, and small reads still pack), else as 1,024 x 4 KiB (each receive takes a whole
     /// buffer, so many small reads at once need many buffers).
-    /// The count is a ceiling: 256 KiB of buffers go round at first and twice as many each
-    /// time a receive runs out, so a ring only touches the memory its bursts need (the
-    /// `uring_bufs_live` gauge says how many buffers circulate).
+    /// The count is a ceiling: 64 KiB of buffers go round at first where the kernel consumes
+    /// them incrementally (256 KiB otherwise), and twice as many after each batch of
+    /// completions in which a receive ran out, so a ring only touches the memory its bursts
+    /// need (the `uring_bufs_live` gauge says how many buffers circulate).
     pub buffers: Option<(u16, usize)>,
     /// Send with `SENDMSG_ZC` (zero-copy) when a connection's batch is at least this many
     /// bytes (`None`: never, the default; see docs/benchmarks.md for why).

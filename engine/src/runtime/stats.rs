@@ -144,7 +144,7 @@ stats! {
     uring_ops,
     /// io_uring: provided buffers taken out of the ring and not yet returned (gauge).
     uring_bufs_held,
-    /// io_uring: provided buffers in circulation (gauge): 256 KiB worth per ring at first, twice as many each time a receive runs out, up to the configured count.
+    /// io_uring: provided buffers in circulation (gauge): 64 KiB worth per ring at first where the kernel consumes them incrementally, else 256 KiB; twice as many after each batch of completions in which a receive ran out, up to the configured count.
     uring_bufs_live,
 }
 

@@ -12,8 +12,8 @@
 //!
 //! Not all buffers are handed to the kernel at first: [`start_bytes`] worth go into the
 //! ring (one 64 KiB buffer where consumed incrementally, 256 KiB otherwise), the rest wait,
-//! and each time a receive runs out (`ENOBUFS`) the ring takes twice as many, up to all of
-//! them ([`BufRing::grow`]). The kernel takes buffers in ring order, so with all of them in
+//! and after each batch of completions in which a receive ran out (`ENOBUFS`) the ring
+//! takes twice as many, up to all of them ([`BufRing::grow`]). The kernel takes buffers in ring order, so with all of them in
 //! the ring a worker that accepted 10,000 handshakes had touched most of its 4 MiB; now it
 //! touches 64 KiB, and a ring grows only as far as its bursts need
 //! (200 connections echoing 16 KiB each need all 64 x 64 KiB: a batch of receives is copied
@@ -170,8 +170,9 @@ impl BufRing {
         self.live
     }
 
-    /// The kernel ran out of buffers (a receive failed with `ENOBUFS`): twice as many go
-    /// round from now on, up to all of them. Returns how many were added (0: all were live).
+    /// The kernel ran out of buffers (a receive of the batch just handled failed with
+    /// `ENOBUFS`; the worker calls this once per such batch): twice as many go round from
+    /// now on, up to all of them. Returns how many were added (0: all were live).
     /// The ring's `count` entries hold every buffer, so it never overflows.
     pub(crate) fn grow(&mut self) -> u16 {
         let to = self.live.saturating_mul(2).min(self.count);
