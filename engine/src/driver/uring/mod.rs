@@ -47,23 +47,45 @@ pub(crate) const MAX_RINGS: usize = 256;
 /// A connection's handle in this backend: its direct descriptor and what is in flight.
 #[derive(Debug)]
 pub(crate) struct UringIo {
-    /// The worker's ring whose fixed-file table holds `slot` (0: the primary); every
-    /// operation of the connection goes to that ring.
-    ring: u8,
-    slot: u32,
-    /// Operations submitted and not completed. Every one names `slot`: the `CLOSE` is
-    /// submitted only once this is 0, and the connection is freed when the close completes.
-    ops: u32,
+    /// The connection's direct descriptor (`slot`, the low 24 bits: a table holds at most
+    /// 2^20) and the worker's ring whose fixed-file table holds it (`ring`, the high 8 bits;
+    /// 0: the primary); every operation of the connection goes to that ring.
+    place: u32,
+    /// Operations submitted and not completed (a receive, a send, cancels, a shutdown, a
+    /// close: a handful at most). Every one names the slot: the `CLOSE` is submitted only
+    /// once this is 0, and the connection is freed when the close completes.
+    ops: u8,
     recv_armed: bool,
     /// The receive was cancelled for read backpressure (its last completion not yet seen).
     recv_paused: bool,
     /// The send slot (msghdr + iovecs) of the send in flight, plus one (so the `Option`
     /// takes 4 bytes and the slab entry 8 fewer).
     send: Option<std::num::NonZeroU32>,
-    /// A zero-copy send's result, held until its notification unpins the buffers (0 when
-    /// none is held: the same as a result of 0 bytes).
-    zc_written: i32,
     close: CloseState,
+}
+
+impl UringIo {
+    fn new(ring: usize, slot: u32) -> UringIo {
+        debug_assert!(ring < MAX_RINGS && slot < 1 << 24);
+        UringIo {
+            place: (ring as u32) << 24 | slot,
+            ops: 0,
+            recv_armed: false,
+            recv_paused: false,
+            send: None,
+            close: CloseState::Open,
+        }
+    }
+
+    /// The direct descriptor.
+    fn slot(&self) -> u32 {
+        self.place & 0xFF_FFFF
+    }
+
+    /// The index of the ring whose table holds the slot.
+    fn ring(&self) -> usize {
+        (self.place >> 24) as usize
+    }
 }
 
 /// How far a connection's close has gone.
@@ -100,7 +122,7 @@ mod tests {
     #[test]
     fn a_uring_connection_slab_entry_stays_small() {
         use std::mem::size_of;
-        assert!(size_of::<super::UringIo>() <= 20);
-        assert!(size_of::<crate::runtime::core::Conn<(), super::UringIo>>() <= 152);
+        assert!(size_of::<super::UringIo>() <= 12);
+        assert!(size_of::<crate::runtime::core::Conn<(), super::UringIo>>() <= 144);
     }
 }

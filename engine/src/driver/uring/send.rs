@@ -88,7 +88,7 @@ impl<H: Handler> Worker<H> {
         let filled = conn.out.io_slices(&mut iov[..n]);
         let bytes = conn.out.len();
         let zc = zc_min.is_some_and(|min| bytes >= min);
-        let fd = types::Fixed(conn.io.slot);
+        let fd = types::Fixed(conn.io.slot());
         let e = if filled == 1 {
             // One chunk (a lone broadcast frame, or a turn's frames coalesced): a plain send
             // of that buffer, no msghdr to keep alive, so a fan-out to N sockets holds no
@@ -144,15 +144,15 @@ impl<H: Handler> Worker<H> {
     /// A zero-copy send completes twice: its result (flagged MORE), then a notification once
     /// the kernel let go of the buffers; the chunks stay pinned until then.
     pub(super) fn on_send_zc(&mut self, key: usize, res: i32, flags: u32) {
-        let Some(io) = self.core.io_mut(key) else {
+        if self.core.io_mut(key).is_none() {
             return;
-        };
+        }
         if cqueue::notif(flags) {
-            let written = std::mem::take(&mut io.zc_written);
+            let written = self.zc_written.remove(&key).unwrap_or(0);
             return self.on_send(key, written);
         }
         if cqueue::more(flags) {
-            io.zc_written = res;
+            self.zc_written.insert(key, res);
         } else {
             self.on_send(key, res);
         }
@@ -200,7 +200,7 @@ impl<H: Handler> Worker<H> {
         }
         if self.core.after_flush(key) == AfterFlush::ShutdownWrite {
             if let Some(io) = self.core.io(key) {
-                let e = opcode::Shutdown::new(types::Fixed(io.slot), libc::SHUT_WR).build();
+                let e = opcode::Shutdown::new(types::Fixed(io.slot()), libc::SHUT_WR).build();
                 // SAFETY: a shutdown points to no memory.
                 unsafe { self.submit(Op::Shutdown(key), e) };
             }

@@ -52,6 +52,10 @@ pub(super) struct Worker<H: Handler> {
     pub(super) woken: Option<i32>,
     /// Bytes of sends queued since the last submission by [`Worker::send_early`].
     pub(super) early_bytes: usize,
+    /// Zero-copy sends' results by connection, held until their notification unpins the
+    /// buffers (opt-in sends; kept here, not in every connection's slab entry). At most one
+    /// per connection: a connection has one send in flight.
+    pub(super) zc_written: std::collections::HashMap<usize, i32>,
 }
 
 impl<H: Handler> Drop for Worker<H> {
@@ -98,6 +102,7 @@ impl<H: Handler> Worker<H> {
             rearm: Vec::new(),
             woken: None,
             early_bytes: 0,
+            zc_written: std::collections::HashMap::new(),
         };
         for (ring, listener) in rings {
             // Accepted sockets inherit TCP_NODELAY from the listener (there is no fd to set
@@ -162,8 +167,8 @@ impl<H: Handler> Worker<H> {
         }
         conn.io.recv_armed = true;
         conn.io.recv_paused = false;
-        let bgid = self.rings[conn.io.ring as usize].ring.bufs().bgid;
-        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot), bgid).build();
+        let bgid = self.rings[conn.io.ring()].ring.bufs().bgid;
+        let e = opcode::RecvMulti::new(types::Fixed(conn.io.slot()), bgid).build();
         // SAFETY: the receive takes its buffers from the provided-buffer ring, which stays
         // registered while the ring has operations; the SQE points to no other memory.
         unsafe { self.submit(Op::Recv(key), e) };
@@ -351,16 +356,7 @@ impl<H: Handler> Worker<H> {
             unsafe { self.submit_to(r, Op::Rejected, e) };
         } else {
             self.stats().uring_slots.fetch_add(1, Ordering::Relaxed);
-            let key = self.core.insert(UringIo {
-                ring: r as u8,
-                slot: res as u32,
-                ops: 0,
-                recv_armed: false,
-                recv_paused: false,
-                send: None,
-                zc_written: 0,
-                close: CloseState::Open,
-            });
+            let key = self.core.insert(UringIo::new(r, res as u32));
             self.arm_recv(key);
         }
         let wr = &self.rings[r];
@@ -378,7 +374,7 @@ impl<H: Handler> Worker<H> {
             io.recv_armed = false;
         }
         // The buffer is one of the provided buffers of the connection's ring.
-        let r = io.ring as usize;
+        let r = io.ring();
         if res > 0 {
             match cqueue::buffer_select(flags) {
                 Some(bid) => {
@@ -461,8 +457,10 @@ impl<H: Handler> Worker<H> {
         let io = key.and_then(|k| self.core.io_mut(k));
         debug_assert!(io.is_some(), "{op:?} for a freed connection");
         let Some(io) = io else { return };
-        io.ops += 1;
-        let r = io.ring as usize;
+        // A handful at most (see `UringIo::ops`); never near 255.
+        io.ops = io.ops.saturating_add(1);
+        debug_assert!(io.ops < u8::MAX);
+        let r = io.ring();
         add_own(&self.stats().uring_ops, 1);
         let e = e.user_data(op.encode());
         // SAFETY: the caller's duty.
@@ -512,7 +510,7 @@ impl<H: Handler> Worker<H> {
         };
         debug_assert_eq!(io.ops, 0, "an operation still names the slot");
         io.close = CloseState::Closing;
-        let e = opcode::Close::new(types::Fixed(io.slot)).build();
+        let e = opcode::Close::new(types::Fixed(io.slot())).build();
         // SAFETY: a close points to no memory.
         unsafe { self.submit(Op::Close(key), e) };
     }
@@ -533,7 +531,7 @@ impl<H: Handler> Worker<H> {
                 self.submit_close(key);
                 continue;
             }
-            let slot = types::Fixed(io.slot);
+            let slot = types::Fixed(io.slot());
             // Matches by file: an operation whose file is not resolved yet (queued in io-wq)
             // is not found, but it completes on its own, and the close waits for it.
             let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(slot).all()).build();
