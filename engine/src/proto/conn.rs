@@ -222,6 +222,17 @@ struct OurClose<S> {
     since: Stamp,
 }
 
+impl<S> OurClose<S> {
+    /// The handshake ended (or the connection dropped first): `on_close` gets our code and
+    /// reason, and the application's state back.
+    fn report<E: Events<S>>(self, ev: &mut E) {
+        let OurClose {
+            app, code, reason, ..
+        } = self;
+        ev.close(app, code, &reason);
+    }
+}
+
 /// A time as signed nanoseconds from [`EPOCH`], stored offset by 2^63 (so `Option<Stamp>`
 /// takes 8 bytes). A connection keeps several times; as `Instant`s (16 bytes each), plus
 /// one for the connection's own origin, they were a fifth of an idle connection's slab
@@ -317,12 +328,14 @@ impl<S> Conn<S> {
         }
     }
 
-    fn stamp(&self, now: Instant) -> Stamp {
-        Stamp::of(now)
+    /// When the next ping is due: `ping_interval` after the last byte received.
+    fn ping_due(&self, cfg: &ConnConfig) -> Option<Instant> {
+        self.last_rx.at().checked_add(cfg.ping_interval?)
     }
 
-    fn at(&self, s: Stamp) -> Instant {
-        s.at()
+    /// When the connection counts as idle: `idle_timeout` after the last byte received.
+    fn idle_due(&self, cfg: &ConnConfig) -> Option<Instant> {
+        self.last_rx.at().checked_add(cfg.idle_timeout?)
     }
 
     /// Whether the connection is open (messages and events may be sent to it).
@@ -408,32 +421,30 @@ impl<S> Conn<S> {
     pub fn poll_timeout(&self, cfg: &ConnConfig) -> Option<Instant> {
         match &self.phase {
             Phase::Handshake { since, .. } | Phase::Awaiting { since } => {
-                self.at(*since).checked_add(cfg.handshake_timeout)
+                (*since).at().checked_add(cfg.handshake_timeout)
             }
             Phase::Open { .. } => {
-                let ping = cfg.ping_interval.and_then(|p| {
-                    let ping_at = self.at(self.last_rx).checked_add(p)?;
-                    match self.ping_late {
-                        Some(late) => ping_at
-                            .checked_add(Duration::from_millis(u64::from(late.get() - 1)))?
-                            .checked_add(cfg.pong_timeout),
-                        None => Some(ping_at),
-                    }
+                let ping = self.ping_due(cfg).and_then(|ping_at| match self.ping_late {
+                    Some(late) => ping_at
+                        .checked_add(Duration::from_millis(u64::from(late.get() - 1)))?
+                        .checked_add(cfg.pong_timeout),
+                    None => Some(ping_at),
                 });
-                let idle = cfg
-                    .idle_timeout
-                    .and_then(|i| self.at(self.last_rx).checked_add(i));
+                let idle = self.idle_due(cfg);
                 let msg = self.message_deadline(cfg);
                 [ping, idle, msg].into_iter().flatten().min()
             }
-            Phase::Closing { ours } => self.at(ours.since).checked_add(cfg.close_timeout),
-            Phase::Draining { since, .. } => self.at(*since).checked_add(cfg.close_timeout),
+            Phase::Closing { ours } => ours.since.at().checked_add(cfg.close_timeout),
+            Phase::Draining { since, .. } => (*since).at().checked_add(cfg.close_timeout),
             Phase::Closed => None,
         }
     }
 
     fn message_deadline(&self, cfg: &ConnConfig) -> Option<Instant> {
-        self.at(self.partial.as_ref()?.msg_start?)
+        self.partial
+            .as_ref()?
+            .msg_start?
+            .at()
             .checked_add(cfg.message_timeout?)
     }
 
@@ -448,7 +459,7 @@ impl<S> Conn<S> {
         if self.is_closed() {
             return;
         }
-        self.last_rx = self.stamp(now);
+        self.last_rx = Stamp::of(now);
         self.ping_late = None;
         let mut buf = self.take_tail();
         let rest = if buf.is_empty() {
@@ -487,10 +498,7 @@ impl<S> Conn<S> {
                 self.drain(now, ev);
             }
             Phase::Closing { ours } => {
-                let OurClose {
-                    app, code, reason, ..
-                } = *ours;
-                ev.close(app, code, &reason);
+                (*ours).report(ev);
                 self.drain(now, ev);
             }
             Phase::Draining { shut: true, .. } => self.release(ev),
@@ -508,12 +516,7 @@ impl<S> Conn<S> {
     pub fn abort<E: Events<S>>(&mut self, code: CloseCode, reason: &str, ev: &mut E) {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Open { app } => ev.close(app, code, reason),
-            Phase::Closing { ours } => {
-                let OurClose {
-                    app, code, reason, ..
-                } = *ours;
-                ev.close(app, code, &reason)
-            }
+            Phase::Closing { ours } => (*ours).report(ev),
             Phase::Awaiting { .. } => ev.upgrade_settled(),
             _ => {}
         }
@@ -532,7 +535,7 @@ impl<S> Conn<S> {
                         app,
                         code,
                         reason: reason.into(),
-                        since: self.stamp(now),
+                        since: Stamp::of(now),
                     }),
                 };
             }
@@ -621,9 +624,7 @@ impl<S> Conn<S> {
                 Timeout::Handshake
             }
             Phase::Open { .. } => {
-                let idle = cfg
-                    .idle_timeout
-                    .and_then(|i| self.at(self.last_rx).checked_add(i));
+                let idle = self.idle_due(cfg);
                 if passed(self.message_deadline(cfg)) {
                     self.fail(now, CloseCode::POLICY_VIOLATION, "message timeout", ev);
                     Timeout::Message
@@ -636,10 +637,7 @@ impl<S> Conn<S> {
                 } else {
                     // Over the budget the peer is not reading: the ping is not queued, and
                     // unless bytes arrive the pong timeout drops the connection.
-                    let ping_at = cfg
-                        .ping_interval
-                        .and_then(|p| self.at(self.last_rx).checked_add(p))
-                        .unwrap_or(now);
+                    let ping_at = self.ping_due(cfg).unwrap_or(now);
                     // Rounded up: the pong's deadline is never earlier than before.
                     let late = now
                         .saturating_duration_since(ping_at)
@@ -697,7 +695,7 @@ impl<S> Conn<S> {
         let Some(app) = app else {
             return self.drain(now, ev);
         };
-        self.last_rx = self.stamp(now);
+        self.last_rx = Stamp::of(now);
         self.phase = Phase::Open { app };
         if let Phase::Open { app } = &mut self.phase {
             if ev.open(app) == Verdict::SlowConsumer {
@@ -749,7 +747,7 @@ impl<S> Conn<S> {
                             return pos;
                         }
                         Head::Open(app) => {
-                            self.last_rx = self.stamp(now);
+                            self.last_rx = Stamp::of(now);
                             self.phase = Phase::Open { app };
                             if let Phase::Open { app } = &mut self.phase {
                                 if ev.open(app) == Verdict::SlowConsumer {
@@ -872,10 +870,7 @@ impl<S> Conn<S> {
                 self.drain(now, ev);
             }
             Phase::Closing { ours } => {
-                let OurClose {
-                    app, code, reason, ..
-                } = *ours;
-                ev.close(app, code, &reason);
+                (*ours).report(ev);
                 self.drain(now, ev);
             }
             other => self.phase = other,
@@ -903,7 +898,7 @@ impl<S> Conn<S> {
     /// Enters `Draining` (the application's state, if any, has been handed back).
     fn drain<E: Events<S>>(&mut self, now: Instant, ev: &mut E) {
         self.phase = Phase::Draining {
-            since: self.stamp(now),
+            since: Stamp::of(now),
             shut: false,
         };
         self.release(ev);
@@ -933,7 +928,7 @@ impl<S> Conn<S> {
         let now_held = self.decoder.buffered_capacity();
         let old_held = self.held();
         if self.decoder.is_assembling() || !self.tail_is_empty() {
-            let t = self.stamp(now);
+            let t = Stamp::of(now);
             let p = self.partial.get_or_insert_with(Box::default);
             p.msg_start.get_or_insert(t);
             p.held = now_held;
