@@ -13,11 +13,12 @@
 //! Not all buffers are handed to the kernel at first: [`start_bytes`] worth go into the
 //! ring (one 64 KiB buffer where consumed incrementally, 256 KiB otherwise), the rest wait,
 //! and after each batch of completions in which a receive ran out (`ENOBUFS`) the ring
-//! takes twice as many, up to all of them ([`BufRing::grow`]). The kernel takes buffers in ring order, so with all of them in
-//! the ring a worker that accepted 10,000 handshakes had touched most of its 4 MiB; now it
-//! touches 64 KiB, and a ring grows only as far as its bursts need
-//! (200 connections echoing 16 KiB each need all 64 x 64 KiB: a batch of receives is copied
-//! before the worker handles any; docs/benchmarks.md, "Issue 14, fourth session").
+//! takes twice as many, up to all of them ([`BufRing::grow`]). The kernel takes buffers in
+//! ring order, so with all of them in the ring a worker that accepted 10,000 handshakes had
+//! touched most of its 4 MiB; now such a burst touches two 64 KiB buffers, and a ring grows
+//! only as far as its bursts need (200 connections echoing 16 KiB each settle at 16 x 64
+//! KiB: a batch of receives is copied before the worker handles any; docs/benchmarks.md,
+//! "Issue 14, fifth session").
 #![allow(unsafe_code)]
 
 use io_uring::types::BufRingEntry;

@@ -144,12 +144,16 @@ impl<H: Handler> Worker<H> {
     /// A zero-copy send completes twice: its result (flagged MORE), then a notification once
     /// the kernel let go of the buffers; the chunks stay pinned until then.
     pub(super) fn on_send_zc(&mut self, key: usize, res: i32, flags: u32) {
+        if cqueue::notif(flags) {
+            // Taken out first: nothing stays in the map, whatever became of the connection.
+            let written = self.zc_written.remove(&key).unwrap_or(0);
+            if self.core.io_mut(key).is_none() {
+                return;
+            }
+            return self.on_send(key, written);
+        }
         if self.core.io_mut(key).is_none() {
             return;
-        }
-        if cqueue::notif(flags) {
-            let written = self.zc_written.remove(&key).unwrap_or(0);
-            return self.on_send(key, written);
         }
         if cqueue::more(flags) {
             self.zc_written.insert(key, res);
