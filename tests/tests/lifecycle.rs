@@ -207,6 +207,46 @@ both_backends!(
 /// (128 slots), so the secondary rings (no `DEFER_TASKRUN`, each signalling its worker's
 /// eventfd) serve at least 72 of them: every one echoes, is pinged and answers, closes
 /// cleanly, and the slot and operation gauges come back to where they were.
+/// A connection names its ring in one byte: a plan of more than 256 rings per worker is
+/// refused at start, with a message that says what to change, not run with rings it
+/// cannot address.
+#[test]
+fn more_than_256_rings_per_worker_are_refused_at_start_with_a_clear_error() {
+    let Some(b) =
+        uring_or_skip("more_than_256_rings_per_worker_are_refused_at_start_with_a_clear_error")
+    else {
+        return;
+    };
+    let (tx, _rx) = std::sync::mpsc::channel();
+    // 16 descriptors per ring, 14 planned: 5,000 connections on one worker take 358 rings.
+    let cfg = TestServer::config(b)
+        .workers(1)
+        .max_connections(5000)
+        .uring_ring_slots(16);
+    let recorder = Recorder {
+        tx: std::sync::Arc::new(std::sync::Mutex::new(tx)),
+    };
+    let err = match volley::Server::start(cfg, recorder) {
+        Ok(_) => panic!("358 rings per worker must be refused"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let msg = err.to_string();
+    assert!(msg.contains("358 rings per worker"), "{msg}");
+    assert!(
+        msg.contains("raise the open-files limit or run more workers"),
+        "{msg}"
+    );
+    // 256 exactly is allowed: 14 x 256 = 3,584 connections.
+    let srv = TestServer::start(
+        TestServer::config(b)
+            .workers(1)
+            .max_connections(3584)
+            .uring_ring_slots(16),
+    );
+    assert_eq!(srv.handle().stats().uring_rings, 256);
+}
+
 #[test]
 fn several_rings_per_worker_serve_ping_and_close_every_connection() {
     let Some(b) = uring_or_skip("several_rings_per_worker_serve_ping_and_close_every_connection")
