@@ -32,7 +32,7 @@ use super::close::{parse_close_payload, CloseFrame};
 use super::deflate::{InflateError, Inflater};
 use super::error::ProtocolError;
 use super::frame::{FrameHeader, OpCode};
-use super::mask::apply_mask;
+use super::mask::{apply_mask, unmask_payload};
 use super::utf8::{self, Utf8Stream};
 use super::Status;
 
@@ -333,13 +333,14 @@ impl Frames {
         // Fast path: a whole message in one frame, wholly in the input. Borrow it in place.
         if h.fin && !in_progress && buf.len() - hlen >= len {
             let payload = &mut buf[hlen..hlen + len];
-            if let Some(k) = h.mask {
-                apply_mask(payload, k, 0);
-            }
-            let message = if h.opcode == OpCode::Text {
-                Decoded::Text(utf8::validate(payload)?)
-            } else {
-                Decoded::Binary(payload)
+            let message = match (h.mask, h.opcode) {
+                (Some(k), OpCode::Text) => Decoded::Text(utf8::unmask_text(payload, k)?),
+                (None, OpCode::Text) => Decoded::Text(utf8::validate(payload)?),
+                (Some(k), _) => {
+                    unmask_payload(payload, k);
+                    Decoded::Binary(payload)
+                }
+                (None, _) => Decoded::Binary(payload),
             };
             return Ok(Step {
                 consumed: hlen + len,

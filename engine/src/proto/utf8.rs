@@ -26,6 +26,19 @@ pub fn validate(bytes: &[u8]) -> Result<&str, ProtocolError> {
     simdutf8::basic::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)
 }
 
+/// Unmasks a text frame's whole payload (its first byte meets key byte 0) and validates it:
+/// a short ASCII text in one pass over its bytes.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn unmask_text(bytes: &mut [u8], key: [u8; 4]) -> Result<&str, ProtocolError> {
+    if super::mask::unmask_payload(bytes, key) {
+        // SAFETY: `unmask_payload` returns true only when it saw every unmasked byte with
+        // its high bit clear: ASCII, which is UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    validate(bytes)
+}
+
 /// Streaming validator for a text message that arrives in pieces.
 #[derive(Debug, Default, Clone)]
 pub struct Utf8Stream {

@@ -146,6 +146,18 @@ impl<'a> Outbox<'a> {
             Message::Binary(_) => OpCode::Binary,
         };
         let payload = msg.as_bytes();
+        // The common case: nothing deferred, no compression. Nothing waits in `deferred`, so
+        // the queue alone is compared with the high-water mark.
+        if self.env.deferred.is_empty() && (own.deflate == 0 || self.env.compression.is_none()) {
+            own.out.push_frame(&mut self.env.pool, op, payload);
+            self.sent += 1;
+            return if own.out.len() > self.env.high_water {
+                own.flags.set(super::core::Flags::DRAIN_OWED, true);
+                SendStatus::Backpressure
+            } else {
+                SendStatus::Queued
+            };
+        }
         let header = encode_header(true, op, payload.len() as u64, None);
         // Straight into the own queue, unless something is deferred before it (a publish):
         // then it waits its turn, so this connection sees both in the order they were made.

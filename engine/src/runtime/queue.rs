@@ -6,6 +6,7 @@
 //! broadcast path) are queued as a reference, never copied. When a socket takes only part of
 //! the queue, the rest stays as it is, with an offset into the first chunk.
 
+use crate::proto::frame::{encode_header, OpCode};
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
@@ -223,6 +224,34 @@ impl WriteQueue {
         }
     }
 
+    /// Appends one unmasked frame of `payload` as contiguous bytes, its header written in
+    /// place: [`WriteQueue::push_parts`] for the common case of a small message sent to its
+    /// own connection (no header buffer, no list of parts to walk).
+    pub(crate) fn push_frame(&mut self, pool: &mut BufPool, op: OpCode, payload: &[u8]) {
+        let len = payload.len();
+        if len >= 126 {
+            let header = encode_header(true, op, len as u64, None);
+            return self.push_parts(pool, &[&header, payload]);
+        }
+        let n = 2 + len;
+        self.len += n;
+        let head = [0x80 | op.as_u8(), len as u8];
+        // Never append to a chunk a send is reading from: its buffer could move.
+        if self.chunk_count() > self.inflight as usize {
+            if let Some(Chunk::Owned(last)) = self.last_mut() {
+                if last.len() + n <= POOL_BUF_CAP {
+                    last.extend_from_slice(&head);
+                    last.extend_from_slice(payload);
+                    return;
+                }
+            }
+        }
+        let mut v = pool.take(n);
+        v.extend_from_slice(&head);
+        v.extend_from_slice(payload);
+        self.push_chunk(Chunk::Owned(v));
+    }
+
     /// Appends an already encoded frame, taking the buffer as it is (no copy).
     pub(crate) fn push_owned(&mut self, frame: Vec<u8>) {
         if frame.is_empty() {
@@ -398,6 +427,40 @@ mod tests {
         q.advance(q.len(), &mut pool);
         assert_eq!(pool.free.len(), 1);
         assert!(pool.free[0].capacity() <= POOL_BUF_CAP);
+    }
+
+    /// Every byte the queue would write, in order.
+    fn queued_bytes(q: &WriteQueue) -> Vec<u8> {
+        let mut iov = [IoSlice::new(&[]); 64];
+        let n = q.io_slices(&mut iov);
+        iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn push_frame_writes_what_push_parts_writes_with_the_encoded_header() {
+        let (mut pool_a, mut pool_b) = (BufPool::default(), BufPool::default());
+        let (mut a, mut b) = (WriteQueue::default(), WriteQueue::default());
+        for (i, len) in [0, 1, 20, 125, 126, 127, 300, 65_535, 65_536, 70_000, 5]
+            .into_iter()
+            .enumerate()
+        {
+            let op = if i % 2 == 0 {
+                OpCode::Text
+            } else {
+                OpCode::Binary
+            };
+            let payload: Vec<u8> = (0..len).map(|j| (j * 7 + i) as u8).collect();
+            a.push_frame(&mut pool_a, op, &payload);
+            let h = encode_header(true, op, len as u64, None);
+            b.push_parts(&mut pool_b, &[&h, &payload]);
+            // One pinned by a send in the middle: new frames go to a chunk of their own.
+            if i == 3 {
+                assert_eq!(a.begin_send(64), b.begin_send(64));
+            }
+            assert_eq!(a.len(), b.len());
+            assert_eq!(a.chunk_count(), b.chunk_count(), "frame {i}");
+        }
+        assert_eq!(queued_bytes(&a), queued_bytes(&b));
     }
 
     #[test]

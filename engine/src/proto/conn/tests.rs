@@ -16,6 +16,8 @@ struct Ev {
     opened: u32,
     closes: Vec<(u32, u16, String)>,
     messages: Vec<Vec<u8>>,
+    /// Whether each message was a text.
+    texts: Vec<bool>,
     /// The handler echoes each message; over the budget it asks for a slow-consumer close.
     echo: bool,
     next_app: u32,
@@ -34,6 +36,7 @@ impl Ev {
             opened: 0,
             closes: Vec::new(),
             messages: Vec::new(),
+            texts: Vec::new(),
             echo: false,
             next_app: 1,
             defer: false,
@@ -128,6 +131,7 @@ impl Events<u32> for Ev {
             _ => panic!("only data messages reach the handler"),
         };
         self.messages.push(data.to_vec());
+        self.texts.push(matches!(msg, Decoded::Text(_)));
         if self.echo {
             if self.queue.len() > self.budget {
                 return Verdict::SlowConsumer;
@@ -685,4 +689,129 @@ fn eof_while_an_upgrade_is_deferred_settles_it_once() {
     assert_eq!(s.ev.settled, 1);
     s.conn.abort(CloseCode::ABNORMAL, "", &mut s.ev);
     assert_eq!(s.ev.settled, 1);
+}
+
+thread_local! {
+    /// Set by a test: every frame goes through the general decoder (`Conn::small_frame` is
+    /// skipped), the oracle the short path is compared with.
+    pub(super) static GENERAL_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// One client frame, any of them: good or bad opcode, reserved bits, masked or not, 7- and
+/// 16-bit lengths, ASCII, UTF-8 or random bytes.
+fn any_frame() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let payload = prop_oneof![
+        4 => proptest::collection::vec(0x20u8..0x7f, 0..140),
+        2 => ".{0,60}".prop_map(|s: String| s.into_bytes()),
+        1 => proptest::collection::vec(any::<u8>(), 0..300),
+        1 => proptest::collection::vec(any::<u8>(), 0..8),
+        1 => proptest::collection::vec(0x20u8..0x7f, 120..300),
+    ];
+    (
+        prop_oneof![6 => Just(1u8), 6 => Just(2), 2 => Just(0), 1 => Just(9), 1 => Just(10), 1 => Just(8), 1 => Just(3)],
+        prop_oneof![5 => Just(true), 1 => Just(false)],
+        prop_oneof![12 => Just(0u8), 1 => Just(4), 1 => Just(1)],
+        prop_oneof![12 => Just(true), 1 => Just(false)],
+        any::<[u8; 4]>(),
+        payload,
+    )
+        .prop_map(|(op, fin, rsv, masked, key, mut p)| {
+            if op >= 8 {
+                p.truncate(125);
+            }
+            let mut f = vec![(u8::from(fin) << 7) | (rsv << 4) | op];
+            let m = if masked { 0x80 } else { 0 };
+            match p.len() {
+                n @ 0..=125 => f.push(m | n as u8),
+                n => {
+                    f.push(m | 126);
+                    f.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+            }
+            if masked {
+                f.extend_from_slice(&key);
+                crate::proto::mask::apply_mask(&mut p, key, 0);
+            }
+            f.extend_from_slice(&p);
+            f
+        })
+}
+
+proptest::proptest! {
+    /// The short path for whole small frames changes nothing a peer or the handler can see:
+    /// any stream of frames, read in any pieces, gives the same messages, the same bytes
+    /// out, the same closes (codes and reasons) and the same state as the general decoder.
+    #[test]
+    fn prop_the_short_path_is_the_general_decoder(
+        frames in proptest::collection::vec(any_frame(), 0..12),
+        cuts in proptest::collection::vec(1usize..400, 0..6),
+        echo in proptest::bool::ANY,
+    ) {
+        let mut cfg = cfg();
+        cfg.write_budget = 1 << 20;
+        // Small enough that the generated frames cross them.
+        cfg.limits = Limits { max_frame: 200, max_message: 250 };
+        let stream: Vec<u8> = frames.concat();
+        let run = |general: bool| {
+            GENERAL_ONLY.with(|g| g.set(general));
+            let mut s = Sim::open(cfg);
+            s.ev.echo = echo;
+            let mut rest = &stream[..];
+            for &c in &cuts {
+                let (a, b) = rest.split_at(c.min(rest.len()));
+                s.read(a);
+                rest = b;
+            }
+            s.read(rest);
+            GENERAL_ONLY.with(|g| g.set(false));
+            let state = (s.conn.is_open(), s.conn.is_closed(), s.conn.held(), s.deadline_ms());
+            (s.ev.messages, s.ev.texts, s.ev.queue, s.ev.closes, state)
+        };
+        let short = run(false);
+        let general = run(true);
+        proptest::prop_assert_eq!(short, general);
+    }
+}
+
+#[test]
+fn the_short_path_takes_small_whole_frames_and_refuses_what_it_must() {
+    // Bad UTF-8 in a short text closes with 1007, as the general decoder does.
+    let mut s = Sim::open(cfg());
+    s.read(&client(OpCode::Text, true, &[b'a', 0xc3, b'(']));
+    assert_eq!(s.ev.closes, vec![(1, 1007, "text is not UTF-8".into())]);
+    // Over the frame limit: 1009 (the decoder's answer), not delivered.
+    let mut c = cfg();
+    c.limits = Limits {
+        max_frame: 10,
+        max_message: 100,
+    };
+    let mut s = Sim::open(c);
+    s.read(&client(OpCode::Binary, true, &[1; 11]));
+    assert!(s.ev.messages.is_empty());
+    assert_eq!(s.ev.closes[0].1, 1009);
+    // An unmasked frame: 1002.
+    let mut s = Sim::open(cfg());
+    s.read(&[0x82, 0x01, 0x55]);
+    assert_eq!(s.ev.closes[0].1, 1002);
+    // Several whole frames of 7- and 16-bit lengths in one read, text and binary.
+    let mut s = Sim::open(cfg());
+    let long = vec![b'x'; 300];
+    let mut bytes = client(OpCode::Text, true, b"hello");
+    bytes.extend(client(OpCode::Binary, true, &long));
+    bytes.extend(client(
+        OpCode::Text,
+        true,
+        "h\u{e9}llo w\u{f6}rld".as_bytes(),
+    ));
+    s.read(&bytes);
+    assert_eq!(
+        s.ev.messages,
+        vec![
+            b"hello".to_vec(),
+            long,
+            "h\u{e9}llo w\u{f6}rld".as_bytes().to_vec()
+        ]
+    );
+    assert!(s.ev.closes.is_empty());
 }

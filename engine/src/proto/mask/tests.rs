@@ -91,3 +91,44 @@ proptest! {
         check(&data, offset, key, phase);
     }
 }
+
+proptest! {
+    /// The short path unmasks as the byte loop does and says "ASCII" exactly when no
+    /// unmasked byte has its high bit set.
+    #[test]
+    fn prop_unmask_short_matches_scalar_and_is_ascii(
+        data in proptest::collection::vec(any::<u8>(), 0..200),
+        key in any::<[u8; 4]>(),
+    ) {
+        let mut want = data.clone();
+        scalar::apply_mask_scalar(&mut want, key, 0);
+        let mut got = data;
+        let ascii = super::unmask_short_is_ascii(&mut got, key);
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(ascii, want.is_ascii());
+    }
+}
+
+#[test]
+fn unmask_short_sees_a_high_bit_in_any_position() {
+    // Every length up to 24 and every position of one non-ASCII byte (words and tail).
+    let key = [0x12, 0x34, 0x56, 0x78];
+    for len in 0..24 {
+        let plain = vec![b'a'; len];
+        let mut masked = plain.clone();
+        scalar::apply_mask_scalar(&mut masked, key, 0);
+        assert!(
+            super::unmask_short_is_ascii(&mut masked.clone(), key),
+            "len {len}"
+        );
+        for at in 0..len {
+            let mut p = plain.clone();
+            p[at] = 0xc3;
+            scalar::apply_mask_scalar(&mut p, key, 0);
+            assert!(
+                !super::unmask_short_is_ascii(&mut p, key),
+                "len {len} at {at}"
+            );
+        }
+    }
+}
