@@ -239,7 +239,7 @@ impl<S> OurClose<S> {
 /// takes 8 bytes). A connection keeps several times; as `Instant`s (16 bytes each), plus
 /// one for the connection's own origin, they were a fifth of an idle connection's slab
 /// entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Stamp(std::num::NonZeroU64);
 
 /// The origin of every [`Stamp`]: the first `now` any connection was given. Not a clock
@@ -258,6 +258,12 @@ impl Stamp {
         };
         let v = (ns + STAMP_ZERO).clamp(1, u64::MAX as i128) as u64;
         Stamp(std::num::NonZeroU64::new(v).unwrap_or(std::num::NonZeroU64::MIN))
+    }
+
+    /// `d` later; saturating, 292 years after the origin.
+    fn after(self, d: Duration) -> Stamp {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Stamp(self.0.saturating_add(ns))
     }
 
     fn at(self) -> Instant {
@@ -421,25 +427,39 @@ impl<S> Conn<S> {
 
     /// The next deadline, if any.
     pub fn poll_timeout(&self, cfg: &ConnConfig) -> Option<Instant> {
-        match &self.phase {
+        // In stamps, converted once: this runs after every read.
+        let due = match &self.phase {
             Phase::Handshake { since, .. } | Phase::Awaiting { since } => {
-                (*since).at().checked_add(cfg.handshake_timeout)
+                since.after(cfg.handshake_timeout)
             }
             Phase::Open { .. } => {
-                let ping = self.ping_due(cfg).and_then(|ping_at| match self.ping_late {
-                    Some(late) => ping_at
-                        .checked_add(Duration::from_millis(u64::from(late.get() - 1)))?
-                        .checked_add(cfg.pong_timeout),
-                    None => Some(ping_at),
+                // The ping (or, once sent, its pong) and idleness both count from the last
+                // byte received.
+                let ping = cfg.ping_interval.map(|i| match self.ping_late {
+                    Some(late) => i
+                        .saturating_add(Duration::from_millis(u64::from(late.get() - 1)))
+                        .saturating_add(cfg.pong_timeout),
+                    None => i,
                 });
-                let idle = self.idle_due(cfg);
-                let msg = self.message_deadline(cfg);
-                [ping, idle, msg].into_iter().flatten().min()
+                let quiet = match (ping, cfg.idle_timeout) {
+                    (Some(p), Some(i)) => Some(p.min(i)),
+                    (p, i) => p.or(i),
+                };
+                let rx = quiet.map(|q| self.last_rx.after(q));
+                let msg = self
+                    .partial
+                    .as_ref()
+                    .and_then(|p| Some(p.msg_start?.after(cfg.message_timeout?)));
+                match (rx, msg) {
+                    (Some(r), Some(m)) => r.min(m),
+                    (r, m) => r.or(m)?,
+                }
             }
-            Phase::Closing { ours } => ours.since.at().checked_add(cfg.close_timeout),
-            Phase::Draining { since, .. } => (*since).at().checked_add(cfg.close_timeout),
-            Phase::Closed => None,
-        }
+            Phase::Closing { ours } => ours.since.after(cfg.close_timeout),
+            Phase::Draining { since, .. } => since.after(cfg.close_timeout),
+            Phase::Closed => return None,
+        };
+        Some(due.at())
     }
 
     fn message_deadline(&self, cfg: &ConnConfig) -> Option<Instant> {
