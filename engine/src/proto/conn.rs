@@ -249,9 +249,30 @@ static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 const STAMP_ZERO: i128 = 1 << 63;
 
+/// The origin of [`Stamp`]s (set from `now` if none is yet), for a caller that counts time
+/// from the same point (the worker's timer wheel: [`Conn::due_ns`] needs no conversion then).
+pub(crate) fn origin(now: Instant) -> Instant {
+    *EPOCH.get_or_init(|| now)
+}
+
 impl Stamp {
     fn of(now: Instant) -> Stamp {
-        let epoch = *EPOCH.get_or_init(|| now);
+        // A worker gives every connection of a loop turn the same `now`: converted once.
+        thread_local! {
+            static LAST: std::cell::Cell<Option<(Instant, Stamp)>> = const { std::cell::Cell::new(None) };
+        }
+        if let Some((t, s)) = LAST.get() {
+            if t == now {
+                return s;
+            }
+        }
+        let s = Stamp::convert(now);
+        LAST.set(Some((now, s)));
+        s
+    }
+
+    fn convert(now: Instant) -> Stamp {
+        let epoch = origin(now);
         let ns: i128 = match now.checked_duration_since(epoch) {
             Some(d) => d.as_nanos() as i128,
             None => -((epoch - now).as_nanos() as i128),
@@ -427,8 +448,19 @@ impl<S> Conn<S> {
 
     /// The next deadline, if any.
     pub fn poll_timeout(&self, cfg: &ConnConfig) -> Option<Instant> {
-        // In stamps, converted once: this runs after every read.
-        let due = match &self.phase {
+        self.due(cfg).map(Stamp::at)
+    }
+
+    /// [`Conn::poll_timeout`] in nanoseconds after [`origin`] (negative before it).
+    pub(crate) fn due_ns(&self, cfg: &ConnConfig) -> Option<i64> {
+        // The stamp's offset from 2^63, in two's complement.
+        self.due(cfg).map(|d| (d.0.get() ^ (1 << 63)) as i64)
+    }
+
+    /// The next deadline as a stamp: this runs after every read, so in stamps, converted by
+    /// the caller if at all.
+    fn due(&self, cfg: &ConnConfig) -> Option<Stamp> {
+        Some(match &self.phase {
             Phase::Handshake { since, .. } | Phase::Awaiting { since } => {
                 since.after(cfg.handshake_timeout)
             }
@@ -458,8 +490,7 @@ impl<S> Conn<S> {
             Phase::Closing { ours } => ours.since.after(cfg.close_timeout),
             Phase::Draining { since, .. } => since.after(cfg.close_timeout),
             Phase::Closed => return None,
-        };
-        Some(due.at())
+        })
     }
 
     fn message_deadline(&self, cfg: &ConnConfig) -> Option<Instant> {
@@ -805,6 +836,9 @@ impl<S> Conn<S> {
     ) -> usize {
         let mut pos = 0;
         loop {
+            if pos == buf.len() {
+                return pos;
+            }
             match self.small_frame(now, &mut buf[pos..], cfg, ev) {
                 Small::Took(n) => {
                     pos += n;

@@ -484,7 +484,10 @@ impl<H: Handler, Io> Core<H, Io> {
         let held = Held::new(cfg.incomplete_budget);
         let compression = cfg.deflate.map(Compression::new);
         let conn_cfg = cfg.conn_config();
-        let epoch = Instant::now();
+        // The connections' stamps count from the same origin: deadlines need no conversion.
+        // (Set by the process's first server: it may be well before this one's start.)
+        let now = Instant::now();
+        let epoch = machine::origin(now);
         let node = shared.node();
         let mut registry = Registry::with_caps(caps);
         registry.watch = shared.cluster.clone().map(|cluster| {
@@ -503,8 +506,8 @@ impl<H: Handler, Io> Core<H, Io> {
             node,
             next_gen: 1,
             epoch,
-            now: epoch,
-            now_ms: 0,
+            now,
+            now_ms: now.saturating_duration_since(epoch).as_millis() as u64,
             timers: TimerWheel::new(),
             fired: Vec::new(),
             dirty: Vec::new(),
@@ -953,7 +956,7 @@ impl<H: Handler, Io> Core<H, Io> {
     pub(crate) fn take_dirty(&mut self) -> Vec<usize> {
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
-            self.with_conn(key, |m, ev, cfg| m.poll_transmit(cfg, ev));
+            self.queue_pong(key);
         }
         if let Some(c) = self.env.compression.as_mut() {
             let (deflated, inflated) = c.take_counts();
@@ -978,7 +981,15 @@ impl<H: Handler, Io> Core<H, Io> {
     /// list; [`Core::after_flush`] clears its mark, and the backend skips it there
     /// ([`Core::is_dirty`]).
     pub(crate) fn prepare_flush(&mut self, key: usize) {
-        self.with_conn(key, |m, ev, cfg| m.poll_transmit(cfg, ev));
+        self.queue_pong(key);
+    }
+
+    /// Queues the pong `key` owes, if it fits (checked first without building the machine's
+    /// side: most flushes owe none).
+    fn queue_pong(&mut self, key: usize) {
+        if self.conns.get(key).is_some_and(|c| c.machine.needs_flush()) {
+            self.with_conn(key, |m, ev, cfg| m.poll_transmit(cfg, ev));
+        }
     }
 
     /// Returns the (drained) vector from [`Core::take_dirty`], to reuse its allocation.
@@ -1292,10 +1303,11 @@ impl<H: Handler, Io> Core<H, Io> {
     /// Makes sure `key` has a timer entry no later than its machine's deadline.
     fn schedule(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let Some(d) = conn.machine.poll_timeout(&self.conn_cfg) else {
+        let Some(ns) = conn.machine.due_ns(&self.conn_cfg) else {
             return;
         };
-        let ms = d.saturating_duration_since(self.epoch).as_millis() as u64;
+        // `epoch` is the stamps' origin (see `new`).
+        let ms = ns.max(0) as u64 / 1_000_000;
         // A deadline further ahead than `MAX_AHEAD` ticks fires early and is scheduled again,
         // so that every live tag is within 2^31 ticks of every other (see `tick_tag`).
         let now_tick = self.now_ms / TICK_MS;
