@@ -249,8 +249,8 @@ static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 const STAMP_ZERO: i128 = 1 << 63;
 
-/// The origin of [`Stamp`]s (set from `now` if none is yet), for a caller that counts time
-/// from the same point (the worker's timer wheel: [`Conn::due_ns`] needs no conversion then).
+/// The origin of [`Stamp`]s (set from `now` if none is yet), for a caller that takes
+/// deadlines in stamp units ([`Conn::due_ns`]) and converts them by one offset.
 pub(crate) fn origin(now: Instant) -> Instant {
     *EPOCH.get_or_init(|| now)
 }
@@ -917,7 +917,7 @@ impl<S> Conn<S> {
     /// being assembled and the connection is open. The decoder's checks that such a frame
     /// can fail are made here the same way (the size limits send it to the decoder, which
     /// refuses it; bad UTF-8 closes with 1007). Echoing 20-byte texts 16 in flight it took
-    /// the worker from ~740 to ~N instructions per message (docs/benchmarks.md).
+    /// the worker from ~740 to ~410 instructions per message (docs/benchmarks.md).
     #[inline]
     fn small_frame<E: Events<S>>(
         &mut self,
@@ -978,6 +978,8 @@ impl<S> Conn<S> {
             unmask_payload(payload, key);
             Decoded::Binary(payload)
         };
+        #[cfg(test)]
+        tests::SHORT_TAKEN.with(|n| n.set(n.get() + 1));
         if ev.message(app, msg) == Verdict::SlowConsumer {
             self.handle_slow_consumer(now, ev);
             return Small::Stop;

@@ -191,6 +191,11 @@ pub(crate) struct Core<H: Handler, Io> {
     node: u8,
     next_gen: u32,
     epoch: Instant,
+    /// Where the connections' stamps count from ([`machine::origin`]) relative to `epoch`,
+    /// in ns: a deadline in stamp units becomes one on this worker's clock by one add. The
+    /// origin is whatever `now` first made a stamp in the process (a simulated clock of the
+    /// public `proto::conn::Conn` may set it before or after the real time).
+    stamp_offset_ns: i64,
     /// The time of this loop turn (read once per turn by [`Core::update_now`]).
     now: Instant,
     now_ms: u64,
@@ -484,10 +489,13 @@ impl<H: Handler, Io> Core<H, Io> {
         let held = Held::new(cfg.incomplete_budget);
         let compression = cfg.deflate.map(Compression::new);
         let conn_cfg = cfg.conn_config();
-        // The connections' stamps count from the same origin: deadlines need no conversion.
-        // (Set by the process's first server: it may be well before this one's start.)
-        let now = Instant::now();
-        let epoch = machine::origin(now);
+        let epoch = Instant::now();
+        let origin = machine::origin(epoch);
+        let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let stamp_offset_ns = match origin.checked_duration_since(epoch) {
+            Some(ahead) => ns(ahead),
+            None => -ns(epoch - origin),
+        };
         let node = shared.node();
         let mut registry = Registry::with_caps(caps);
         registry.watch = shared.cluster.clone().map(|cluster| {
@@ -506,8 +514,9 @@ impl<H: Handler, Io> Core<H, Io> {
             node,
             next_gen: 1,
             epoch,
-            now,
-            now_ms: now.saturating_duration_since(epoch).as_millis() as u64,
+            stamp_offset_ns,
+            now: epoch,
+            now_ms: 0,
             timers: TimerWheel::new(),
             fired: Vec::new(),
             dirty: Vec::new(),
@@ -1306,8 +1315,7 @@ impl<H: Handler, Io> Core<H, Io> {
         let Some(ns) = conn.machine.due_ns(&self.conn_cfg) else {
             return;
         };
-        // `epoch` is the stamps' origin (see `new`).
-        let ms = ns.max(0) as u64 / 1_000_000;
+        let ms = ns.saturating_add(self.stamp_offset_ns).max(0) as u64 / 1_000_000;
         // A deadline further ahead than `MAX_AHEAD` ticks fires early and is scheduled again,
         // so that every live tag is within 2^31 ticks of every other (see `tick_tag`).
         let now_tick = self.now_ms / TICK_MS;

@@ -695,6 +695,26 @@ thread_local! {
     /// Set by a test: every frame goes through the general decoder (`Conn::small_frame` is
     /// skipped), the oracle the short path is compared with.
     pub(super) static GENERAL_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Messages `Conn::small_frame` handed out on this thread.
+    pub(super) static SHORT_TAKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets [`GENERAL_ONLY`] for its lifetime (cleared even when the run panics).
+struct GeneralOnly;
+
+impl GeneralOnly {
+    fn set(on: bool) -> Option<GeneralOnly> {
+        on.then(|| {
+            GENERAL_ONLY.with(|g| g.set(true));
+            GeneralOnly
+        })
+    }
+}
+
+impl Drop for GeneralOnly {
+    fn drop(&mut self) {
+        GENERAL_ONLY.with(|g| g.set(false));
+    }
 }
 
 /// One client frame, any of them: good or bad opcode, reserved bits, masked or not, 7- and
@@ -747,14 +767,19 @@ proptest::proptest! {
         frames in proptest::collection::vec(any_frame(), 0..12),
         cuts in proptest::collection::vec(1usize..400, 0..6),
         echo in proptest::bool::ANY,
+        frame_limit_first in proptest::bool::ANY,
     ) {
         let mut cfg = cfg();
         cfg.write_budget = 1 << 20;
-        // Small enough that the generated frames cross them.
-        cfg.limits = Limits { max_frame: 200, max_message: 250 };
+        // Small enough that the generated frames cross them, either one first.
+        cfg.limits = if frame_limit_first {
+            Limits { max_frame: 200, max_message: 250 }
+        } else {
+            Limits { max_frame: 250, max_message: 150 }
+        };
         let stream: Vec<u8> = frames.concat();
         let run = |general: bool| {
-            GENERAL_ONLY.with(|g| g.set(general));
+            let _general = GeneralOnly::set(general);
             let mut s = Sim::open(cfg);
             s.ev.echo = echo;
             let mut rest = &stream[..];
@@ -764,7 +789,6 @@ proptest::proptest! {
                 rest = b;
             }
             s.read(rest);
-            GENERAL_ONLY.with(|g| g.set(false));
             let state = (s.conn.is_open(), s.conn.is_closed(), s.conn.held(), s.deadline_ms());
             (s.ev.messages, s.ev.texts, s.ev.queue, s.ev.closes, state)
         };
@@ -794,8 +818,10 @@ fn the_short_path_takes_small_whole_frames_and_refuses_what_it_must() {
     let mut s = Sim::open(cfg());
     s.read(&[0x82, 0x01, 0x55]);
     assert_eq!(s.ev.closes[0].1, 1002);
-    // Several whole frames of 7- and 16-bit lengths in one read, text and binary.
+    // Several whole frames of 7- and 16-bit lengths in one read, text and binary: all three
+    // through the short path.
     let mut s = Sim::open(cfg());
+    let taken = SHORT_TAKEN.with(|n| n.get());
     let long = vec![b'x'; 300];
     let mut bytes = client(OpCode::Text, true, b"hello");
     bytes.extend(client(OpCode::Binary, true, &long));
@@ -814,4 +840,5 @@ fn the_short_path_takes_small_whole_frames_and_refuses_what_it_must() {
         ]
     );
     assert!(s.ev.closes.is_empty());
+    assert_eq!(SHORT_TAKEN.with(|n| n.get()) - taken, 3);
 }
