@@ -358,13 +358,30 @@ impl<S> Conn<S> {
     }
 
     /// When the next ping is due: `ping_interval` after the last byte received.
-    fn ping_due(&self, cfg: &ConnConfig) -> Option<Instant> {
-        self.last_rx.at().checked_add(cfg.ping_interval?)
+    fn ping_due(&self, cfg: &ConnConfig) -> Option<Stamp> {
+        Some(self.last_rx.after(cfg.ping_interval?))
     }
 
     /// When the connection counts as idle: `idle_timeout` after the last byte received.
-    fn idle_due(&self, cfg: &ConnConfig) -> Option<Instant> {
-        self.last_rx.at().checked_add(cfg.idle_timeout?)
+    fn idle_due(&self, cfg: &ConnConfig) -> Option<Stamp> {
+        Some(self.last_rx.after(cfg.idle_timeout?))
+    }
+
+    /// When an unfinished message must be complete: `message_timeout` after it started.
+    fn message_due(&self, cfg: &ConnConfig) -> Option<Stamp> {
+        Some(
+            self.partial
+                .as_ref()?
+                .msg_start?
+                .after(cfg.message_timeout?),
+        )
+    }
+
+    /// When the pong for the ping sent is overdue: the pong timeout after the ping was due
+    /// plus how late it went out.
+    fn pong_due(&self, cfg: &ConnConfig) -> Option<Stamp> {
+        let late = Duration::from_millis(u64::from(self.ping_late?.get() - 1));
+        Some(self.ping_due(cfg)?.after(late).after(cfg.pong_timeout))
     }
 
     /// Whether the connection is open (messages and events may be sent to it).
@@ -465,40 +482,19 @@ impl<S> Conn<S> {
                 since.after(cfg.handshake_timeout)
             }
             Phase::Open { .. } => {
-                // The ping (or, once sent, its pong) and idleness both count from the last
-                // byte received.
-                let ping = cfg.ping_interval.map(|i| match self.ping_late {
-                    Some(late) => i
-                        .saturating_add(Duration::from_millis(u64::from(late.get() - 1)))
-                        .saturating_add(cfg.pong_timeout),
-                    None => i,
-                });
-                let quiet = match (ping, cfg.idle_timeout) {
-                    (Some(p), Some(i)) => Some(p.min(i)),
-                    (p, i) => p.or(i),
+                let ping = match self.ping_late {
+                    Some(_) => self.pong_due(cfg),
+                    None => self.ping_due(cfg),
                 };
-                let rx = quiet.map(|q| self.last_rx.after(q));
-                let msg = self
-                    .partial
-                    .as_ref()
-                    .and_then(|p| Some(p.msg_start?.after(cfg.message_timeout?)));
-                match (rx, msg) {
-                    (Some(r), Some(m)) => r.min(m),
-                    (r, m) => r.or(m)?,
-                }
+                [ping, self.idle_due(cfg), self.message_due(cfg)]
+                    .into_iter()
+                    .flatten()
+                    .min()?
             }
             Phase::Closing { ours } => ours.since.after(cfg.close_timeout),
             Phase::Draining { since, .. } => since.after(cfg.close_timeout),
             Phase::Closed => return None,
         })
-    }
-
-    fn message_deadline(&self, cfg: &ConnConfig) -> Option<Instant> {
-        self.partial
-            .as_ref()?
-            .msg_start?
-            .at()
-            .checked_add(cfg.message_timeout?)
     }
 
     /// Bytes arrived. They are unmasked in place.
@@ -666,11 +662,12 @@ impl<S> Conn<S> {
         cfg: &ConnConfig,
         ev: &mut E,
     ) -> Option<Timeout> {
-        match self.poll_timeout(cfg) {
-            Some(d) if now >= d => {}
+        let t = Stamp::of(now);
+        match self.due(cfg) {
+            Some(d) if t >= d => {}
             _ => return None,
         }
-        let passed = |t: Option<Instant>| t.is_some_and(|t| now >= t);
+        let passed = |due: Option<Stamp>| due.is_some_and(|due| t >= due);
         Some(match self.phase {
             Phase::Handshake { .. } | Phase::Awaiting { .. } => {
                 self.abort(CloseCode::ABNORMAL, "handshake timeout", ev);
@@ -678,7 +675,7 @@ impl<S> Conn<S> {
             }
             Phase::Open { .. } => {
                 let idle = self.idle_due(cfg);
-                if passed(self.message_deadline(cfg)) {
+                if passed(self.message_due(cfg)) {
                     self.fail(now, CloseCode::POLICY_VIOLATION, "message timeout", ev);
                     Timeout::Message
                 } else if passed(idle) {
@@ -690,12 +687,12 @@ impl<S> Conn<S> {
                 } else {
                     // Over the budget the peer is not reading: the ping is not queued, and
                     // unless bytes arrive the pong timeout drops the connection.
-                    let ping_at = self.ping_due(cfg).unwrap_or(now);
+                    let ping_at = self.ping_due(cfg).unwrap_or(t);
                     // Rounded up: the pong's deadline is never earlier than before.
-                    let late = now
-                        .saturating_duration_since(ping_at)
-                        .as_nanos()
-                        .div_ceil(1_000_000);
+                    let late =
+                        t.0.get()
+                            .saturating_sub(ping_at.0.get())
+                            .div_ceil(1_000_000);
                     let late = u32::try_from(late)
                         .unwrap_or(u32::MAX - 1)
                         .min(u32::MAX - 1);
@@ -856,8 +853,7 @@ impl<S> Conn<S> {
             ) {
                 Ok(s) => s,
                 Err(e) => {
-                    ev.protocol_error(&e);
-                    self.fail(now, e.close_code(), e.reason(), ev);
+                    self.protocol_failure(now, &e, ev);
                     return buf.len();
                 }
             };
@@ -969,8 +965,7 @@ impl<S> Conn<S> {
             match utf8::unmask_text(payload, key) {
                 Ok(t) => Decoded::Text(t),
                 Err(e) => {
-                    ev.protocol_error(&e);
-                    self.fail(now, e.close_code(), e.reason(), ev);
+                    self.protocol_failure(now, &e, ev);
                     return Small::Stop;
                 }
             }
@@ -985,6 +980,12 @@ impl<S> Conn<S> {
             return Small::Stop;
         }
         Small::Took(hlen + len)
+    }
+
+    /// The peer broke the protocol: reported, then closed with the error's code and reason.
+    fn protocol_failure<E: Events<S>>(&mut self, now: Instant, e: &ProtocolError, ev: &mut E) {
+        ev.protocol_error(e);
+        self.fail(now, e.close_code(), e.reason(), ev);
     }
 
     /// The peer sent a close frame.
