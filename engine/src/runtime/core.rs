@@ -967,13 +967,22 @@ impl<H: Handler, Io> Core<H, Io> {
         for &key in &dirty {
             self.queue_pong(key);
         }
+        self.publish_compression_counts();
+        dirty
+    }
+
+    /// Adds the messages deflated and inflated since the last call to the worker's stats.
+    /// Called before any flush, so a peer that got its answer finds it counted.
+    fn publish_compression_counts(&mut self) {
         if let Some(c) = self.env.compression.as_mut() {
             let (deflated, inflated) = c.take_counts();
+            if deflated == 0 && inflated == 0 {
+                return;
+            }
             let st = &self.shared.workers[self.worker as usize].stats;
             st.messages_deflated.fetch_add(deflated, Ordering::Relaxed);
             st.messages_inflated.fetch_add(inflated, Ordering::Relaxed);
         }
-        dirty
     }
 
     /// Whether `key` waits to be flushed this turn (it has output, or a pong or a shutdown
@@ -991,6 +1000,7 @@ impl<H: Handler, Io> Core<H, Io> {
     /// ([`Core::is_dirty`]).
     pub(crate) fn prepare_flush(&mut self, key: usize) {
         self.queue_pong(key);
+        self.publish_compression_counts();
     }
 
     /// Queues the pong `key` owes, if it fits (checked first without building the machine's
