@@ -102,6 +102,38 @@ fn ping_pong_both_ways(b: Backend) {
     assert!(srv.handle().stats().pings_sent >= 1);
 }
 
+/// The worker skips computing a connection's deadline after a read that can only have moved
+/// it later (`Core::on_data`): the timer set before fires early and is set again. Here that
+/// happens ten times in a row, and the ping must still come one interval after the last
+/// message: not before, and not lost or a whole interval late.
+fn the_ping_comes_one_interval_after_the_last_of_many_messages(b: Backend) {
+    let interval = Duration::from_millis(500);
+    let cfg = TestServer::config(b).ping(Some(interval), Duration::from_secs(5));
+    let srv = TestServer::start(cfg);
+    let mut c = RawClient::connect(srv.addr, "/");
+    let mut last = Instant::now();
+    for i in 0..10 {
+        last = Instant::now();
+        c.send_text(&format!("m{i}"));
+        assert_eq!(
+            c.recv(),
+            Got::Text(format!("m{i}")),
+            "no ping while messages come"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(
+        c.recv_within(Duration::from_secs(3)),
+        Some(Got::Ping(vec![]))
+    );
+    let after = last.elapsed();
+    assert!(
+        after >= interval && after < interval * 3,
+        "the ping came {after:?} after the last message (interval {interval:?})"
+    );
+    assert_eq!(srv.handle().stats().pings_sent, 1);
+}
+
 trait TcpOf {
     fn get_mut_tcp(&mut self) -> &mut TcpStream;
 }
@@ -603,6 +635,7 @@ both_backends!(
     echo_text_and_binary_at_boundary_sizes,
     fragmented_messages_with_interleaved_pings,
     ping_pong_both_ways,
+    the_ping_comes_one_interval_after_the_last_of_many_messages,
     unanswered_ping_drops_the_connection_with_1006,
     close_code_paths,
     protocol_errors_close_with_the_right_code,

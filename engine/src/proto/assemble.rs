@@ -206,6 +206,11 @@ impl Frames {
         self.asm.as_ref().map_or(0, |a| a.buf.capacity())
     }
 
+    /// Whether no message is being assembled and none delivered is still held.
+    pub(crate) fn holds_nothing(&self) -> bool {
+        self.asm.is_none()
+    }
+
     /// Frees the assembly buffer (the caller marks itself closed: nothing more is decoded).
     pub(crate) fn release(&mut self) {
         self.asm = None;

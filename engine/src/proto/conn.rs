@@ -417,6 +417,15 @@ impl<S> Conn<S> {
         self.pong.is_some() || matches!(self.phase, Phase::Draining { shut: false, .. })
     }
 
+    /// Whether the next deadline is the ping or the idle close, both counted from the last
+    /// byte received (open, no ping outstanding, nothing held): true before and after a
+    /// read, the read can only have moved the deadline later, so a timer set for it stands.
+    pub(crate) fn due_follows_last_rx(&self) -> bool {
+        matches!(self.phase, Phase::Open { .. })
+            && self.ping_late.is_none()
+            && self.partial.is_none()
+    }
+
     /// Bytes this connection holds in an incomplete message.
     pub fn held(&self) -> usize {
         self.partial.as_ref().map_or(0, |p| p.held)
@@ -482,14 +491,15 @@ impl<S> Conn<S> {
                 since.after(cfg.handshake_timeout)
             }
             Phase::Open { .. } => {
-                let ping = match self.ping_late {
-                    Some(_) => self.pong_due(cfg),
-                    None => self.ping_due(cfg),
+                let quiet = match self.ping_late {
+                    Some(_) => earlier(self.pong_due(cfg), self.idle_due(cfg)),
+                    // The ping and the idle close both count from the last byte received:
+                    // one addition for the earlier of the two.
+                    None => {
+                        earlier(cfg.ping_interval, cfg.idle_timeout).map(|d| self.last_rx.after(d))
+                    }
                 };
-                [ping, self.idle_due(cfg), self.message_due(cfg)]
-                    .into_iter()
-                    .flatten()
-                    .min()?
+                earlier(quiet, self.message_due(cfg))?
             }
             Phase::Closing { ours } => ours.since.after(cfg.close_timeout),
             Phase::Draining { since, .. } => since.after(cfg.close_timeout),
@@ -513,6 +523,11 @@ impl<S> Conn<S> {
         let mut buf = self.take_tail();
         let rest = if buf.is_empty() {
             let used = self.process(now, bytes, cfg, ev);
+            if used == bytes.len() && self.partial.is_none() && self.decoder.holds_nothing() {
+                // Nothing held, before or now (the common case): `put_tail` and `account`
+                // would change nothing. (A `release` in `process` settled the budget itself.)
+                return;
+            }
             if used < bytes.len() && self.reading() {
                 bytes[used..].to_vec()
             } else {
@@ -1089,6 +1104,14 @@ impl<S> Conn<S> {
                 ev,
             );
         }
+    }
+}
+
+/// The earlier of two optional times (or durations); `None` only if both are.
+fn earlier<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -725,6 +725,13 @@ impl<H: Handler, Io> Core<H, Io> {
     /// After a machine call: a closed machine's socket is queued for closing; otherwise its
     /// timer is kept and its output marked for flushing.
     fn settle(&mut self, key: usize) {
+        self.settle_timer(key, false);
+    }
+
+    /// [`Core::settle`]; `timer_stands`: the machine's deadline can only have moved later
+    /// since its live timer was set (see [`Core::on_data`]), which then fires early and is
+    /// set again (the wheel is lazy), so the deadline need not be computed now.
+    fn settle_timer(&mut self, key: usize, timer_stands: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -737,7 +744,9 @@ impl<H: Handler, Io> Core<H, Io> {
             self.dead.push(key);
             return;
         }
-        self.schedule(key);
+        if !(timer_stands && conn.machine.due_follows_last_rx()) {
+            self.schedule(key);
+        }
         self.mark_output(key);
     }
 
@@ -745,9 +754,16 @@ impl<H: Handler, Io> Core<H, Io> {
     pub(crate) fn on_data(&mut self, key: usize, bytes: &mut [u8]) {
         let now = self.now;
         add_own(&self.me().stats.bytes_in, bytes.len() as u64);
+        // A connection that is open with no ping outstanding and nothing held has its timer
+        // at (or before) the last read's ping or idle deadline. If it is still so after this
+        // read, the deadline only moved later (about 120 instructions a read saved).
+        let timer_stands = self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.timer_tick != 0 && c.machine.due_follows_last_rx());
         self.with_conn(key, |m, ev, cfg| m.handle_read(now, bytes, cfg, ev));
         self.apply_deferred();
-        self.settle(key);
+        self.settle_timer(key, timer_stands);
     }
 
     /// The peer shut its write side (a read returned 0): what is queued still goes out.
@@ -801,6 +817,7 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Runs `on_drain` for `key` if its queue went over the high-water mark and is now down
     /// to half of it.
+    #[inline]
     fn drained(&mut self, key: usize) {
         let low = self.env.high_water / 2;
         let Some(c) = self.conns.get_mut(key) else {
@@ -809,6 +826,14 @@ impl<H: Handler, Io> Core<H, Io> {
         if !c.flags.has(Flags::DRAIN_OWED) || c.flags.has(Flags::DEAD) || c.out.len() > low {
             return;
         }
+        self.call_on_drain(key);
+    }
+
+    /// The rare half of [`Core::drained`], out of line (see [`Core::transmit_owed`]).
+    #[cold]
+    #[inline(never)]
+    fn call_on_drain(&mut self, key: usize) {
+        let c = &mut self.conns[key];
         c.flags.set(Flags::DRAIN_OWED, false);
         if !c.machine.is_open() {
             return;
@@ -965,7 +990,10 @@ impl<H: Handler, Io> Core<H, Io> {
     pub(crate) fn take_dirty(&mut self) -> Vec<usize> {
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
-            self.queue_pong(key);
+            // Most were flushed right after their read already (`prepare_flush`).
+            if self.is_dirty(key) {
+                self.queue_pong(key);
+            }
         }
         self.publish_compression_counts();
         dirty
@@ -1005,10 +1033,20 @@ impl<H: Handler, Io> Core<H, Io> {
 
     /// Queues the pong `key` owes, if it fits (checked first without building the machine's
     /// side: most flushes owe none).
+    #[inline]
     fn queue_pong(&mut self, key: usize) {
         if self.conns.get(key).is_some_and(|c| c.machine.needs_flush()) {
-            self.with_conn(key, |m, ev, cfg| m.poll_transmit(cfg, ev));
+            self.transmit_owed(key);
         }
+    }
+
+    /// The rare half of [`Core::queue_pong`], kept out of line so that the check costs a
+    /// few instructions (inlined, the machine's side made every caller save and restore a
+    /// dozen registers: ~30 instructions a flush).
+    #[cold]
+    #[inline(never)]
+    fn transmit_owed(&mut self, key: usize) {
+        self.with_conn(key, |m, ev, cfg| m.poll_transmit(cfg, ev));
     }
 
     /// Returns the (drained) vector from [`Core::take_dirty`], to reuse its allocation.

@@ -300,6 +300,15 @@ impl WriteQueue {
     /// Marks `n` bytes as written, releasing the chunks they finish.
     pub(crate) fn advance(&mut self, mut n: usize, pool: &mut BufPool) {
         debug_assert!(n <= self.len);
+        if n == self.len && self.rest.0.is_none() {
+            // All of it, one chunk (a turn's frames coalesced): the common case.
+            self.len = 0;
+            self.offset = 0;
+            if let Some(Chunk::Owned(v)) = self.first.take() {
+                pool.give(v);
+            }
+            return;
+        }
         self.len -= n.min(self.len);
         while n > 0 {
             let Some(first) = &self.first else { break };

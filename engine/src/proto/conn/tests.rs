@@ -842,3 +842,65 @@ fn the_short_path_takes_small_whole_frames_and_refuses_what_it_must() {
     assert!(s.ev.closes.is_empty());
     assert_eq!(SHORT_TAKEN.with(|n| n.get()) - taken, 3);
 }
+
+proptest::proptest! {
+    /// What lets the worker skip computing the deadline after most reads
+    /// (`Core::on_data`): while `due_follows_last_rx` holds before and after a read, the
+    /// read only moved the deadline later, so a timer set for the old one fires early and is
+    /// set again, never late. Also: after every read the worker's budget counts exactly what
+    /// the decoder holds (the read that holds nothing skips that bookkeeping). Any frames, read
+    /// in any pieces, at any pace, with the pings and closes the timers bring on the way.
+    #[test]
+    fn prop_a_read_moves_a_quiet_deadline_only_later(
+        frames in proptest::collection::vec(any_frame(), 0..12),
+        cuts in proptest::collection::vec((1usize..400, 0u64..4000), 0..8),
+        echo in proptest::bool::ANY,
+    ) {
+        let mut cfg = cfg();
+        cfg.write_budget = 1 << 20;
+        cfg.limits = Limits { max_frame: 250, max_message: 300 };
+        // A message clock and a pong timeout that would come before the next ping: either
+        // mistaken for a quiet deadline shows as a deadline moved earlier.
+        cfg.message_timeout = Some(Duration::from_millis(1000));
+        cfg.pong_timeout = Duration::from_millis(5000);
+        let stream: Vec<u8> = frames.concat();
+        let mut s = Sim::open(cfg);
+        s.ev.echo = echo;
+        let mut rest = &stream[..];
+        let mut ms = 0;
+        for &(c, gap) in cuts.iter().chain(std::iter::once(&(usize::MAX, 1))) {
+            ms += gap;
+            s.at(ms);
+            let (a, b) = rest.split_at(c.min(rest.len()));
+            rest = b;
+            let before = s.conn.due_follows_last_rx().then(|| s.deadline_ms());
+            s.read(a);
+            if let (Some(before), true) = (before, s.conn.due_follows_last_rx()) {
+                proptest::prop_assert!(s.deadline_ms() >= before, "{:?} -> {:?}", before, s.deadline_ms());
+            }
+            proptest::prop_assert_eq!(s.ev.held.bytes, s.conn.held());
+            proptest::prop_assert_eq!(s.conn.held(), s.conn.decoder.buffered_capacity());
+        }
+    }
+}
+
+#[test]
+fn a_ping_outstanding_or_a_message_begun_is_not_a_quiet_deadline() {
+    let mut s = Sim::open(cfg());
+    assert!(s.conn.due_follows_last_rx());
+    s.read(&client(OpCode::Text, true, b"hi"));
+    assert!(s.conn.due_follows_last_rx());
+    // A message begun: its clock may be the earlier deadline.
+    s.read(&client(OpCode::Text, false, b"h"));
+    assert!(!s.conn.due_follows_last_rx());
+    s.read(&client(OpCode::Continuation, true, b"i"));
+    assert!(s.conn.due_follows_last_rx());
+    // A ping outstanding: the pong's deadline counts from the ping, not the last byte.
+    assert_eq!(s.at(3000), Some(Timeout::Ping));
+    assert!(!s.conn.due_follows_last_rx());
+    s.read(&client(OpCode::Pong, true, b""));
+    assert!(s.conn.due_follows_last_rx());
+    // Closing: the close timeout.
+    s.read(&close_frame(1000, ""));
+    assert!(!s.conn.due_follows_last_rx());
+}
