@@ -293,7 +293,7 @@ impl<H: Handler> Worker<H> {
                 } else {
                     let mut iov = [IoSlice::new(&[]); MAX_IOV];
                     let n = conn.out.io_slices(&mut iov);
-                    conn.io.write_vectored(&iov[..n])
+                    send_vectored(conn.io, &iov[..n])
                 };
                 match res {
                     Ok(0) => {
@@ -340,8 +340,9 @@ impl<H: Handler> Worker<H> {
 }
 
 /// `recv` as one system call: std's `read` goes through mio, std and libc's `recv`, whose
-/// cancellation-point bookkeeping alone is ~60 instructions (callgrind), a tenth of what
-/// the rest of an echo costs in user space.
+/// cancellation-point bookkeeping alone is ~60 instructions a read and write pair
+/// (callgrind), a tenth of what the rest of an echo costs in user space.
+#[cfg(target_os = "linux")]
 fn recv(io: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     match rustix::net::recv(io, buf, rustix::net::RecvFlags::empty()) {
         Ok((n, _)) => Ok(n),
@@ -349,11 +350,43 @@ fn recv(io: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// `send` as one system call (see [`recv`]); no SIGPIPE, as std's `write`.
+/// `send` as one system call (see [`recv`]), with `MSG_NOSIGNAL`: a peer that reset the
+/// connection is an error, never a SIGPIPE (which would kill an embedding process that does
+/// not ignore it).
+#[cfg(target_os = "linux")]
 fn send(io: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     Ok(rustix::net::send(
         io,
         buf,
         rustix::net::SendFlags::NOSIGNAL,
     )?)
+}
+
+/// `sendmsg` with `MSG_NOSIGNAL` (see [`send`]): std's `write_vectored` is a `writev`, which
+/// has no such flag.
+#[cfg(target_os = "linux")]
+fn send_vectored(io: &TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut control = rustix::net::SendAncillaryBuffer::default();
+    Ok(rustix::net::sendmsg(
+        io,
+        iov,
+        &mut control,
+        rustix::net::SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// Elsewhere, std's calls (which set `SO_NOSIGPIPE` where there is no `MSG_NOSIGNAL`).
+#[cfg(not(target_os = "linux"))]
+fn recv(mut io: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    std::io::Read::read(&mut io, buf)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send(mut io: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    io.write(buf)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_vectored(mut io: &TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    io.write_vectored(iov)
 }
