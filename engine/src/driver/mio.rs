@@ -3,8 +3,8 @@
 //! Readiness is edge-triggered. Each socket is registered once for read and write readiness,
 //! so a connection whose queue cannot drain costs no `epoll_ctl`: the next writable edge
 //! flushes it. A read that fills less than the receive buffer means the socket is drained
-//! (a later arrival raises a new edge), so an echoed message costs one `read` and one
-//! `writev`. A connection whose write queue is over its budget is not read
+//! (a later arrival raises a new edge), so an echoed message costs one `recv` and one
+//! `send` (a `sendmsg` when several chunks are queued). A connection whose write queue is over its budget is not read
 //! (`Core::wants_read`, read backpressure): no edge comes for what stays in the socket, so
 //! the flush that drains the queue schedules the read (`Core::take_resume`).
 
