@@ -10,7 +10,8 @@
 #   loadgen/scripts/bench-uws.sh [ROUNDS=3] [SECS=10]
 #
 # Environment: BIN, UWS, MAX_OTHER, ATTEMPTS, WAIT_IDLE as for bench-echo.sh and bench-fanout.sh
-# (which this runs); OUT=dir (default /tmp/volley-bench-uws) holds both scripts' reports and logs.
+# (which this runs); OUT=dir (default /tmp/volley-bench-uws) holds both scripts' reports and logs;
+# TABLE_ONLY=1 only prints the tables again from a finished run's OUT.
 # Without a uWS build it stops with a line saying how to build one.
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -21,10 +22,12 @@ OUT=${OUT:-/tmp/volley-bench-uws}
 [ -x "$UWS" ] || { echo "no uWS at $UWS: build it with ../shared/peers/uws/build.sh (its README says how), or set UWS=path" >&2; exit 1; }
 mkdir -p "$OUT"
 export UWS
+if [ "${TABLE_ONLY:-0}" != 1 ]; then
 SERVERS="uws vmio vuring" CONFIGS="c100-i1-20t c100-i16-20t c200-i1-16k" IDLE=1 OUT="$OUT/echo" \
     "$here/bench-echo.sh" "$ROUNDS" "$SECS" | tee "$OUT/echo.txt"
 SERVERS="uws vmio vuring" CONFIGS="s1k-r50" SIZE=64 OUT="$OUT/fanout" \
     "$here/bench-fanout.sh" "$ROUNDS" "$SECS" | tee "$OUT/fanout.txt"
+fi
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 # med DIR SERVER CONFIG FIELD: the median of FIELD over the rounds
@@ -38,6 +41,24 @@ ratio() {
 row() { # label dir config field unit target
     printf "| %s | %.2f %s | %.2fx | %.2fx | %s |\n" "$1" "$(med "$2" uws "$3" "$4")" "$5" \
         "$(ratio "$2" vmio "$3" "$4")" "$(ratio "$2" vuring "$3" "$4")" "$6"
+}
+# Kernel (system) and user time per message, from the server's /proc times in each round.
+ks() { echo "$1 * .server.sys_us / .server.cpu_us"; }
+us() { echo "$1 * (1 - .server.sys_us / .server.cpu_us)"; }
+# floor DIR SERVER CONFIG FIELD: the median over rounds of SERVER's kernel time alone over uws'
+# whole FIELD: the ratio SERVER would have if its own code (user space) cost nothing.
+floor() {
+    for r in $(seq 1 "$ROUNDS"); do
+        jq -n --slurpfile a "$OUT/$1/$2-$3-$r.json" --slurpfile b "$OUT/$1/uws-$3-$r.json" \
+            "\$a[0]$4 * \$a[0].server.sys_us / \$a[0].server.cpu_us / \$b[0]$4"
+    done | median
+}
+split_row() { # label dir config field target
+    printf "| %s |" "$1"
+    for s in uws vmio vuring; do
+        printf " %.3f + %.3f |" "$(med "$2" "$s" "$3" "$(ks "$4")")" "$(med "$2" "$s" "$3" "$(us "$4")")"
+    done
+    printf " %.2fx | %.2fx | %s |\n" "$(floor "$2" vmio "$3" "$4")" "$(floor "$2" vuring "$3" "$4")" "$5"
 }
 lat() { # label dir config: p50/p99 of each server
     printf "| %s | %s |\n" "$1" "$(for s in uws vmio vuring; do
@@ -60,6 +81,16 @@ row "broadcast 64 B at 50/s to 1,000 subscribers" fanout s1k-r50 .server_cpu_us_
 row "idle, server bytes per connection at 10,000" echo idle10k .server_bytes_per_conn B "<= 200 B"
 printf "| (idle, absolute) | %.0f B | %.0f B | %.0f B | |\n" "$(med echo uws idle10k .server_bytes_per_conn)" \
     "$(med echo vmio idle10k .server_bytes_per_conn)" "$(med echo vuring idle10k .server_bytes_per_conn)"
+echo
+echo "Where it goes: kernel + user time per message in us (medians), and the floor: volley's kernel time"
+echo "alone over uWS' whole time in the same round, the ratio volley would reach if its own code cost nothing:"
+echo
+echo "| scenario | uWS | volley mio | volley io_uring | floor mio | floor io_uring | target |"
+echo "|---|---|---|---|---|---|---|"
+split_row "echo 100 x 1, 20 B" echo c100-i1-20t .server_cpu_us_per_msg "<= 0.90x"
+split_row "echo 100 x 16, 20 B" echo c100-i16-20t .server_cpu_us_per_msg "<= 0.85x"
+split_row "echo 200 x 1, 16 KiB" echo c200-i1-16k .server_cpu_us_per_msg "<= 0.90x"
+split_row "broadcast 1,000 subscribers" fanout s1k-r50 .server_cpu_us_per_delivery "<= 0.75x"
 echo
 echo "Latency p50/p99 (echo: round trip; broadcast: publish to delivery):"
 echo

@@ -83,17 +83,16 @@ impl<H: Handler> Worker<H> {
         if conn.out.is_empty() {
             return self.after_flush(key);
         }
-        let n = conn.out.begin_send(MAX_IOV);
-        let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let filled = conn.out.io_slices(&mut iov[..n]);
         let bytes = conn.out.len();
         let zc = zc_min.is_some_and(|min| bytes >= min);
         let fd = types::Fixed(conn.io.slot());
-        let e = if filled == 1 {
+        let e = if let Some(only) = conn.out.single_slice() {
             // One chunk (a lone broadcast frame, or a turn's frames coalesced): a plain send
             // of that buffer, no msghdr to keep alive, so a fan-out to N sockets holds no
-            // per-recipient memory while its sends are in flight.
-            let (ptr, len) = (iov[0].as_ptr(), iov[0].len() as u32);
+            // per-recipient memory while its sends are in flight; and no iovec array to
+            // build (1 KiB of stores).
+            let (ptr, len) = (only.as_ptr(), only.len() as u32);
+            conn.out.begin_send(1);
             if zc {
                 opcode::SendZc::new(fd, ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
@@ -104,6 +103,9 @@ impl<H: Handler> Worker<H> {
                     .build()
             }
         } else {
+            let n = conn.out.begin_send(MAX_IOV);
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let filled = conn.out.io_slices(&mut iov[..n]);
             let fresh = self.send_pool.pop().unwrap_or_else(|| {
                 // SAFETY: msghdr and iovec are plain C structs; all-zero is a valid value.
                 Box::new(unsafe { std::mem::zeroed::<SendSlot>() })
