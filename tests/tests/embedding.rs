@@ -123,7 +123,7 @@ impl Handler for Flood {
         Ok(())
     }
     fn on_message(&mut self, ctx: &mut Ctx<'_>, _: &mut (), _: Message<'_>) {
-        let big = vec![1u8; 20 * 1024];
+        let big = vec![1u8; 4 * 1024];
         let mut seen = self.0.lock().unwrap();
         for _ in 0..6 {
             seen.push(ctx.send_binary(&big));
@@ -138,8 +138,8 @@ fn send_reports_dropped_over_the_budget_and_closed_after_close(b: Backend) {
     let cfg = Config::new("127.0.0.1:0")
         .workers(1)
         .backend(b)
-        .high_water(32 * 1024)
-        .write_budget(64 * 1024)
+        .high_water(6 * 1024 + 512)
+        .write_budget(13 * 1024)
         .slow_consumer(volley::SlowConsumerPolicy::Drop);
     let server = Server::start(cfg, Flood(seen.clone())).unwrap();
     let mut c = RawClient::connect(server.local_addr(), "/");
@@ -147,7 +147,8 @@ fn send_reports_dropped_over_the_budget_and_closed_after_close(b: Backend) {
     let _ = c.expect_close();
     drop(c);
     use SendStatus::*;
-    // 20 KiB each: within the 32 KiB mark, then over it, then (past 64 KiB) refused.
+    // 4 KiB each (below the size mio writes at once, so every one is queued): within the
+    // 6.5 KiB mark, then over it, then (past 13 KiB) refused.
     assert_eq!(
         *seen.lock().unwrap(),
         [

@@ -569,6 +569,55 @@ fn the_receive_ring_grows_when_it_runs_out(b: Backend) {
     }
 }
 
+fn large_answers_keep_their_order_and_bytes_when_the_socket_fills(b: Backend) {
+    // Large answers are written to the socket at once when nothing is queued (mio), and only
+    // what the socket does not take is queued. A client that sends 24 messages of 256 KiB,
+    // each followed by a small text, and reads nothing until all are sent fills the server's
+    // socket: later answers are partly written, then queued behind what waits. Every answer
+    // must come back whole and in order, and every byte must be counted as sent.
+    // A budget above the 6 MiB sent: the client is slow on purpose, not a slow consumer.
+    let srv = TestServer::start(TestServer::config(b).workers(1).write_budget(64 << 20));
+    let before = srv.handle().stats().bytes_out;
+    let mut c = RawClient::connect(srv.addr, "/");
+    let big = |i: u32| -> Vec<u8> { (0..256 * 1024u32).map(|j| (j * 7 + i * 31) as u8).collect() };
+    let mut s = c.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..24u32 {
+            let mut f = Vec::new();
+            let payload: Vec<u8> = (0..256 * 1024u32).map(|j| (j * 7 + i * 31) as u8).collect();
+            volley::proto::encode::encode_client_frame(
+                OpCode::Binary,
+                true,
+                &payload,
+                [1, 2, 3, 4],
+                &mut f,
+            );
+            volley::proto::encode::encode_client_frame(
+                OpCode::Text,
+                true,
+                i.to_string().as_bytes(),
+                [4, 3, 2, 1],
+                &mut f,
+            );
+            s.write_all(&f).unwrap();
+        }
+    });
+    // Let the server's answers fill its socket before the first read.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut wire = 0u64;
+    for i in 0..24u32 {
+        assert_eq!(c.recv(), Got::Binary(big(i)), "answer {i}");
+        assert_eq!(c.recv(), Got::Text(i.to_string()), "text after answer {i}");
+        wire += (256 * 1024 + 10) + (2 + i.to_string().len() as u64);
+    }
+    writer.join().unwrap();
+    let sent = srv.handle().stats().bytes_out - before;
+    assert!(
+        sent >= wire,
+        "{sent} bytes counted as sent, {wire} on the wire"
+    );
+}
+
 /// 40 connections send one binary message of `len` bytes each, all at once; every one is
 /// echoed intact. On io_uring the receives must have run out of buffers at least once.
 fn burst_of_large_messages(srv: &TestServer, b: Backend, len: u32) {
@@ -633,6 +682,7 @@ fn uring_zero_copy_sends_deliver_the_same_bytes() {
 }
 
 both_backends!(
+    large_answers_keep_their_order_and_bytes_when_the_socket_fills,
     many_small_frames_in_one_write_are_all_answered_in_order,
     running_out_of_receive_buffers_loses_nothing,
     the_receive_ring_grows_when_it_runs_out,

@@ -13,6 +13,7 @@ use crate::runtime::config::Config;
 use crate::runtime::core::{AfterFlush, Core};
 use crate::runtime::handle::{Handle, Shared};
 use crate::runtime::inbox::{Wake, WorkerShared};
+use crate::runtime::queue::WriteNow;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, IoSlice, Write};
@@ -334,6 +335,21 @@ impl<H: Handler> Worker<H> {
             if let Some(mut io) = self.core.remove(key) {
                 let _ = self.poll.registry().deregister(&mut io);
                 drop(io);
+            }
+        }
+    }
+}
+
+/// Large answers go to the socket at once when nothing is queued before them (one
+/// `sendmsg` of header and payload, no copy into the write queue).
+impl WriteNow for TcpStream {
+    fn write_now(&self, parts: &[IoSlice<'_>]) -> Option<usize> {
+        loop {
+            match send_vectored(self, parts) {
+                Ok(n) => return Some(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Would block, or failed: all of it is queued; the flush meets the error.
+                Err(_) => return Some(0),
             }
         }
     }

@@ -146,6 +146,7 @@ pub(crate) fn spawn_workers<H, Io, T, W, F>(
 )>
 where
     H: crate::handler::Handler,
+    Io: crate::runtime::queue::WriteNow,
     T: Send + 'static,
     W: RunWorker,
     F: Fn(crate::runtime::core::Core<H, Io>, T) -> std::io::Result<W> + Copy + Send + 'static,

@@ -19,7 +19,7 @@ use super::config::{Config, SlowConsumerPolicy};
 use super::handle::{Handle, Shared};
 use super::inbox::{Answer, BindOp, Command, WorkerShared};
 use super::outbox::{Deferred, Env, Outbox, Own};
-use super::queue::{BufPool, WriteQueue};
+use super::queue::{BufPool, WriteNow, WriteQueue};
 use super::stats::{add_own, WorkerStats};
 use super::timer::{millis, TimerWheel};
 use super::upgrade::{self, DeferSlot, HttpResponse, Reject, Upgrade};
@@ -220,6 +220,7 @@ pub(crate) struct Core<H: Handler, Io> {
 struct Ev<'a, H: Handler> {
     handler: &'a mut H,
     out: &'a mut WriteQueue,
+    io: &'a dyn WriteNow,
     subs: &'a mut Option<Box<Subs>>,
     flags: &'a mut Flags,
     deflate: &'a mut u8,
@@ -242,6 +243,7 @@ impl<H: Handler> Ev<'_, H> {
                 self.id,
                 Some(Own {
                     out: &mut *self.out,
+                    io: self.io,
                     subs: &mut *self.subs,
                     flags: &mut *self.flags,
                     deflate: *self.deflate,
@@ -253,6 +255,9 @@ impl<H: Handler> Ev<'_, H> {
         f(&mut *self.handler, &mut ctx, app);
         let (sent, dropped, over) = (ctx.out.sent, ctx.out.dropped, ctx.out.over);
         add_own(&self.stats.messages_out, sent);
+        if ctx.out.written > 0 {
+            add_own(&self.stats.bytes_out, ctx.out.written);
+        }
         add_own(&self.stats.drops, dropped);
         if !over {
             return Verdict::Continue;
@@ -469,7 +474,7 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
     }
 }
 
-impl<H: Handler, Io> Core<H, Io> {
+impl<H: Handler, Io: WriteNow> Core<H, Io> {
     pub(crate) fn new(handler: H, cfg: Arc<Config>, shared: Arc<Shared>, worker: u8) -> Self {
         // A server-wide limit (the workers share one count): the kernel spreads connections
         // over the workers' SO_REUSEPORT listeners by a hash, not evenly, so an even
@@ -700,6 +705,7 @@ impl<H: Handler, Io> Core<H, Io> {
         let conn = conns.get_mut(key).filter(|c| !c.flags.has(Flags::DEAD))?;
         let id = ConnId::with_node(*node, *worker, key, conn.gen);
         let Conn {
+            io,
             machine,
             out,
             subs,
@@ -710,6 +716,7 @@ impl<H: Handler, Io> Core<H, Io> {
         let mut ev = Ev {
             handler,
             out,
+            io,
             subs,
             flags,
             deflate,

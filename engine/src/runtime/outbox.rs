@@ -6,7 +6,7 @@
 
 use super::compress::Compression;
 use super::config::SlowConsumerPolicy;
-use super::queue::{BufPool, WriteQueue};
+use super::queue::{BufPool, WriteNow, WriteQueue, WRITE_NOW_MIN};
 use crate::broadcast::registry::{Registry, Subs};
 use crate::broadcast::{encode_shared, OwnedTarget};
 use crate::proto::conn::Held;
@@ -81,6 +81,8 @@ pub(crate) struct Env {
 #[derive(Debug)]
 pub(crate) struct Own<'a> {
     pub(super) out: &'a mut WriteQueue,
+    /// The socket, for answers written at once ([`WriteNow`]).
+    pub(super) io: &'a dyn WriteNow,
     pub(super) subs: &'a mut Option<Box<Subs>>,
     pub(super) flags: &'a mut super::core::Flags,
     /// The connection's agreed window for compressed messages (0: none).
@@ -97,6 +99,8 @@ pub(crate) struct Outbox<'a> {
     pub(super) own: Option<Own<'a>>,
     pub(super) env: &'a mut Env,
     pub(super) sent: u64,
+    /// Bytes written to the socket at once ([`WriteNow`]), for the worker's counters.
+    pub(super) written: u64,
     /// Sends to the own connection dropped over the write budget (`SlowConsumerPolicy::Drop`).
     pub(super) dropped: u64,
     /// A send found the own queue over the write budget under `SlowConsumerPolicy::Close`:
@@ -114,6 +118,7 @@ impl<'a> Outbox<'a> {
             own,
             env,
             sent: 0,
+            written: 0,
             dropped: 0,
             over: false,
             closing: false,
@@ -149,7 +154,30 @@ impl<'a> Outbox<'a> {
         // The common case: nothing deferred, no compression. Nothing waits in `deferred`, so
         // the queue alone is compared with the high-water mark.
         if self.env.deferred.is_empty() && (own.deflate == 0 || self.env.compression.is_none()) {
-            own.out.push_frame(&mut self.env.pool, op, payload);
+            // A large answer with nothing queued before it: straight to the socket where the
+            // backend writes at once, and only the rest queued.
+            let written = match payload.len() >= WRITE_NOW_MIN && own.out.is_empty() {
+                true => {
+                    let header = encode_header(true, op, payload.len() as u64, None);
+                    let parts = [
+                        std::io::IoSlice::new(&header),
+                        std::io::IoSlice::new(payload),
+                    ];
+                    own.io
+                        .write_now(&parts)
+                        .inspect(|&n| match n.checked_sub(header.len()) {
+                            None => own
+                                .out
+                                .push_parts(&mut self.env.pool, &[&header[n..], payload]),
+                            Some(p) => own.out.push_parts(&mut self.env.pool, &[&payload[p..]]),
+                        })
+                }
+                false => None,
+            };
+            match written {
+                Some(n) => self.written += n as u64,
+                None => own.out.push_frame(&mut self.env.pool, op, payload),
+            }
             self.sent += 1;
             return if own.out.len() > self.env.high_water {
                 own.flags.set(super::core::Flags::DRAIN_OWED, true);
@@ -242,5 +270,114 @@ impl<'a> Outbox<'a> {
             }
             None => closed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Message;
+    use std::cell::RefCell;
+    use std::io::IoSlice;
+
+    /// A socket that takes at most `room` bytes, or none at all (`None`: a backend that
+    /// does not write synchronously).
+    #[derive(Debug)]
+    struct Socket {
+        room: Option<usize>,
+        got: RefCell<Vec<u8>>,
+    }
+
+    impl WriteNow for Socket {
+        fn write_now(&self, parts: &[IoSlice<'_>]) -> Option<usize> {
+            let room = self.room?;
+            let mut got = self.got.borrow_mut();
+            let all: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            let n = all.len().min(room);
+            got.extend_from_slice(&all[..n]);
+            Some(n)
+        }
+    }
+
+    /// Runs `sends` on the outbox of a connection whose socket takes `room` bytes at once;
+    /// returns the bytes counted as written, those the socket got, and those left queued.
+    fn with_socket(
+        room: Option<usize>,
+        sends: impl FnOnce(&mut Outbox<'_>),
+    ) -> (usize, Vec<u8>, Vec<u8>) {
+        let socket = Socket {
+            room,
+            got: RefCell::new(Vec::new()),
+        };
+        let mut env = Env {
+            budget: usize::MAX,
+            high_water: usize::MAX,
+            ..Env::default()
+        };
+        let mut out = WriteQueue::default();
+        let (mut subs, mut flags) = (None, super::super::core::Flags::default());
+        let own = Own {
+            out: &mut out,
+            io: &socket,
+            subs: &mut subs,
+            flags: &mut flags,
+            deflate: 0,
+        };
+        let mut ob = Outbox::new(ConnId::with_node(0, 0, 1, 1), Some(own), &mut env);
+        sends(&mut ob);
+        let written = ob.written as usize;
+        let mut iov = [IoSlice::new(&[]); 8];
+        let n = out.io_slices(&mut iov);
+        let queued = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        (written, socket.got.into_inner(), queued)
+    }
+
+    /// A large answer is written at once as far as the socket takes it, and only the rest is
+    /// queued, whatever the split (inside the header, at its end, inside the payload); a
+    /// small one behind it is queued after the rest; without a synchronous socket, all of it
+    /// is queued. The bytes on the wire are the two frames, in order, every time.
+    #[test]
+    fn a_large_answer_is_written_at_once_and_only_the_rest_queued() {
+        let big: Vec<u8> = (0..WRITE_NOW_MIN as u32 + 77)
+            .map(|i| (i * 7) as u8)
+            .collect();
+        let mut want = encode_header(true, OpCode::Binary, big.len() as u64, None).to_vec();
+        want.extend_from_slice(&big);
+        let big_frame = want.len();
+        want.extend_from_slice(&encode_header(true, OpCode::Text, 4, None));
+        want.extend_from_slice(b"tail");
+        let rooms = [
+            None,
+            Some(0),
+            Some(1),
+            Some(3),
+            Some(4),
+            Some(5),
+            Some(100),
+            Some(usize::MAX),
+        ];
+        for room in rooms {
+            let (written, mut wire, queued) = with_socket(room, |ob| {
+                assert_eq!(ob.send_own(Message::Binary(&big)), SendStatus::Queued);
+                assert_eq!(ob.send_own(Message::Text("tail")), SendStatus::Queued);
+            });
+            assert_eq!(wire.len(), written, "{room:?}: written bytes are counted");
+            assert_eq!(written, room.unwrap_or(0).min(big_frame), "{room:?}");
+            wire.extend(queued);
+            assert_eq!(wire, want, "{room:?}: the frames, whole and in order");
+        }
+    }
+
+    /// Behind anything already queued, a large answer is queued too, never written ahead.
+    #[test]
+    fn a_large_answer_behind_queued_bytes_waits_its_turn() {
+        let big = vec![7u8; WRITE_NOW_MIN];
+        let (written, wire, queued) = with_socket(Some(usize::MAX), |ob| {
+            assert_eq!(ob.send_own(Message::Text("head")), SendStatus::Queued);
+            assert_eq!(ob.send_own(Message::Binary(&big)), SendStatus::Queued);
+        });
+        assert_eq!(written, 0);
+        assert!(wire.is_empty(), "nothing written ahead of the queue");
+        assert_eq!(queued.len(), 6 + 4 + big.len());
     }
 }

@@ -65,6 +65,22 @@ impl BufPool {
     }
 }
 
+/// A backend that can write to a socket at once (a readiness backend): an answer of at
+/// least [`WRITE_NOW_MIN`] bytes sent while nothing is queued before it is written straight
+/// from the caller's bytes, without the copy into the write queue (a 16 KiB echo on mio:
+/// docs/benchmarks.md, "Issue 14, eighth session"). Only what the socket does not take is
+/// queued.
+pub(crate) trait WriteNow: std::fmt::Debug {
+    /// Writes what the socket takes now of `parts`, in order; returns how many bytes. `None`:
+    /// this backend does not write synchronously (its sends complete later).
+    fn write_now(&self, parts: &[IoSlice<'_>]) -> Option<usize>;
+}
+
+/// Payloads from this size on are written at once when the queue is empty ([`WriteNow`]):
+/// below it the copy is cheaper than a system call of its own, which a turn's coalesced
+/// answers share.
+pub(crate) const WRITE_NOW_MIN: usize = 8 * 1024;
+
 /// Unsent output of one connection. Holds no allocation while empty, and none either for
 /// one pending chunk: the first chunk is stored inline, so delivering a shared frame to an
 /// idle connection costs a reference-count increment and nothing else.

@@ -64,6 +64,14 @@ pub(crate) struct UringIo {
     close: CloseState,
 }
 
+/// Sends complete later here (the kernel reads the queue until the completion): every
+/// answer is queued.
+impl crate::runtime::queue::WriteNow for UringIo {
+    fn write_now(&self, _: &[std::io::IoSlice<'_>]) -> Option<usize> {
+        None
+    }
+}
+
 impl UringIo {
     fn new(ring: usize, slot: u32) -> UringIo {
         debug_assert!(ring < MAX_RINGS && slot < 1 << 24);
