@@ -12,7 +12,8 @@
 # Environment:
 #   BIN=dir          every binary (volley, tt_echo, loadgen) comes from this directory
 #                    (default $CARGO_TARGET_DIR/release, or target/release)
-#   SERVERS="..."    the servers to run, in this order (default "vmio vuring tt ttf"); also
+#   SERVERS="..."    the servers to run, in this order in round 1, rotated by one each round
+#                    (default "vmio vuring tt ttf"); also
 #                    "vuringzc": io_uring with --send-zc-min $ZC_MIN (default 4096)
 #                    "vuringbig": io_uring with --uring-buffers $BIG_BUFS (default 1024x16384)
 #   UWS=path         the uWebSockets peer server (built by ../shared/peers/uws/build.sh beside the
@@ -92,6 +93,13 @@ for w in "${want[@]}"; do
     for c in "${all_configs[@]}"; do [ "${c%%|*}" = "$w" ] && configs+=("$c"); done
 done
 
+# The servers in round r's order: the list rotated by r - 1, so each server goes first, in the
+# middle and last equally often, and a drift of the machine's speed within a round (these VMs
+# change pace by tens of percent over minutes) does not always favour the same one.
+rotated() {
+    local n=${#SERVERS[@]} k=$((($1 - 1) % ${#SERVERS[@]})) i
+    for ((i = 0; i < n; i++)); do echo "${SERVERS[(k + i) % n]}"; done
+}
 declare -A SP
 for s in "${SERVERS[@]}"; do start_server "$s"; SP[$s]=$SPID; done
 for round in $(seq 1 "$ROUNDS"); do
@@ -101,7 +109,7 @@ for round in $(seq 1 "$ROUNDS"); do
         for attempt in $(seq 1 "$ATTEMPTS"); do
             wait_idle
             clean=1
-            for server in "${SERVERS[@]}"; do
+            for server in $(rotated "$round"); do
                 f="$OUT/$server-$name-$round"
                 # shellcheck disable=SC2086
                 "$BIN/loadgen" echo --url "ws://$(addr "$server")/" $args --duration "$SECS" --warmup 2 \

@@ -9,7 +9,8 @@
 # Environment:
 #   BIN=dir          every binary (volley, tt_broadcast, loadgen) comes from this directory
 #                    (default $CARGO_TARGET_DIR/release, or target/release)
-#   SERVERS="..."    servers to run, in this order (default "vmio vuring tt"); also "vuringzc":
+#   SERVERS="..."    servers to run, in this order in round 1, rotated by one each round
+#                    (default "vmio vuring tt"); also "vuringzc":
 #                    io_uring with --send-zc-min $ZC_MIN (default 4096)
 #   UWS=path         the uWebSockets peer server (built by ../shared/peers/uws/build.sh beside the
 #                    project; default /tmp/uws/uws-server), run as "uws" ("broadcast" mode, one loop):
@@ -84,6 +85,13 @@ if [ -n "${CONFIGS:-}" ]; then
     configs=("${picked[@]}")
 fi
 
+# The servers in round r's order: the list rotated by r - 1, so each server goes first, in the
+# middle and last equally often, and a drift of the machine's speed within a round (these VMs
+# change pace by tens of percent over minutes) does not always favour the same one.
+rotated() {
+    local n=${#SERVERS[@]} k=$((($1 - 1) % ${#SERVERS[@]})) i
+    for ((i = 0; i < n; i++)); do echo "${SERVERS[(k + i) % n]}"; done
+}
 declare -A SP
 for s in "${SERVERS[@]}"; do start_server "$s"; SP[$s]=$SPID; done
 for round in $(seq 1 "$ROUNDS"); do
@@ -93,7 +101,7 @@ for round in $(seq 1 "$ROUNDS"); do
         for attempt in $(seq 1 "$ATTEMPTS"); do
             wait_idle
             clean=1
-            for server in "${SERVERS[@]}"; do
+            for server in $(rotated "$round"); do
                 f="$OUT/$server-$name-$round"
                 # shellcheck disable=SC2086
                 "$BIN/loadgen" fanout --url "ws://$(addr "$server")/" $args --size "$SIZE" --duration "$SECS" --warmup 2 \

@@ -2,10 +2,10 @@
 # volley against uWebSockets, side by side in one run: the five scenarios of
 # ../shared/research/measured-peers.md (issue 14's table), for uWS ("uws"), volley on mio ("vmio")
 # and volley on io_uring ("vuring"), every server one thread pinned to CPU 0, loadgen pinned to
-# CPU 1, ROUNDS rounds alternating the servers, medians; ratios are server CPU per message (or
-# per delivery) over uWS' in the same round, then their median. A second table splits each
-# server's time into kernel and user, with the floor: volley's kernel time alone over uWS' whole
-# time per round (the ratio volley would reach if its own code cost nothing).
+# CPU 1, ROUNDS rounds (the servers' order rotated each round), medians; ratios are server CPU
+# per message (or per delivery) over uWS' in the same round, then their median. A second table
+# splits each server's time into kernel and user, with the floor: volley's kernel time alone
+# over uWS' whole time per round (the ratio volley would reach if its own code cost nothing).
 #
 #   cargo build --release -p volley -p loadgen
 #   UWS_MIRROR=... USOCKETS_MIRROR=... ../shared/peers/uws/build.sh     # -> /tmp/uws/uws-server
