@@ -20,12 +20,18 @@ ROUNDS=${1:-3}
 SECS=${2:-10}
 here=$(cd "$(dirname "$0")" && pwd)
 UWS=${UWS:-/tmp/uws/uws-server}
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 OUT=${OUT:-/tmp/volley-bench-uws}
 [ -x "$UWS" ] || { echo "no uWS at $UWS: build it with ../shared/peers/uws/build.sh (its README says how), or set UWS=path" >&2; exit 1; }
 mkdir -p "$OUT"
 export UWS
 if [ "${TABLE_ONLY:-0}" != 1 ]; then
-SERVERS="uws vmio vuring" CONFIGS="c100-i1-20t c100-i16-20t c200-i1-16k" IDLE=1 OUT="$OUT/echo" \
+# The least WebSocket echo server (bench/src/bin/ws_least.rs) runs beside them when it is built:
+# its ratio is what the kernel's work plus the least protocol work costs, the reach of any
+# server making these system calls.
+echo_servers="uws vmio vuring least"
+[ -x "$BIN/ws_least" ] || { echo "no $BIN/ws_least (cargo build --release -p volley-bench): the least-server column stays empty"; echo_servers="uws vmio vuring"; }
+SERVERS="$echo_servers" CONFIGS="c100-i1-20t c100-i16-20t c200-i1-16k" IDLE=1 OUT="$OUT/echo" \
     "$here/bench-echo.sh" "$ROUNDS" "$SECS" | tee "$OUT/echo.txt"
 SERVERS="uws vmio vuring" CONFIGS="s1k-r50" SIZE=64 OUT="$OUT/fanout" \
     "$here/bench-fanout.sh" "$ROUNDS" "$SECS" | tee "$OUT/fanout.txt"
@@ -40,9 +46,13 @@ ratio() {
         jq -n --slurpfile a "$OUT/$1/$2-$3-$r.json" --slurpfile b "$OUT/$1/uws-$3-$r.json" "\$a[0]$4 / \$b[0]$4"
     done | median
 }
+# least_ratio DIR CONFIG FIELD: the least server's ratio, or a dash where it did not run.
+least_ratio() {
+    if [ -f "$OUT/$1/least-$2-1.json" ]; then printf "%.2fx" "$(ratio "$1" least "$2" "$3")"; else printf -- "-"; fi
+}
 row() { # label dir config field unit target
-    printf "| %s | %.2f %s | %.2fx | %.2fx | %s |\n" "$1" "$(med "$2" uws "$3" "$4")" "$5" \
-        "$(ratio "$2" vmio "$3" "$4")" "$(ratio "$2" vuring "$3" "$4")" "$6"
+    printf "| %s | %.2f %s | %.2fx | %.2fx | %s | %s |\n" "$1" "$(med "$2" uws "$3" "$4")" "$5" \
+        "$(ratio "$2" vmio "$3" "$4")" "$(ratio "$2" vuring "$3" "$4")" "$(least_ratio "$2" "$3" "$4")" "$6"
 }
 # Kernel (system) and user time per message, from the server's /proc times in each round.
 ks() { echo "$1 * .server.sys_us / .server.cpu_us"; }
@@ -57,13 +67,18 @@ floor() {
 }
 split_row() { # label dir config field target
     printf "| %s |" "$1"
-    for s in uws vmio vuring; do
-        printf " %.3f + %.3f |" "$(med "$2" "$s" "$3" "$(ks "$4")")" "$(med "$2" "$s" "$3" "$(us "$4")")"
+    for s in uws vmio vuring least; do
+        if [ -f "$OUT/$2/$s-$3-1.json" ]; then
+            printf " %.3f + %.3f |" "$(med "$2" "$s" "$3" "$(ks "$4")")" "$(med "$2" "$s" "$3" "$(us "$4")")"
+        else
+            printf " - |"
+        fi
     done
     printf " %.2fx | %.2fx | %s |\n" "$(floor "$2" vmio "$3" "$4")" "$(floor "$2" vuring "$3" "$4")" "$5"
 }
 lat() { # label dir config: p50/p99 of each server
-    printf "| %s | %s |\n" "$1" "$(for s in uws vmio vuring; do
+    printf "| %s | %s |\n" "$1" "$(for s in uws vmio vuring least; do
+        [ -f "$OUT/$2/$s-$3-1.json" ] || continue
         printf '%s %.0f/%.0f us; ' "$s" "$(med "$2" "$s" "$3" '.latency.percentiles.p50 / 1e3')" \
             "$(med "$2" "$s" "$3" '.latency.percentiles.p99 / 1e3')"; done)"
 }
@@ -72,23 +87,24 @@ echo
 echo "## volley against uWebSockets, $(date -u +%F), $ROUNDS rounds of $SECS s, medians"
 echo
 echo "Server CPU per message (per delivery for the broadcast), uWS' absolute figure and volley's ratio to it"
-echo "in the same round (below 1.00x: volley spends less):"
+echo "in the same round (below 1.00x: volley spends less). \"least server\": bench/src/bin/ws_least.rs, the least"
+echo "WebSocket echo server on epoll (no runtime), the reach of any server making the same system calls:"
 echo
-echo "| scenario | uWS | volley mio | volley io_uring | target |"
-echo "|---|---|---|---|---|"
+echo "| scenario | uWS | volley mio | volley io_uring | least server | target |"
+echo "|---|---|---|---|---|---|"
 row "echo, 100 connections x 1 in flight, 20 B text" echo c100-i1-20t .server_cpu_us_per_msg us "<= 0.90x"
 row "echo, 100 connections x 16 in flight, 20 B text" echo c100-i16-20t .server_cpu_us_per_msg us "<= 0.85x"
 row "echo, 200 connections x 1 in flight, 16 KiB" echo c200-i1-16k .server_cpu_us_per_msg us "<= 0.90x"
 row "broadcast 64 B at 50/s to 1,000 subscribers" fanout s1k-r50 .server_cpu_us_per_delivery us "<= 0.75x"
 row "idle, server bytes per connection at 10,000" echo idle10k .server_bytes_per_conn B "<= 200 B"
-printf "| (idle, absolute) | %.0f B | %.0f B | %.0f B | |\n" "$(med echo uws idle10k .server_bytes_per_conn)" \
+printf "| (idle, absolute) | %.0f B | %.0f B | %.0f B | | |\n" "$(med echo uws idle10k .server_bytes_per_conn)" \
     "$(med echo vmio idle10k .server_bytes_per_conn)" "$(med echo vuring idle10k .server_bytes_per_conn)"
 echo
 echo "Where it goes: kernel + user time per message in us (medians), and the floor: volley's kernel time"
 echo "alone over uWS' whole time in the same round, the ratio volley would reach if its own code cost nothing:"
 echo
-echo "| scenario | uWS | volley mio | volley io_uring | floor mio | floor io_uring | target |"
-echo "|---|---|---|---|---|---|---|"
+echo "| scenario | uWS | volley mio | volley io_uring | least server | floor mio | floor io_uring | target |"
+echo "|---|---|---|---|---|---|---|---|"
 split_row "echo 100 x 1, 20 B" echo c100-i1-20t .server_cpu_us_per_msg "<= 0.90x"
 split_row "echo 100 x 16, 20 B" echo c100-i16-20t .server_cpu_us_per_msg "<= 0.85x"
 split_row "echo 200 x 1, 16 KiB" echo c200-i1-16k .server_cpu_us_per_msg "<= 0.90x"
@@ -96,7 +112,7 @@ split_row "broadcast 1,000 subscribers" fanout s1k-r50 .server_cpu_us_per_delive
 echo
 echo "Latency p50/p99 (echo: round trip; broadcast: publish to delivery):"
 echo
-echo "| scenario | uws, vmio, vuring |"
+echo "| scenario | uws, vmio, vuring (, least) |"
 echo "|---|---|"
 lat "echo 100 x 1, 20 B" echo c100-i1-20t
 lat "echo 100 x 16, 20 B" echo c100-i16-20t
