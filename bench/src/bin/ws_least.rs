@@ -298,3 +298,101 @@ fn handshake_answer(head: &[u8]) -> String {
         AcceptKey::from_key(key.as_bytes()).as_str()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volley::proto::encode::encode_client_frame;
+
+    fn client(op: OpCode, payload: &[u8], out: &mut Vec<u8>) {
+        encode_client_frame(op, true, payload, [0x11, 0x22, 0x33, 0x44], out);
+    }
+
+    fn server(op: OpCode, payload: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&encode_header(true, op, payload.len() as u64, None));
+        out.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn a_reads_frames_are_answered_in_order_in_one_run_and_a_partial_frame_is_left() {
+        let big: Vec<u8> = (0..300u32).map(|i| (i * 13) as u8).collect();
+        let mut read = Vec::new();
+        let mut want = Vec::new();
+        client(OpCode::Text, "héllo".as_bytes(), &mut read);
+        server(OpCode::Text, "héllo".as_bytes(), &mut want);
+        client(OpCode::Binary, &big, &mut read); // 16-bit length: an 8-byte header
+        server(OpCode::Binary, &big, &mut want);
+        client(OpCode::Pong, b"ignored", &mut read);
+        client(OpCode::Ping, b"p", &mut read);
+        server(OpCode::Pong, b"p", &mut want);
+        client(OpCode::Binary, b"", &mut read);
+        server(OpCode::Binary, b"", &mut want);
+        let whole = read.len();
+        client(OpCode::Text, b"not yet", &mut read);
+        read.truncate(whole + 5); // header and one byte of the next frame
+        let mut closing = false;
+        let (out, used) = frames(&mut read, &mut closing).expect("valid frames");
+        assert_eq!(used, whole);
+        assert_eq!(&read[out], &want[..]);
+        assert!(!closing);
+    }
+
+    #[test]
+    fn a_lone_large_answer_is_not_moved() {
+        let payload = vec![7u8; 16384];
+        let mut read = Vec::new();
+        client(OpCode::Binary, &payload, &mut read);
+        let mut closing = false;
+        let (out, used) = frames(&mut read, &mut closing).expect("valid frame");
+        assert_eq!(used, read.len());
+        // Client header 8 bytes, answer header 4: the answer starts 4 bytes in.
+        assert_eq!(out, 4..read.len());
+        let mut want = Vec::new();
+        server(OpCode::Binary, &payload, &mut want);
+        assert_eq!(&read[out], &want[..]);
+    }
+
+    #[test]
+    fn a_close_is_answered_and_ends_the_reading() {
+        let mut read = Vec::new();
+        client(OpCode::Close, &1000u16.to_be_bytes(), &mut read);
+        client(OpCode::Text, b"after close", &mut read);
+        let mut closing = false;
+        let (out, _) = frames(&mut read, &mut closing).expect("valid frames");
+        assert!(closing);
+        let mut want = Vec::new();
+        server(OpCode::Close, &1000u16.to_be_bytes(), &mut want);
+        assert_eq!(&read[out], &want[..]);
+    }
+
+    #[test]
+    fn what_it_does_not_serve_drops_the_connection() {
+        let mut closing = false;
+        let mut bad_text = Vec::new();
+        client(OpCode::Text, &[0xff, 0xfe], &mut bad_text);
+        assert!(frames(&mut bad_text, &mut closing).is_none());
+        let mut unmasked = Vec::new();
+        server(OpCode::Text, b"hi", &mut unmasked);
+        assert!(frames(&mut unmasked, &mut closing).is_none());
+        let mut fragment = Vec::new();
+        encode_client_frame(OpCode::Text, false, b"part", [1, 2, 3, 4], &mut fragment);
+        assert!(frames(&mut fragment, &mut closing).is_none());
+    }
+
+    #[test]
+    fn the_handshake_is_answered_only_for_a_whole_valid_upgrade() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        assert!(matches!(
+            handshake(&head[..head.len() - 2]),
+            Head::Incomplete
+        ));
+        assert!(matches!(handshake(head), Head::Open(n) if n == head.len()));
+        // RFC 6455's example key and accept value.
+        assert!(handshake_answer(head)
+            .contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(matches!(
+            handshake(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Head::Refused
+        ));
+    }
+}
