@@ -18,6 +18,7 @@
 #                    "vuringbig": io_uring with --uring-buffers $BIG_BUFS (default 1024x16384)
 #                    "least": bench/src/bin/ws_least.rs, the least WebSocket echo server on
 #                    epoll (an instrument: the kernel's work plus the least protocol work)
+#                    "leastu": the same server on io_uring (ws_least --uring)
 #   UWS=path         the uWebSockets peer server (built by ../shared/peers/uws/build.sh beside the
 #                    project; default /tmp/uws/uws-server), run as "uws" ("echo" mode, one loop):
 #                    in the default SERVERS when it is built, skipped with a line saying so if not
@@ -58,11 +59,11 @@ rm -f "$OUT"/*.json "$OUT"/*.txt
 skip_unbuilt_uws
 # tt_echo and ws_least (cargo build --release -p volley-bench) only when their servers run.
 want_bins=(volley loadgen)
-for s in "${SERVERS[@]}"; do case $s in tt | ttf) want_bins+=(tt_echo) ;; least) want_bins+=(ws_least) ;; esac; done
+for s in "${SERVERS[@]}"; do case $s in tt | ttf) want_bins+=(tt_echo) ;; least | leastu) want_bins+=(ws_least) ;; esac; done
 need_bins "$BIN" "${want_bins[@]}"
 
 addr() { case $1 in vmio) echo 127.0.0.1:9001 ;; vuring) echo 127.0.0.1:9002 ;; bmio) echo 127.0.0.1:9011 ;; uws) echo 127.0.0.1:9201 ;; buring) echo 127.0.0.1:9012 ;; vuringzc) echo 127.0.0.1:9003 ;; vuringbig) echo 127.0.0.1:9004 ;;
-    tt) echo 127.0.0.1:9101 ;; ttf) echo 127.0.0.1:9102 ;; least) echo 127.0.0.1:9103 ;; esac; }
+    tt) echo 127.0.0.1:9101 ;; ttf) echo 127.0.0.1:9102 ;; least) echo 127.0.0.1:9103 ;; leastu) echo 127.0.0.1:9104 ;; esac; }
 start_server() { # name -> sets SPID
     local a; a=$(addr "$1")
     case $1 in
@@ -76,6 +77,7 @@ start_server() { # name -> sets SPID
         tt) taskset -c 0 "$BIN/tt_echo" --addr "$a" --workers 1 >"$OUT/$1.log" 2>&1 & ;;
         ttf) taskset -c 0 "$BIN/tt_echo" --addr "$a" --workers 1 --forward >"$OUT/$1.log" 2>&1 & ;;
         least) taskset -c 0 "$BIN/ws_least" --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
+        leastu) taskset -c 0 "$BIN/ws_least" --uring --addr "$a" >"$OUT/$1.log" 2>&1 & ;;
         *) echo "unknown server $1" >&2; exit 1 ;;
     esac
     SPID=$!
@@ -160,8 +162,9 @@ pairs=()
 has vmio && has bmio && pairs+=("vmio/bmio")
 has vuring && has buring && pairs+=("vuring/buring")
 has vmio && has vuring && pairs+=("vuring/vmio")
-for a in vmio vuring least; do has $a && has uws && pairs+=("$a/uws"); done
+for a in vmio vuring least leastu; do has $a && has uws && pairs+=("$a/uws"); done
 for a in vmio vuring; do has $a && has least && pairs+=("$a/least"); done
+has vuring && has leastu && pairs+=("vuring/leastu")
 has vuring && has vuringzc && pairs+=("vuringzc/vuring")
 has vmio && has vuringbig && pairs+=("vuringbig/vmio")
 has vuring && has vuringbig && pairs+=("vuringbig/vuring")

@@ -14,12 +14,15 @@
 //! budget, no counters. Pings get a pong, a close gets a close and the connection ends;
 //! anything else (fragments, extensions' bits, frames of 64 KiB or more) ends the connection.
 //!
-//! What it is for: run side by side with uWS and volley (`SERVERS="uws vmio least"
-//! loadgen/scripts/bench-echo.sh`), its CPU per message is what the kernel's work plus the
-//! least WebSocket work costs here, so a target below its ratio is out of reach of any
-//! server making these system calls.
+//! With `--uring` the same frame loop runs on io_uring (see `uring`): per connection one
+//! receive or send in flight, in and out of the connection's own buffer.
 //!
-//!   ws_least [--addr 127.0.0.1:9103]
+//! What it is for: run side by side with uWS and volley (`SERVERS="uws vmio vuring least
+//! leastu" loadgen/scripts/bench-echo.sh`), its CPU per message is what the kernel's work
+//! plus the least WebSocket work costs here, so a target below its ratio is out of reach of
+//! any server driving the sockets the same way.
+//!
+//!   ws_least [--addr 127.0.0.1:9103] [--uring]
 
 use clap::Parser;
 use mio::net::{TcpListener, TcpStream};
@@ -37,6 +40,10 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9103")]
     addr: SocketAddr,
+    /// io_uring instead of epoll: one receive or send in flight per connection, into and
+    /// from the connection's own buffer (see `uring`).
+    #[arg(long)]
+    uring: bool,
 }
 
 const LISTENER: Token = Token(usize::MAX);
@@ -58,11 +65,19 @@ struct Conn {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
+    if args.uring {
+        uring::run(args.addr)
+    } else {
+        run_epoll(args.addr)
+    }
+}
+
+fn run_epoll(addr: SocketAddr) -> io::Result<()> {
     let mut poll = Poll::new()?;
-    let mut listener = TcpListener::bind(args.addr)?;
+    let mut listener = TcpListener::bind(addr)?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
-    eprintln!("ws_least: listening on {}", args.addr);
+    eprintln!("ws_least: listening on {addr}");
     let mut conns: slab::Slab<Conn> = slab::Slab::new();
     let mut rbuf = vec![0u8; RBUF];
     let mut events = Events::with_capacity(1024);
@@ -299,6 +314,210 @@ fn handshake_answer(head: &[u8]) -> String {
     )
 }
 
+/// The same server on io_uring, the least way: a listener with a multishot accept, and per
+/// connection one operation in flight, a receive into its own buffer (after what an earlier
+/// read left) or the send of its answers from that buffer; all of a turn's submissions in
+/// one `io_uring_enter` that also waits. No provided-buffer ring, no direct descriptors.
+#[allow(unsafe_code)]
+mod uring {
+    use super::{frames, handshake, handshake_answer, Head, MAX_HEAD};
+    use io_uring::{cqueue, opcode, squeue, types, IoUring};
+    use std::io;
+    use std::net::{SocketAddr, TcpListener};
+    use std::ops::Range;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const ACCEPT: u64 = 1 << 32;
+    const RECV: u64 = 2 << 32;
+    const SEND: u64 = 3 << 32;
+    /// A connection's buffer: a frame under 64 KiB, its tail and a read's worth of room.
+    const BUF: usize = 192 * 1024;
+
+    struct Conn {
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        /// Bytes at the front of `buf` from earlier reads (an incomplete frame or head).
+        carried: usize,
+        /// The answers being sent (in `buf`, or the 101 in `head_answer`).
+        out: Range<usize>,
+        /// Where the read's unused bytes start and end (moved to the front after the send).
+        used: usize,
+        end: usize,
+        head_answer: Option<Box<[u8]>>,
+        open: bool,
+        closing: bool,
+    }
+
+    pub fn run(addr: SocketAddr) -> io::Result<()> {
+        let listener = TcpListener::bind(addr)?;
+        let mut ring: IoUring = match IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(1024)
+        {
+            Ok(r) => r,
+            Err(_) => IoUring::new(1024)?,
+        };
+        eprintln!("ws_least (io_uring): listening on {addr}");
+        let mut conns: slab::Slab<Conn> = slab::Slab::new();
+        let lfd = listener.as_raw_fd();
+        let mut sqes: Vec<squeue::Entry> = vec![accept(lfd)];
+        let mut cqes: Vec<(u64, i32, u32)> = Vec::new();
+        loop {
+            for e in sqes.drain(..) {
+                // SAFETY: every buffer an entry points at is a connection's boxed buffer
+                // (or its boxed handshake answer), which lives in `conns` until the
+                // completion of the connection's only operation in flight has been handled.
+                while unsafe { ring.submission().push(&e) }.is_err() {
+                    ring.submit()?;
+                }
+            }
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc_eintr()) => {}
+                Err(e) => return Err(e),
+            }
+            cqes.extend(
+                ring.completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for (data, res, flags) in cqes.drain(..) {
+                let key = (data & 0xffff_ffff) as usize;
+                match data & !0xffff_ffff {
+                    ACCEPT => {
+                        if !cqueue::more(flags) {
+                            sqes.push(accept(lfd));
+                        }
+                        if res >= 0 {
+                            // SAFETY: the kernel handed us this new descriptor.
+                            let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                            let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
+                            let key = conns.insert(Conn {
+                                fd,
+                                buf: vec![0u8; BUF].into_boxed_slice(),
+                                carried: 0,
+                                out: 0..0,
+                                used: 0,
+                                end: 0,
+                                head_answer: None,
+                                open: false,
+                                closing: false,
+                            });
+                            sqes.push(recv(&mut conns[key], key));
+                        }
+                    }
+                    RECV => {
+                        let Some(c) = conns.get_mut(key) else {
+                            continue;
+                        };
+                        if res <= 0 || !on_read(c, res as usize) {
+                            conns.remove(key);
+                        } else if c.out.is_empty() {
+                            sqes.push(recv(c, key));
+                        } else {
+                            sqes.push(send(c, key));
+                        }
+                    }
+                    SEND => {
+                        let Some(c) = conns.get_mut(key) else {
+                            continue;
+                        };
+                        if res < 0 {
+                            conns.remove(key);
+                            continue;
+                        }
+                        c.out.start += res as usize;
+                        if !c.out.is_empty() {
+                            sqes.push(send(c, key));
+                            continue;
+                        }
+                        if c.closing {
+                            conns.remove(key);
+                            continue;
+                        }
+                        c.head_answer = None;
+                        c.buf.copy_within(c.used..c.end, 0);
+                        c.carried = c.end - c.used;
+                        sqes.push(recv(c, key));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn libc_eintr() -> i32 {
+        rustix::io::Errno::INTR.raw_os_error()
+    }
+
+    fn accept(lfd: i32) -> squeue::Entry {
+        opcode::AcceptMulti::new(types::Fd(lfd))
+            .build()
+            .user_data(ACCEPT)
+    }
+
+    fn recv(c: &mut Conn, key: usize) -> squeue::Entry {
+        let room = &mut c.buf[c.carried..];
+        opcode::Recv::new(
+            types::Fd(c.fd.as_raw_fd()),
+            room.as_mut_ptr(),
+            room.len() as u32,
+        )
+        .build()
+        .user_data(RECV | key as u64)
+    }
+
+    fn send(c: &Conn, key: usize) -> squeue::Entry {
+        let bytes = match &c.head_answer {
+            Some(a) => &a[c.out.clone()],
+            None => &c.buf[c.out.clone()],
+        };
+        opcode::Send::new(
+            types::Fd(c.fd.as_raw_fd()),
+            bytes.as_ptr(),
+            bytes.len() as u32,
+        )
+        .flags(rustix::net::SendFlags::NOSIGNAL.bits() as i32)
+        .build()
+        .user_data(SEND | key as u64)
+    }
+
+    /// `n` bytes arrived after what was carried: sets `out` to what to send (empty: read
+    /// again) and `used..end` to what stays for the next read. False: drop the connection.
+    fn on_read(c: &mut Conn, n: usize) -> bool {
+        let end = c.carried + n;
+        c.out = 0..0;
+        if c.open {
+            let Some((out, used)) = frames(&mut c.buf[..end], &mut c.closing) else {
+                return false;
+            };
+            if out.is_empty() {
+                c.buf.copy_within(used..end, 0);
+                c.carried = end - used;
+                return !c.closing && c.carried < (1 << 16) + MAX_HEAD;
+            }
+            (c.out, c.used, c.end) = (out, used, end);
+            return true;
+        }
+        match handshake(&c.buf[..end]) {
+            Head::Incomplete => {
+                c.carried = end;
+                end <= MAX_HEAD
+            }
+            Head::Open(used) => {
+                let a = handshake_answer(&c.buf[..used])
+                    .into_bytes()
+                    .into_boxed_slice();
+                c.out = 0..a.len();
+                c.head_answer = Some(a);
+                (c.used, c.end, c.open) = (used, end, true);
+                true
+            }
+            Head::Refused => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +596,55 @@ mod tests {
         let mut fragment = Vec::new();
         encode_client_frame(OpCode::Text, false, b"part", [1, 2, 3, 4], &mut fragment);
         assert!(frames(&mut fragment, &mut closing).is_none());
+    }
+
+    /// Both servers, driven by a real client (tungstenite): text, a large binary message
+    /// (carried over several reads), a ping, and the close handshake.
+    #[test]
+    fn both_servers_echo_what_a_real_client_sends() {
+        use tungstenite::Message;
+        for uring in [false, true] {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port");
+            std::thread::spawn(move || {
+                if uring {
+                    uring::run(addr)
+                } else {
+                    run_epoll(addr)
+                }
+            });
+            let url = format!("ws://{addr}/");
+            let mut ws = (0..100)
+                .find_map(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    tungstenite::connect(&url).ok()
+                })
+                .expect("the server accepts")
+                .0;
+            let big: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+            for msg in [
+                Message::text("héllo"),
+                Message::binary(big),
+                Message::Ping(b"p".to_vec().into()),
+                Message::text(""),
+            ] {
+                ws.send(msg.clone()).expect("send");
+                let back = ws.read().expect("an answer");
+                match msg {
+                    Message::Ping(p) => assert_eq!(back, Message::Pong(p), "uring {uring}"),
+                    m => assert_eq!(back, m, "uring {uring}"),
+                }
+            }
+            ws.close(None).expect("close");
+            loop {
+                match ws.read() {
+                    Ok(_) => {}
+                    Err(tungstenite::Error::ConnectionClosed) => break,
+                    Err(e) => panic!("uring {uring}: {e}"),
+                }
+            }
+        }
     }
 
     #[test]
