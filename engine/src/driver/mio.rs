@@ -340,12 +340,17 @@ impl<H: Handler> Worker<H> {
     }
 }
 
-/// Large answers go to the socket at once when nothing is queued before them (one
-/// `sendmsg` of header and payload, no copy into the write queue).
+/// Large answers go to the socket at once when nothing is queued before them (one `send`
+/// of a frame laid out in one piece, else one `sendmsg` of header and payload; no copy into
+/// the write queue).
 impl WriteNow for TcpStream {
     fn write_now(&self, parts: &[IoSlice<'_>]) -> Option<usize> {
         loop {
-            match send_vectored(self, parts) {
+            let res = match parts {
+                [one] => send(self, one),
+                _ => send_vectored(self, parts),
+            };
+            match res {
                 Ok(n) => return Some(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Would block, or failed: all of it is queued; the flush meets the error.

@@ -170,6 +170,14 @@ pub trait Events<S> {
     fn open(&mut self, app: &mut S) -> Verdict;
     /// A data message (`on_message`): only `Text` and `Binary` come here.
     fn message(&mut self, app: &mut S, msg: Decoded<'_>) -> Verdict;
+    /// A data message that arrived whole in one frame, with `frame`: the frame that would
+    /// send it back (header, then the message's own bytes, which `msg` borrows), laid out
+    /// in the input over the client's header. An answer that repeats the message can send
+    /// `frame` as one piece. By default the same as [`Events::message`].
+    fn message_in_frame(&mut self, app: &mut S, msg: Decoded<'_>, frame: &[u8]) -> Verdict {
+        let _ = frame;
+        self.message(app, msg)
+    }
     /// The connection's life as the application sees it is over (`on_close`).
     fn close(&mut self, app: S, code: CloseCode, reason: &str);
     /// The peer broke the protocol (for logs and counters); the machine closes.
@@ -975,22 +983,50 @@ impl<S> Conn<S> {
             head[hlen - 2],
             head[hlen - 1],
         ];
-        let payload = &mut rest[..len];
-        let msg = if b0 == 0x81 {
-            match utf8::unmask_text(payload, key) {
-                Ok(t) => Decoded::Text(t),
-                Err(e) => {
-                    self.protocol_failure(now, &e, ev);
-                    return Small::Stop;
+        // With a 16-bit length, the header of the frame that repeats this message is as long
+        // as the client's mask key (copied out above): it goes over it, so that an answer
+        // which sends the message back (an echo) is one contiguous piece
+        // (`Events::message_in_frame`; the runtime writes large ones at once). Shorter
+        // messages are queued, and copied, whatever their layout.
+        let (msg, frame) = if hlen == 8 && len >= 126 {
+            let header = [b0, 126, head[2], head[3]];
+            head[4..8].copy_from_slice(&header);
+            let frame = &mut buf[4..8 + len];
+            if b0 == 0x81 {
+                match utf8::unmask_text_in(frame, 4, key) {
+                    Ok((frame, t)) => (Decoded::Text(t), Some(frame)),
+                    Err(e) => {
+                        self.protocol_failure(now, &e, ev);
+                        return Small::Stop;
+                    }
                 }
+            } else {
+                unmask_payload(&mut frame[4..], key);
+                let frame = &*frame;
+                (Decoded::Binary(&frame[4..]), Some(frame))
             }
         } else {
-            unmask_payload(payload, key);
-            Decoded::Binary(payload)
+            let payload = &mut rest[..len];
+            if b0 == 0x81 {
+                match utf8::unmask_text(payload, key) {
+                    Ok(t) => (Decoded::Text(t), None),
+                    Err(e) => {
+                        self.protocol_failure(now, &e, ev);
+                        return Small::Stop;
+                    }
+                }
+            } else {
+                unmask_payload(payload, key);
+                (Decoded::Binary(&*payload), None)
+            }
         };
         #[cfg(test)]
         tests::SHORT_TAKEN.with(|n| n.set(n.get() + 1));
-        if ev.message(app, msg) == Verdict::SlowConsumer {
+        let verdict = match frame {
+            Some(frame) => ev.message_in_frame(app, msg, frame),
+            None => ev.message(app, msg),
+        };
+        if verdict == Verdict::SlowConsumer {
             self.handle_slow_consumer(now, ev);
             return Small::Stop;
         }

@@ -39,6 +39,27 @@ pub(crate) fn unmask_text(bytes: &mut [u8], key: [u8; 4]) -> Result<&str, Protoc
     validate(bytes)
 }
 
+/// [`unmask_text`] for the payload at `frame[at..]`, giving back the whole `frame` beside the
+/// text, both shared: a caller can hand out the text and still send the frame (a header in
+/// `frame[..at]`, then the payload) as one piece.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn unmask_text_in(
+    frame: &mut [u8],
+    at: usize,
+    key: [u8; 4],
+) -> Result<(&[u8], &str), ProtocolError> {
+    let ascii = super::mask::unmask_payload(&mut frame[at..], key);
+    let frame = &*frame;
+    let text = &frame[at..];
+    if ascii {
+        // SAFETY: as in `unmask_text`: every unmasked byte of `text` had its high bit clear,
+        // and nothing has written to them since (`frame` is only shared from here on).
+        return Ok((frame, unsafe { std::str::from_utf8_unchecked(text) }));
+    }
+    validate(text).map(|t| (frame, t))
+}
+
 /// Streaming validator for a text message that arrives in pieces.
 #[derive(Debug, Default, Clone)]
 pub struct Utf8Stream {

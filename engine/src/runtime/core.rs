@@ -238,6 +238,17 @@ impl<H: Handler> Ev<'_, H> {
         app: &mut H::State,
         f: impl FnOnce(&mut H, &mut Ctx<'_>, &mut H::State),
     ) -> Verdict {
+        self.call_with(app, None, f)
+    }
+
+    /// [`Ev::call`] for a message that arrived in `reply`, the frame that sends it back
+    /// (see [`Outbox::send_own`]).
+    fn call_with(
+        &mut self,
+        app: &mut H::State,
+        reply: Option<&[u8]>,
+        f: impl FnOnce(&mut H, &mut Ctx<'_>, &mut H::State),
+    ) -> Verdict {
         let mut ctx = Ctx {
             out: Outbox::new(
                 self.id,
@@ -249,7 +260,8 @@ impl<H: Handler> Ev<'_, H> {
                     deflate: *self.deflate,
                 }),
                 &mut *self.env,
-            ),
+            )
+            .with_reply(reply),
             handle: self.handle,
         };
         f(&mut *self.handler, &mut ctx, app);
@@ -441,6 +453,19 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
         };
         add_own(&self.stats.messages_in, 1);
         self.call(app, |h, ctx, s| h.on_message(ctx, s, data))
+    }
+
+    fn message_in_frame(
+        &mut self,
+        app: &mut H::State,
+        msg: proto::Decoded<'_>,
+        frame: &[u8],
+    ) -> Verdict {
+        let Ok(data) = Message::try_from(msg) else {
+            return Verdict::Continue;
+        };
+        add_own(&self.stats.messages_in, 1);
+        self.call_with(app, Some(frame), |h, ctx, s| h.on_message(ctx, s, data))
     }
 
     fn close(&mut self, app: H::State, code: CloseCode, reason: &str) {

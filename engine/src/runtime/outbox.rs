@@ -109,6 +109,9 @@ pub(crate) struct Outbox<'a> {
     pub(super) over: bool,
     /// The callback closed its own connection: nothing more is sent to it.
     pub(super) closing: bool,
+    /// The frame that sends back the message the callback was given (its header, then the
+    /// very bytes the callback sees), when the message arrived whole in one frame.
+    reply: Option<&'a [u8]>,
 }
 
 impl<'a> Outbox<'a> {
@@ -122,7 +125,14 @@ impl<'a> Outbox<'a> {
             dropped: 0,
             over: false,
             closing: false,
+            reply: None,
         }
+    }
+
+    /// With `reply`, the frame that sends back the message the callback is given.
+    pub(super) fn with_reply(mut self, reply: Option<&'a [u8]>) -> Self {
+        self.reply = reply;
+        self
     }
 
     pub(crate) fn own_id(&self) -> ConnId {
@@ -156,23 +166,38 @@ impl<'a> Outbox<'a> {
         if self.env.deferred.is_empty() && (own.deflate == 0 || self.env.compression.is_none()) {
             // A large answer with nothing queued before it: straight to the socket where the
             // backend writes at once, and only the rest queued.
-            let written = match payload.len() >= WRITE_NOW_MIN && own.out.is_empty() {
-                true => {
-                    let header = encode_header(true, op, payload.len() as u64, None);
-                    let parts = [
-                        std::io::IoSlice::new(&header),
-                        std::io::IoSlice::new(payload),
-                    ];
-                    own.io
-                        .write_now(&parts)
-                        .inspect(|&n| match n.checked_sub(header.len()) {
-                            None => own
-                                .out
-                                .push_parts(&mut self.env.pool, &[&header[n..], payload]),
-                            Some(p) => own.out.push_parts(&mut self.env.pool, &[&payload[p..]]),
-                        })
+            let written = if payload.len() >= WRITE_NOW_MIN && own.out.is_empty() {
+                match self.reply.filter(|f| is_reply(f, op, payload)) {
+                    // The message sent back as it came: its frame is already laid out,
+                    // header and payload in one piece (one plain `send`, cheaper in the
+                    // kernel than two pieces: docs/benchmarks.md, "Issue 14, tenth session").
+                    Some(frame) => {
+                        own.io
+                            .write_now(&[std::io::IoSlice::new(frame)])
+                            .inspect(|&n| {
+                                if n < frame.len() {
+                                    own.out.push_parts(&mut self.env.pool, &[&frame[n..]]);
+                                }
+                            })
+                    }
+                    None => {
+                        let header = encode_header(true, op, payload.len() as u64, None);
+                        let parts = [
+                            std::io::IoSlice::new(&header),
+                            std::io::IoSlice::new(payload),
+                        ];
+                        own.io
+                            .write_now(&parts)
+                            .inspect(|&n| match n.checked_sub(header.len()) {
+                                None => own
+                                    .out
+                                    .push_parts(&mut self.env.pool, &[&header[n..], payload]),
+                                Some(p) => own.out.push_parts(&mut self.env.pool, &[&payload[p..]]),
+                            })
+                    }
                 }
-                false => None,
+            } else {
+                None
             };
             match written {
                 Some(n) => self.written += n as u64,
@@ -273,6 +298,23 @@ impl<'a> Outbox<'a> {
     }
 }
 
+/// Whether `frame` is the frame that sends `payload` (these very bytes, not a copy) as an
+/// `op` message: its header is the one for `payload`'s whole length, right before it. A
+/// part of the message (a suffix ends at the same place) has a longer header in front.
+fn is_reply(frame: &[u8], op: OpCode, payload: &[u8]) -> bool {
+    let Some(h) = frame.len().checked_sub(payload.len()) else {
+        return false;
+    };
+    let want = match payload.len() {
+        0..=125 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    };
+    h == want
+        && frame[0] == 0x80 | op.as_u8()
+        && std::ptr::eq(frame[h..].as_ptr(), payload.as_ptr())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,11 +328,14 @@ mod tests {
     struct Socket {
         room: Option<usize>,
         got: RefCell<Vec<u8>>,
+        /// How many pieces each write was given.
+        pieces: RefCell<Vec<usize>>,
     }
 
     impl WriteNow for Socket {
         fn write_now(&self, parts: &[IoSlice<'_>]) -> Option<usize> {
             let room = self.room?;
+            self.pieces.borrow_mut().push(parts.len());
             let mut got = self.got.borrow_mut();
             let all: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
             let n = all.len().min(room);
@@ -305,9 +350,21 @@ mod tests {
         room: Option<usize>,
         sends: impl FnOnce(&mut Outbox<'_>),
     ) -> (usize, Vec<u8>, Vec<u8>) {
+        let (written, got, queued, _) = with_socket_reply(room, None, sends);
+        (written, got, queued)
+    }
+
+    /// [`with_socket`] for a callback given a message that arrived in `reply`; also returns
+    /// how many pieces each write to the socket had.
+    fn with_socket_reply(
+        room: Option<usize>,
+        reply: Option<&[u8]>,
+        sends: impl FnOnce(&mut Outbox<'_>),
+    ) -> (usize, Vec<u8>, Vec<u8>, Vec<usize>) {
         let socket = Socket {
             room,
             got: RefCell::new(Vec::new()),
+            pieces: RefCell::new(Vec::new()),
         };
         let mut env = Env {
             budget: usize::MAX,
@@ -323,13 +380,74 @@ mod tests {
             flags: &mut flags,
             deflate: 0,
         };
-        let mut ob = Outbox::new(ConnId::with_node(0, 0, 1, 1), Some(own), &mut env);
+        let mut ob =
+            Outbox::new(ConnId::with_node(0, 0, 1, 1), Some(own), &mut env).with_reply(reply);
         sends(&mut ob);
         let written = ob.written as usize;
         let mut iov = [IoSlice::new(&[]); 8];
         let n = out.io_slices(&mut iov);
         let queued = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
-        (written, socket.got.into_inner(), queued)
+        (
+            written,
+            socket.got.into_inner(),
+            queued,
+            socket.pieces.into_inner(),
+        )
+    }
+
+    /// A large message sent back as it came goes out as its frame, in one piece, as far as
+    /// the socket takes it, with only the rest queued. Anything else (a part of it, another
+    /// opcode, the same bytes copied) is framed as before, in two pieces. Every time the
+    /// bytes on the wire are the frame the message asked for.
+    #[test]
+    fn a_message_sent_back_as_it_came_goes_out_in_one_piece() {
+        let n = WRITE_NOW_MIN + 77;
+        let mut frame = encode_header(true, OpCode::Binary, n as u64, None).to_vec();
+        let h = frame.len();
+        frame.extend((0..n).map(|i| (i * 13) as u8));
+        let payload = &frame[h..];
+        for room in [Some(1), Some(h), Some(h + 9), Some(usize::MAX), None] {
+            let (written, mut wire, queued, pieces) = with_socket_reply(room, Some(&frame), |ob| {
+                assert_eq!(ob.send_own(Message::Binary(payload)), SendStatus::Queued);
+            });
+            assert_eq!(written, wire.len(), "{room:?}");
+            if room.is_some() {
+                assert_eq!(pieces, vec![1], "{room:?}: one piece");
+            }
+            wire.extend(queued);
+            assert_eq!(wire, frame, "{room:?}");
+        }
+        let framed = |op: OpCode, p: &[u8]| {
+            let mut f = encode_header(true, op, p.len() as u64, None).to_vec();
+            f.extend_from_slice(p);
+            f
+        };
+        let copy = payload.to_vec();
+        let suffix = &payload[3..];
+        let cases: Vec<(Message<'_>, Vec<u8>)> = vec![
+            (Message::Binary(suffix), framed(OpCode::Binary, suffix)),
+            (Message::Binary(&copy), framed(OpCode::Binary, &copy)),
+        ];
+        for (msg, want) in cases {
+            let (written, wire, queued, pieces) =
+                with_socket_reply(Some(usize::MAX), Some(&frame), |ob| {
+                    assert_eq!(ob.send_own(msg), SendStatus::Queued);
+                });
+            assert_eq!((written, &wire, queued.len()), (want.len(), &want, 0));
+            assert_eq!(pieces, vec![2], "framed as before");
+        }
+        // The same bytes sent as a text: another opcode.
+        let ascii = {
+            let mut f = encode_header(true, OpCode::Binary, n as u64, None).to_vec();
+            f.extend(std::iter::repeat_n(b'a', n));
+            f
+        };
+        let as_text = std::str::from_utf8(&ascii[h..]).unwrap();
+        let (_, wire, _, pieces) = with_socket_reply(Some(usize::MAX), Some(&ascii), |ob| {
+            assert_eq!(ob.send_own(Message::Text(as_text)), SendStatus::Queued);
+        });
+        assert_eq!(wire, framed(OpCode::Text, as_text.as_bytes()));
+        assert_eq!(pieces, vec![2]);
     }
 
     /// A large answer is written at once as far as the socket takes it, and only the rest is

@@ -25,6 +25,8 @@ struct Ev {
     defer: bool,
     /// `upgrade_settled` calls.
     settled: u32,
+    /// The frame each `message_in_frame` came with.
+    replies: Vec<Vec<u8>>,
 }
 
 impl Ev {
@@ -41,6 +43,7 @@ impl Ev {
             next_app: 1,
             defer: false,
             settled: 0,
+            replies: Vec::new(),
         }
     }
 
@@ -140,6 +143,18 @@ impl Events<u32> for Ev {
             self.send(&h, data);
         }
         Verdict::Continue
+    }
+    fn message_in_frame(&mut self, app: &mut u32, msg: Decoded<'_>, frame: &[u8]) -> Verdict {
+        let data = match msg {
+            Decoded::Text(t) => t.as_bytes(),
+            Decoded::Binary(b) => b,
+            _ => panic!("only data messages reach the handler"),
+        };
+        // The message's own bytes end the frame, not a copy of them.
+        let at = frame.len() - data.len();
+        assert!(std::ptr::eq(frame[at..].as_ptr(), data.as_ptr()));
+        self.replies.push(frame.to_vec());
+        self.message(app, msg)
     }
     fn close(&mut self, app: u32, code: CloseCode, reason: &str) {
         assert!(
@@ -841,6 +856,72 @@ fn the_short_path_takes_small_whole_frames_and_refuses_what_it_must() {
     );
     assert!(s.ev.closes.is_empty());
     assert_eq!(SHORT_TAKEN.with(|n| n.get()) - taken, 3);
+}
+
+/// A message that arrives whole in one frame with a 16-bit length comes with the frame that
+/// sends it back, laid out over the client's mask key: the server's header for its opcode
+/// and length, then the message's own bytes, intact. Shorter messages (also one whose
+/// client spent 16 bits on a short length) come without. Text (ASCII or not) and binary,
+/// every length class of the short path, in one read.
+#[test]
+fn a_message_with_a_16_bit_length_comes_with_the_frame_that_sends_it_back() {
+    let mut s = Sim::open(cfg());
+    let sizes = [0usize, 1, 125, 126, 127, 300, 16 * 1024, 65_535];
+    let mut bytes = Vec::new();
+    let (mut want_msgs, mut want_frames) = (Vec::new(), Vec::new());
+    for (i, &n) in sizes.iter().enumerate() {
+        let binary: Vec<u8> = (0..n).map(|j| (j * 31 + i) as u8).collect();
+        // n bytes of text, two-byte characters among ASCII.
+        let text: String = (0..n)
+            .map(|j| {
+                if j % 3 == 0 && j + 1 < n {
+                    "\u{e9}"
+                } else {
+                    "a"
+                }
+            })
+            .collect::<String>()
+            .chars()
+            .scan(0, |len, c| {
+                *len += c.len_utf8();
+                (*len <= n).then_some(c)
+            })
+            .collect();
+        for (op, p) in [(OpCode::Binary, binary), (OpCode::Text, text.into_bytes())] {
+            bytes.extend(client(op, true, &p));
+            if p.len() >= 126 {
+                let mut frame = encode_header(true, op, p.len() as u64, None).to_vec();
+                frame.extend_from_slice(&p);
+                want_frames.push(frame);
+            }
+            want_msgs.push(p);
+        }
+    }
+    let key = [1, 2, 3, 4];
+    bytes.extend([0x81, 0x80 | 126, 0, 5]);
+    bytes.extend(key);
+    bytes.extend(b"short".iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+    want_msgs.push(b"short".to_vec());
+    let taken = SHORT_TAKEN.with(|n| n.get());
+    s.read(&bytes);
+    assert!(s.ev.closes.is_empty());
+    assert_eq!(
+        SHORT_TAKEN.with(|n| n.get()) - taken,
+        want_msgs.len() as u64
+    );
+    assert_eq!(
+        s.ev.messages, want_msgs,
+        "what the handler saw: the payloads, unmasked"
+    );
+    assert_eq!(s.ev.replies.len(), want_frames.len());
+    for (i, (got, want)) in s.ev.replies.iter().zip(&want_frames).enumerate() {
+        assert!(
+            got == want,
+            "frame {i}: {:?} != {:?}",
+            &got[..8],
+            &want[..8]
+        );
+    }
 }
 
 proptest::proptest! {
