@@ -13,7 +13,8 @@
 #
 # Environment: BIN, UWS, MAX_OTHER, ATTEMPTS, WAIT_IDLE as for bench-echo.sh and bench-fanout.sh
 # (which this runs); OUT=dir (default /tmp/volley-bench-uws) holds both scripts' reports and logs;
-# TABLE_ONLY=1 only prints the tables again from a finished run's OUT.
+# TABLE_ONLY=1 only prints the tables again from a finished run's OUT; PAIRED=0 skips the last
+# table (the echo shapes with each server and uWS at the same time, bench-echo.sh's PAIRED=1).
 # Without a uWS build it stops with a line saying how to build one.
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -35,6 +36,14 @@ SERVERS="$echo_servers" CONFIGS="c100-i1-20t c100-i16-20t c200-i1-16k" IDLE=1 OU
     "$here/bench-echo.sh" "$ROUNDS" "$SECS" | tee "$OUT/echo.txt"
 SERVERS="uws vmio vuring" CONFIGS="s1k-r50" SIZE=64 OUT="$OUT/fanout" \
     "$here/bench-fanout.sh" "$ROUNDS" "$SECS" | tee "$OUT/fanout.txt"
+# The echo shapes again, each server at the same time as uWS (bench-echo.sh's PAIRED=1), with
+# the least server on io_uring too.
+if [ "${PAIRED:-1}" = 1 ]; then
+    paired_servers="uws vmio vuring"
+    [ -x "$BIN/ws_least" ] && paired_servers="$paired_servers least leastu"
+    PAIRED=1 SERVERS="$paired_servers" CONFIGS="c100-i1-20t c100-i16-20t c200-i1-16k" OUT="$OUT/paired" \
+        "$here/bench-echo.sh" "$ROUNDS" "$SECS" | tee "$OUT/paired.txt"
+fi
 fi
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
@@ -118,4 +127,10 @@ lat "echo 100 x 1, 20 B" echo c100-i1-20t
 lat "echo 100 x 16, 20 B" echo c100-i16-20t
 lat "echo 200 x 1, 16 KiB" echo c200-i1-16k
 lat "broadcast 1,000 subscribers" fanout s1k-r50
+if [ -f "$OUT/paired.txt" ]; then
+    echo
+    echo "The echo shapes with each server and uWS running at the same time (both on CPU 0, a loadgen each on"
+    echo "CPU 1): the machine's drift cancels within a pair. \"least\"/\"leastu\": the least server on epoll / io_uring."
+    sed -n '/^Paired with uWS/,$p' "$OUT/paired.txt" | tail -n +2
+fi
 } | tee "$OUT/table.md"
