@@ -115,56 +115,9 @@ rotated() {
 }
 declare -A SP
 for s in "${SERVERS[@]}"; do start_server "$s"; SP[$s]=$SPID; done
-# PAIRED=1: each server and uWS at the same time, both on CPU 0, each driven by its own
-# loadgen on CPU 1. Both see the same moment of the machine, so the ratio holds within a few
-# percent from pair to pair, where one after the other it swings by tens of percent here.
-paired_run() { # SERVER CONFIG-ARGS FILE: one loadgen in the background (sets LPID)
-    # shellcheck disable=SC2086
-    "$BIN/loadgen" echo --url "ws://$(addr "$1")/" $2 --duration "$SECS" --warmup 2 \
-        --pin 1 --server-pid "${SP[$1]}" --json "$3.json" >"$3.txt" &
-    LPID=$!
-}
-cpu_per_msg() { jq .server_cpu_us_per_msg "$1.json"; }
+# PAIRED=1: each server at the same time as uWS (lib.sh).
 if [ "${PAIRED:-0}" = 1 ]; then
-    [ -n "${SP[uws]:-}" ] || { echo "PAIRED=1 compares with uws, which is not running" >&2; exit 1; }
-    for round in $(seq 1 "$ROUNDS"); do
-        for cfg in "${configs[@]}"; do
-            name=${cfg%%|*}
-            args=${cfg#*|}
-            for server in $(rotated "$round"); do
-                [ "$server" = uws ] && continue
-                wait_idle
-                f="$OUT/$server-$name-$round" g="$OUT/uws@$server-$name-$round"
-                # Which loadgen starts first alternates with the round.
-                if [ $((round % 2)) = 1 ]; then
-                    paired_run "$server" "$args" "$f"; l1=$LPID; paired_run uws "$args" "$g"
-                else
-                    paired_run uws "$args" "$g"; l1=$LPID; paired_run "$server" "$args" "$f"
-                fi
-                wait "$l1" "$LPID"
-                echo "round $round $name $server with uws: $(cpu_per_msg "$f") us and $(cpu_per_msg "$g") us a message"
-            done
-        done
-    done
-    median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-    echo
-    echo "Paired with uWS (both at once): server CPU per message over uWS' in the same pair, per round (median last):"
-    echo
-    echo "| configuration | server | $(for r in $(seq 1 "$ROUNDS"); do printf 'round %s | ' "$r"; done)median |"
-    echo "|---|---|$(for _ in $(seq 1 "$ROUNDS"); do printf -- '---|'; done)---|"
-    for cfg in "${configs[@]}"; do
-        name=${cfg%%|*}
-        for s in "${SERVERS[@]}"; do
-            [ "$s" = uws ] && continue
-            vals=()
-            for r in $(seq 1 "$ROUNDS"); do
-                vals+=("$(jq -n --slurpfile a "$OUT/$s-$name-$r.json" --slurpfile b "$OUT/uws@$s-$name-$r.json" \
-                    '$a[0].server_cpu_us_per_msg / $b[0].server_cpu_us_per_msg * 1000 | round / 1000')")
-            done
-            printf "| %s | %s/uws | %s | %s |\n" "$name" "$s" "$(IFS='|'; echo "${vals[*]}" | sed 's/|/ | /g')" \
-                "$(printf '%s\n' "${vals[@]}" | median)"
-        done
-    done
+    paired_main echo .server_cpu_us_per_msg "a message"
     exit 0
 fi
 for round in $(seq 1 "$ROUNDS"); do

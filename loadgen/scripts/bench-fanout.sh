@@ -23,6 +23,8 @@
 #   SIZE=bytes       event payload size (default 64)
 #   OUT=dir          where the JSON reports go (default /tmp/volley-bench-fanout)
 #   MAX_OTHER=cores, ATTEMPTS=n: see below
+#   PAIRED=1         run each server at the same time as uWS, a loadgen each (as bench-echo.sh's
+#                    PAIRED=1): CPU per delivery over uWS' in the same pair
 #
 # Servers run one worker pinned to CPU 0, loadgen one thread pinned to CPU 1. Every run's
 # JSON report is kept in $OUT; medians and per-round ratios are printed as Markdown tables at
@@ -94,6 +96,11 @@ rotated() {
 }
 declare -A SP
 for s in "${SERVERS[@]}"; do start_server "$s"; SP[$s]=$SPID; done
+# PAIRED=1: each server at the same time as uWS (lib.sh).
+if [ "${PAIRED:-0}" = 1 ]; then
+    paired_main fanout .server_cpu_us_per_delivery "a delivery" --size "$SIZE"
+    exit 0
+fi
 for round in $(seq 1 "$ROUNDS"); do
     for cfg in "${configs[@]}"; do
         name=${cfg%%|*}

@@ -43,6 +43,8 @@ if [ "${PAIRED:-1}" = 1 ]; then
     [ -x "$BIN/ws_least" ] && paired_servers="$paired_servers least leastu"
     PAIRED=1 SERVERS="$paired_servers" CONFIGS="c100-i1-20t c100-i16-20t c200-i1-16k" OUT="$OUT/paired" \
         "$here/bench-echo.sh" "$ROUNDS" "$SECS" | tee "$OUT/paired.txt"
+    PAIRED=1 SERVERS="uws vmio vuring" CONFIGS="s1k-r50" SIZE=64 OUT="$OUT/paired-fanout" \
+        "$here/bench-fanout.sh" "$ROUNDS" "$SECS" | tee "$OUT/paired-fanout.txt"
 fi
 fi
 
@@ -130,7 +132,9 @@ lat "broadcast 1,000 subscribers" fanout s1k-r50
 if [ -f "$OUT/paired.txt" ]; then
     echo
     echo "The echo shapes with each server and uWS running at the same time (both on CPU 0, a loadgen each on"
-    echo "CPU 1): the machine's drift cancels within a pair. \"least\"/\"leastu\": the least server on epoll / io_uring."
+    echo "CPU 1; the broadcast: two fan-out loads): the machine's drift cancels within a pair. \"least\"/\"leastu\": the"
+    echo "least server on epoll / io_uring."
     sed -n '/^Paired with uWS/,$p' "$OUT/paired.txt" | tail -n +2
+    [ -f "$OUT/paired-fanout.txt" ] && sed -n '/^Paired with uWS/,$p' "$OUT/paired-fanout.txt" | tail -n +4
 fi
 } | tee "$OUT/table.md"
