@@ -37,7 +37,8 @@
 #                    CPU 1) and report its CPU per message over uWS' in the same pair: the
 #                    machine's drift cancels (ratios within a few percent from pair to pair);
 #                    the absolute figures are not those of a server alone. Needs uws; no idle
-#                    memory, no other tables
+#                    memory, no other tables. PAIR_WITH=bmio pairs with the BASE binary instead:
+#                    a change measured against the build before it
 #
 # Servers are pinned to CPU 0 (one worker / one runtime thread), loadgen to CPU 1. Each run's
 # JSON report is kept in $OUT; the medians and the per-round ratios are printed as Markdown

@@ -37,12 +37,13 @@ skip_unbuilt_uws() { # takes "uws" out of SERVERS, with a line saying so, when $
 # uWS, both on CPU 0, each driven by its own loadgen on CPU 1. Both see the same moment of the
 # machine, so the ratio holds within a few percent from pair to pair, where one after the other
 # it swings by tens of percent on these VMs; the absolute figures are those of two servers
-# sharing a core. Uses the caller's addr, SP (running servers), configs, rotated, ROUNDS, SECS,
-# BIN and OUT.
+# sharing a core. PAIR_WITH=server pairs with another reference than uws (e.g. bmio: a change
+# against the binary before it, BASE=path). Uses the caller's addr, SP (running servers),
+# configs, rotated, ROUNDS, SECS, BIN and OUT.
 paired_main() { # LOADGEN-SUBCOMMAND FIELD UNIT [EXTRA LOADGEN OPTIONS...]
-    local sub=$1 field=$2 unit=$3 round cfg name args server f g l1 r s
+    local sub=$1 field=$2 unit=$3 ref=${PAIR_WITH:-uws} round cfg name args server f g l1 r s
     shift 3
-    [ -n "${SP[uws]:-}" ] || { echo "PAIRED=1 compares with uws, which is not running" >&2; exit 1; }
+    [ -n "${SP[$ref]:-}" ] || { echo "PAIRED=1 compares with $ref, which is not running" >&2; exit 1; }
     paired_run() { # SERVER CONFIG-ARGS FILE EXTRA...: one loadgen in the background (sets LPID)
         local srv=$1 a=$2 file=$3
         shift 3
@@ -56,35 +57,36 @@ paired_main() { # LOADGEN-SUBCOMMAND FIELD UNIT [EXTRA LOADGEN OPTIONS...]
             name=${cfg%%|*}
             args=${cfg#*|}
             for server in $(rotated "$round"); do
-                [ "$server" = uws ] && continue
+                [ "$server" = "$ref" ] && continue
                 wait_idle
-                f="$OUT/$server-$name-$round" g="$OUT/uws@$server-$name-$round"
+                f="$OUT/$server-$name-$round" g="$OUT/$ref@$server-$name-$round"
                 # Which loadgen starts first alternates with the round.
                 if [ $((round % 2)) = 1 ]; then
-                    paired_run "$server" "$args" "$f" "$@"; l1=$LPID; paired_run uws "$args" "$g" "$@"
+                    paired_run "$server" "$args" "$f" "$@"; l1=$LPID; paired_run "$ref" "$args" "$g" "$@"
                 else
-                    paired_run uws "$args" "$g" "$@"; l1=$LPID; paired_run "$server" "$args" "$f" "$@"
+                    paired_run "$ref" "$args" "$g" "$@"; l1=$LPID; paired_run "$server" "$args" "$f" "$@"
                 fi
                 wait "$l1" "$LPID" || true
-                echo "round $round $name $server with uws: $(jq "$field" "$f.json") us and $(jq "$field" "$g.json") us $unit"
+                echo "round $round $name $server with $ref: $(jq "$field" "$f.json") us and $(jq "$field" "$g.json") us $unit"
             done
         done
     done
     echo
-    echo "Paired with uWS (both at once): server CPU per ${unit#a } over uWS' in the same pair, per round (median last):"
+    local shown=$ref; [ "$ref" = uws ] && shown=uWS
+    echo "Paired with $shown (both at once): server CPU per ${unit#a } over $shown's in the same pair, per round (median last):"
     echo
     echo "| configuration | server | $(for r in $(seq 1 "$ROUNDS"); do printf 'round %s | ' "$r"; done)median |"
     echo "|---|---|$(for _ in $(seq 1 "$ROUNDS"); do printf -- '---|'; done)---|"
     for cfg in "${configs[@]}"; do
         name=${cfg%%|*}
         for s in "${SERVERS[@]}"; do
-            [ "$s" = uws ] && continue
+            [ "$s" = "$ref" ] && continue
             local vals=()
             for r in $(seq 1 "$ROUNDS"); do
-                vals+=("$(jq -n --slurpfile a "$OUT/$s-$name-$r.json" --slurpfile b "$OUT/uws@$s-$name-$r.json" \
+                vals+=("$(jq -n --slurpfile a "$OUT/$s-$name-$r.json" --slurpfile b "$OUT/$ref@$s-$name-$r.json" \
                     "\$a[0]$field / \$b[0]$field * 1000 | round / 1000")")
             done
-            printf "| %s | %s/uws | %s | %s |\n" "$name" "$s" "$(IFS='|'; echo "${vals[*]}" | sed 's/|/ | /g')" \
+            printf "| %s | %s/%s | %s | %s |\n" "$name" "$s" "$ref" "$(IFS='|'; echo "${vals[*]}" | sed 's/|/ | /g')" \
                 "$(printf '%s\n' "${vals[@]}" | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}')"
         done
     done
