@@ -135,6 +135,9 @@ if [ -f "$OUT/paired.txt" ]; then
     echo "CPU 1; the broadcast: two fan-out loads): the machine's drift cancels within a pair. \"least\"/\"leastu\": the"
     echo "least server on epoll / io_uring."
     sed -n '/^Paired with uWS/,$p' "$OUT/paired.txt" | tail -n +2
-    [ -f "$OUT/paired-fanout.txt" ] && sed -n '/^Paired with uWS/,$p' "$OUT/paired-fanout.txt" | tail -n +4
+    # The broadcast's rows join the echo table (its title, blank line, header and rule dropped).
+    if [ -f "$OUT/paired-fanout.txt" ]; then
+        sed -n '/^Paired with uWS/,$p' "$OUT/paired-fanout.txt" | tail -n +5
+    fi
 fi
 } | tee "$OUT/table.md"

@@ -241,6 +241,22 @@ impl<H: Handler> Ev<'_, H> {
         self.call_with(app, None, f)
     }
 
+    /// A data message for `on_message`, with the frame that sends it back when it has one
+    /// (`reply`, see [`Outbox::send_own`]).
+    #[inline]
+    fn on_message(
+        &mut self,
+        app: &mut H::State,
+        msg: proto::Decoded<'_>,
+        reply: Option<&[u8]>,
+    ) -> Verdict {
+        let Ok(data) = Message::try_from(msg) else {
+            return Verdict::Continue;
+        };
+        add_own(&self.stats.messages_in, 1);
+        self.call_with(app, reply, |h, ctx, s| h.on_message(ctx, s, data))
+    }
+
     /// [`Ev::call`] for a message that arrived in `reply`, the frame that sends it back
     /// (see [`Outbox::send_own`]).
     fn call_with(
@@ -448,11 +464,7 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
     }
 
     fn message(&mut self, app: &mut H::State, msg: proto::Decoded<'_>) -> Verdict {
-        let Ok(data) = Message::try_from(msg) else {
-            return Verdict::Continue;
-        };
-        add_own(&self.stats.messages_in, 1);
-        self.call(app, |h, ctx, s| h.on_message(ctx, s, data))
+        self.on_message(app, msg, None)
     }
 
     fn message_in_frame(
@@ -461,11 +473,7 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
         msg: proto::Decoded<'_>,
         frame: &[u8],
     ) -> Verdict {
-        let Ok(data) = Message::try_from(msg) else {
-            return Verdict::Continue;
-        };
-        add_own(&self.stats.messages_in, 1);
-        self.call_with(app, Some(frame), |h, ctx, s| h.on_message(ctx, s, data))
+        self.on_message(app, msg, Some(frame))
     }
 
     fn close(&mut self, app: H::State, code: CloseCode, reason: &str) {
