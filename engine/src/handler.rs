@@ -120,6 +120,7 @@ impl Ctx<'_> {
 
     /// Sends a message to this connection and says what became of it (see [`SendStatus`]):
     /// on `Backpressure` pause this connection's producer until [`Handler::on_drain`].
+    #[inline]
     pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
         self.out.send_own(msg)
     }

@@ -791,6 +791,7 @@ impl<S> Conn<S> {
     }
 
     /// Runs the phase machine over `buf`; returns the bytes consumed.
+    #[inline]
     fn process<E: Events<S>>(
         &mut self,
         now: Instant,
@@ -799,25 +800,51 @@ impl<S> Conn<S> {
         ev: &mut E,
     ) -> usize {
         let mut pos = 0;
+        if !matches!(self.phase, Phase::Open { .. }) {
+            match self.before_open(now, buf, cfg, ev) {
+                Ok(n) => pos = n,
+                Err(n) => return n,
+            }
+        }
+        if matches!(self.phase, Phase::Open { .. } | Phase::Closing { .. }) {
+            pos + self.frames(now, &mut buf[pos..], cfg, ev)
+        } else {
+            // Draining discards what the peer still sends.
+            buf.len()
+        }
+    }
+
+    /// [`Conn::process`] before the connection is open: the handshake. `Err(n)`: `n` bytes
+    /// consumed and nothing more to do with `buf`; `Ok(n)`: go on with the frames after
+    /// the `n` bytes of the request head.
+    #[inline(never)]
+    fn before_open<E: Events<S>>(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        cfg: &ConnConfig,
+        ev: &mut E,
+    ) -> Result<usize, usize> {
+        let mut pos = 0;
         if self.is_awaiting() {
             // A client must wait for the 101 before it sends frames; what it sends early is
             // kept (for after the answer), up to the size of a request head.
             if buf.len() > cfg.max_head {
                 self.abort(CloseCode::ABNORMAL, "data before the handshake answer", ev);
-                return buf.len();
+                return Err(buf.len());
             }
-            return 0;
+            return Err(0);
         }
         if let Phase::Handshake { scanner, since } = &mut self.phase {
             let since = *since;
             match scanner.find_end(buf, cfg.max_head) {
-                Ok(Status::Partial) => return 0,
+                Ok(Status::Partial) => return Err(0),
                 Ok(Status::Complete(n)) => {
                     pos = n;
                     match ev.request(&buf[..n]) {
                         Head::Deferred => {
                             self.phase = Phase::Awaiting { since };
-                            return pos;
+                            return Err(pos);
                         }
                         Head::Open(app) => {
                             self.last_rx = Stamp::of(now);
@@ -834,19 +861,17 @@ impl<S> Conn<S> {
                 Err(e) => {
                     ev.refuse(&e);
                     self.drain(now, ev);
-                    return buf.len();
+                    return Err(buf.len());
                 }
             }
         }
-        if matches!(self.phase, Phase::Open { .. } | Phase::Closing { .. }) {
-            pos + self.frames(now, &mut buf[pos..], cfg, ev)
-        } else {
-            // Draining discards what the peer still sends.
-            buf.len()
-        }
+        Ok(pos)
     }
 
-    /// Decodes frames from `buf`; returns the bytes consumed.
+    /// Decodes frames from `buf`; returns the bytes consumed. Whole small frames (most
+    /// messages) are taken here; the rest go one at a time through [`Conn::decoded_frame`],
+    /// out of line, so that this loop stays a few cache lines of code on the hot path.
+    #[inline]
     fn frames<E: Events<S>>(
         &mut self,
         now: Instant,
@@ -859,76 +884,92 @@ impl<S> Conn<S> {
             if pos == buf.len() {
                 return pos;
             }
-            match self.small_frame(now, &mut buf[pos..], cfg, ev) {
-                Small::Took(n) => {
-                    pos += n;
-                    continue;
-                }
+            let step = match self.small_frame(now, &mut buf[pos..], cfg, ev) {
+                Small::No => self.decoded_frame(now, &mut buf[pos..], cfg, ev),
+                taken => taken,
+            };
+            match step {
+                Small::Took(n) => pos += n,
                 Small::Stop => return buf.len(),
-                Small::No => {}
-            }
-            let step = match self.decoder.decode_with(
-                &mut buf[pos..],
-                ev.inflater(),
-                cfg.limits,
-                Role::Server,
-                &mut self.decoded_close,
-            ) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.protocol_failure(now, &e, ev);
-                    return buf.len();
-                }
-            };
-            pos += step.consumed;
-            let Some(msg) = step.message else {
-                if step.consumed == 0 {
-                    return pos;
-                }
-                continue;
-            };
-            match msg {
-                Decoded::Text(_) | Decoded::Binary(_) => {
-                    // Data after we sent our close frame is dropped (RFC 6455 5.5.1).
-                    if let Phase::Open { app } = &mut self.phase {
-                        if ev.message(app, msg) == Verdict::SlowConsumer {
-                            self.handle_slow_consumer(now, ev);
-                            return buf.len();
-                        }
-                    }
-                }
-                Decoded::Ping(p) if matches!(self.phase, Phase::Open { .. }) => {
-                    // While its pong fits in the budget every ping is answered at once, in
-                    // order with the other output (a pong goes before the echo of a message
-                    // that completes after the ping); pongs never take the queue past the
-                    // budget, so they cannot make the application's next send fail. Else only the latest ping needs its pong (RFC 6455
-                    // 5.5.3): it waits here, replacing one not yet queued, until the queue
-                    // drains (`poll_transmit`); reads stop meanwhile (`wants_read`).
-                    if self.pong.is_none() && pong_fits(ev.queued(), p.len(), cfg) {
-                        let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
-                        ev.send(&h, p);
-                    } else {
-                        match &mut self.pong {
-                            Some(old) => {
-                                old.clear();
-                                old.extend_from_slice(p);
-                            }
-                            slot => *slot = Some(Box::new(p.to_vec())),
-                        }
-                    }
-                }
-                // Pongs, and pings after we sent our close frame.
-                Decoded::Ping(_) | Decoded::Pong(_) => {}
-                Decoded::Close(frame) => {
-                    let (code, reason): (CloseCode, Box<str>) = match frame {
-                        Some(f) => (f.code, f.reason.into()),
-                        None => (CloseCode::NO_STATUS, "".into()),
-                    };
-                    self.peer_closed(now, code, &reason, ev);
-                    return buf.len();
-                }
+                Small::No => return pos,
             }
         }
+    }
+
+    /// One step of the general decoder over `buf` (any frame [`Conn::small_frame`] does not
+    /// take): `Took(n)` for the bytes it consumed, `No` when it needs more bytes, `Stop`
+    /// when the connection stopped reading.
+    #[inline(never)]
+    fn decoded_frame<E: Events<S>>(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        cfg: &ConnConfig,
+        ev: &mut E,
+    ) -> Small {
+        let step = match self.decoder.decode_with(
+            buf,
+            ev.inflater(),
+            cfg.limits,
+            Role::Server,
+            &mut self.decoded_close,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                self.protocol_failure(now, &e, ev);
+                return Small::Stop;
+            }
+        };
+        let consumed = step.consumed;
+        let Some(msg) = step.message else {
+            return if consumed == 0 {
+                Small::No
+            } else {
+                Small::Took(consumed)
+            };
+        };
+        match msg {
+            Decoded::Text(_) | Decoded::Binary(_) => {
+                // Data after we sent our close frame is dropped (RFC 6455 5.5.1).
+                if let Phase::Open { app } = &mut self.phase {
+                    if ev.message(app, msg) == Verdict::SlowConsumer {
+                        self.handle_slow_consumer(now, ev);
+                        return Small::Stop;
+                    }
+                }
+            }
+            Decoded::Ping(p) if matches!(self.phase, Phase::Open { .. }) => {
+                // While its pong fits in the budget every ping is answered at once, in
+                // order with the other output (a pong goes before the echo of a message
+                // that completes after the ping); pongs never take the queue past the
+                // budget, so they cannot make the application's next send fail. Else only the latest ping needs its pong (RFC 6455
+                // 5.5.3): it waits here, replacing one not yet queued, until the queue
+                // drains (`poll_transmit`); reads stop meanwhile (`wants_read`).
+                if self.pong.is_none() && pong_fits(ev.queued(), p.len(), cfg) {
+                    let h = encode_header(true, OpCode::Pong, p.len() as u64, None);
+                    ev.send(&h, p);
+                } else {
+                    match &mut self.pong {
+                        Some(old) => {
+                            old.clear();
+                            old.extend_from_slice(p);
+                        }
+                        slot => *slot = Some(Box::new(p.to_vec())),
+                    }
+                }
+            }
+            // Pongs, and pings after we sent our close frame.
+            Decoded::Ping(_) | Decoded::Pong(_) => {}
+            Decoded::Close(frame) => {
+                let (code, reason): (CloseCode, Box<str>) = match frame {
+                    Some(f) => (f.code, f.reason.into()),
+                    None => (CloseCode::NO_STATUS, "".into()),
+                };
+                self.peer_closed(now, code, &reason, ev);
+                return Small::Stop;
+            }
+        }
+        Small::Took(consumed)
     }
 
     /// The frame most messages are, decoded without the general decoder: a whole text or

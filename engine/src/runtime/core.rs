@@ -259,6 +259,7 @@ impl<H: Handler> Ev<'_, H> {
 
     /// [`Ev::call`] for a message that arrived in `reply`, the frame that sends it back
     /// (see [`Outbox::send_own`]).
+    #[inline]
     fn call_with(
         &mut self,
         app: &mut H::State,
@@ -771,6 +772,7 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
     /// [`Core::settle`]; `timer_stands`: the machine's deadline can only have moved later
     /// since its live timer was set (see [`Core::on_data`]), which then fires early and is
     /// set again (the wheel is lazy), so the deadline need not be computed now.
+    #[inline]
     fn settle_timer(&mut self, key: usize, timer_stands: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -912,8 +914,17 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
         self.settle(key);
     }
 
-    /// Applies sends and closes that callbacks addressed to other connections.
+    /// Applies sends and closes that callbacks addressed to other connections (most calls
+    /// find none: that check stays inline, the work out of line).
+    #[inline]
     fn apply_deferred(&mut self) {
+        if !self.env.deferred.is_empty() {
+            self.apply_deferred_now();
+        }
+    }
+
+    #[inline(never)]
+    fn apply_deferred_now(&mut self) {
         while !self.env.deferred.is_empty() {
             let batch = std::mem::take(&mut self.env.deferred);
             for d in batch {

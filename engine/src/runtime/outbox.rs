@@ -145,72 +145,106 @@ impl<'a> Outbox<'a> {
     }
 
     /// Sends to the callback's own connection, within its write budget.
+    ///
+    /// The common case (a small message, nothing deferred, no compression) is inline, so
+    /// that an echo's path from the frame to the queue is one stretch of code; the rest is
+    /// out of line (docs/benchmarks.md, "Issue 14, eleventh session").
+    #[inline]
     pub(crate) fn send_own(&mut self, msg: Message<'_>) -> SendStatus {
         let Some(own) = self.own.as_mut().filter(|_| !self.closing) else {
             return SendStatus::Closed;
         };
         if own.out.len() > self.env.budget {
-            match self.env.policy {
-                SlowConsumerPolicy::Close => self.over = true,
-                SlowConsumerPolicy::Drop => self.dropped += 1,
-            }
-            return SendStatus::Dropped;
+            return self.over_budget();
         }
         let op = match msg {
             Message::Text(_) => OpCode::Text,
             Message::Binary(_) => OpCode::Binary,
         };
         let payload = msg.as_bytes();
-        // The common case: nothing deferred, no compression. Nothing waits in `deferred`, so
-        // the queue alone is compared with the high-water mark.
-        if self.env.deferred.is_empty() && (own.deflate == 0 || self.env.compression.is_none()) {
-            // A large answer with nothing queued before it: straight to the socket where the
-            // backend writes at once, and only the rest queued.
-            let written = if payload.len() >= WRITE_NOW_MIN && own.out.is_empty() {
-                match self.reply.filter(|f| is_reply(f, op, payload)) {
-                    // The message sent back as it came: its frame is already laid out,
-                    // header and payload in one piece (one plain `send`, cheaper in the
-                    // kernel than two pieces: docs/benchmarks.md, "Issue 14, tenth session").
-                    Some(frame) => {
-                        own.io
-                            .write_now(&[std::io::IoSlice::new(frame)])
-                            .inspect(|&n| {
-                                if n < frame.len() {
-                                    own.out.push_parts(&mut self.env.pool, &[&frame[n..]]);
-                                }
-                            })
-                    }
-                    None => {
-                        let header = encode_header(true, op, payload.len() as u64, None);
-                        let parts = [
-                            std::io::IoSlice::new(&header),
-                            std::io::IoSlice::new(payload),
-                        ];
-                        own.io
-                            .write_now(&parts)
-                            .inspect(|&n| match n.checked_sub(header.len()) {
-                                None => own
-                                    .out
-                                    .push_parts(&mut self.env.pool, &[&header[n..], payload]),
-                                Some(p) => own.out.push_parts(&mut self.env.pool, &[&payload[p..]]),
-                            })
-                    }
-                }
-            } else {
-                None
-            };
-            match written {
-                Some(n) => self.written += n as u64,
-                None => own.out.push_frame(&mut self.env.pool, op, payload),
-            }
-            self.sent += 1;
-            return if own.out.len() > self.env.high_water {
-                own.flags.set(super::core::Flags::DRAIN_OWED, true);
-                SendStatus::Backpressure
-            } else {
-                SendStatus::Queued
-            };
+        // Something deferred, or compression: the general path.
+        if !self.env.deferred.is_empty() || (own.deflate != 0 && self.env.compression.is_some()) {
+            return self.send_own_general(op, payload);
         }
+        // A large answer with nothing queued before it: straight to the socket where the
+        // backend writes at once, and only the rest queued.
+        if payload.len() >= WRITE_NOW_MIN && own.out.is_empty() {
+            self.write_large(op, payload);
+        } else {
+            own.out.push_frame(&mut self.env.pool, op, payload);
+        }
+        self.sent += 1;
+        // Nothing waits in `deferred`, so the queue alone is compared with the high-water
+        // mark.
+        let Some(own) = self.own.as_mut() else {
+            return SendStatus::Closed;
+        };
+        if own.out.len() > self.env.high_water {
+            own.flags.set(super::core::Flags::DRAIN_OWED, true);
+            SendStatus::Backpressure
+        } else {
+            SendStatus::Queued
+        }
+    }
+
+    /// [`Outbox::send_own`] over the write budget: the slow consumer policy decides.
+    #[cold]
+    #[inline(never)]
+    fn over_budget(&mut self) -> SendStatus {
+        match self.env.policy {
+            SlowConsumerPolicy::Close => self.over = true,
+            SlowConsumerPolicy::Drop => self.dropped += 1,
+        }
+        SendStatus::Dropped
+    }
+
+    /// [`Outbox::send_own`] of a large message with nothing queued before it: written at
+    /// once where the backend can, the rest (or all of it) queued.
+    #[inline(never)]
+    fn write_large(&mut self, op: OpCode, payload: &[u8]) {
+        let Some(own) = self.own.as_mut() else {
+            return;
+        };
+        let written = match self.reply.filter(|f| is_reply(f, op, payload)) {
+            // The message sent back as it came: its frame is already laid out, header and
+            // payload in one piece (one plain `send`, cheaper in the kernel than two pieces:
+            // docs/benchmarks.md, "Issue 14, tenth session").
+            Some(frame) => own
+                .io
+                .write_now(&[std::io::IoSlice::new(frame)])
+                .inspect(|&n| {
+                    if n < frame.len() {
+                        own.out.push_parts(&mut self.env.pool, &[&frame[n..]]);
+                    }
+                }),
+            None => {
+                let header = encode_header(true, op, payload.len() as u64, None);
+                let parts = [
+                    std::io::IoSlice::new(&header),
+                    std::io::IoSlice::new(payload),
+                ];
+                own.io
+                    .write_now(&parts)
+                    .inspect(|&n| match n.checked_sub(header.len()) {
+                        None => own
+                            .out
+                            .push_parts(&mut self.env.pool, &[&header[n..], payload]),
+                        Some(p) => own.out.push_parts(&mut self.env.pool, &[&payload[p..]]),
+                    })
+            }
+        };
+        match written {
+            Some(n) => self.written += n as u64,
+            None => own.out.push_frame(&mut self.env.pool, op, payload),
+        }
+    }
+
+    /// [`Outbox::send_own`] when something is deferred or the connection compresses.
+    #[inline(never)]
+    fn send_own_general(&mut self, op: OpCode, payload: &[u8]) -> SendStatus {
+        let Some(own) = self.own.as_mut() else {
+            return SendStatus::Closed;
+        };
         let header = encode_header(true, op, payload.len() as u64, None);
         // Straight into the own queue, unless something is deferred before it (a publish):
         // then it waits its turn, so this connection sees both in the order they were made.

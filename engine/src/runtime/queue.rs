@@ -105,10 +105,12 @@ pub(crate) struct WriteQueue {
 struct Rest(Option<Box<VecDeque<Chunk>>>);
 
 impl Rest {
+    #[inline]
     fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |d| d.len())
     }
 
+    #[inline]
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -118,10 +120,12 @@ impl Rest {
         self.0.as_ref().map_or(0, |d| d.capacity())
     }
 
+    #[inline]
     fn push_back(&mut self, c: Chunk) {
         self.0.get_or_insert_with(Default::default).push_back(c);
     }
 
+    #[inline]
     fn back_mut(&mut self) -> Option<&mut Chunk> {
         self.0.as_mut()?.back_mut()
     }
@@ -148,6 +152,7 @@ impl Rest {
 }
 
 impl WriteQueue {
+    #[inline]
     fn chunk_count(&self) -> usize {
         self.first.is_some() as usize + self.rest.len()
     }
@@ -186,6 +191,7 @@ impl WriteQueue {
         self.offset == 0
     }
 
+    #[inline]
     fn push_chunk(&mut self, c: Chunk) {
         if self.first.is_none() {
             self.first = Some(c);
@@ -194,6 +200,7 @@ impl WriteQueue {
         }
     }
 
+    #[inline]
     fn last_mut(&mut self) -> Option<&mut Chunk> {
         match self.rest.back_mut() {
             Some(c) => Some(c),
@@ -243,6 +250,7 @@ impl WriteQueue {
     /// Appends one unmasked frame of `payload` as contiguous bytes, its header written in
     /// place: [`WriteQueue::push_parts`] for the common case of a small message sent to its
     /// own connection (no header buffer, no list of parts to walk).
+    #[inline]
     pub(crate) fn push_frame(&mut self, pool: &mut BufPool, op: OpCode, payload: &[u8]) {
         let len = payload.len();
         if len >= 126 {
