@@ -48,8 +48,10 @@ fn check(data: &[u8], offset: usize, key: [u8; 4], phase: usize) {
 #[test]
 fn exhaustive_small_lengths_offsets_phases() {
     let key = [0x37, 0xfa, 0x21, 0x3d];
-    let data: Vec<u8> = (0..200u32).map(|i| (i * 7 + 3) as u8).collect();
-    for len in 0..=(2 * 64 + 3) {
+    // Every length up to two of the AVX2 loop's 128-byte steps, a 64- and a 32-byte step
+    // and a tail, from every alignment.
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+    for len in 0..=(4 * 64 + 32 + 3) {
         for offset in 0..64 {
             for phase in 0..4 {
                 check(&data[..len], offset, key, phase);
