@@ -243,7 +243,7 @@ impl<H: Handler> Ev<'_, H> {
 
     /// A data message for `on_message`, with the frame that sends it back when it has one
     /// (`reply`, see [`Outbox::send_own`]).
-    #[inline]
+    #[inline(always)]
     fn on_message(
         &mut self,
         app: &mut H::State,
@@ -259,7 +259,7 @@ impl<H: Handler> Ev<'_, H> {
 
     /// [`Ev::call`] for a message that arrived in `reply`, the frame that sends it back
     /// (see [`Outbox::send_own`]).
-    #[inline]
+    #[inline(always)]
     fn call_with(
         &mut self,
         app: &mut H::State,
@@ -464,10 +464,12 @@ impl<H: Handler> Events<H::State> for Ev<'_, H> {
         self.call(app, |h, ctx, s| h.on_open(ctx, s))
     }
 
+    #[inline(always)]
     fn message(&mut self, app: &mut H::State, msg: proto::Decoded<'_>) -> Verdict {
         self.on_message(app, msg, None)
     }
 
+    #[inline(always)]
     fn message_in_frame(
         &mut self,
         app: &mut H::State,
