@@ -1192,9 +1192,10 @@ fn earlier<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
-/// What [`Conn::small_frame`] did with the bytes.
+/// What [`Conn::small_frame`] (or [`Conn::decoded_frame`]) did with the bytes.
 enum Small {
-    /// Not such a frame: the general decoder takes it.
+    /// From `small_frame`: not such a frame, the general decoder takes it. From
+    /// `decoded_frame`: no whole frame yet, more bytes are needed.
     No,
     /// Decoded and handed out: this many bytes.
     Took(usize),

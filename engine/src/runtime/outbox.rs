@@ -89,6 +89,63 @@ pub(crate) struct Own<'a> {
     pub(super) deflate: u8,
 }
 
+/// What a send to the own connection says once it is queued: `Backpressure` (and
+/// `on_drain` owed) when the queue, with `pending` bytes still to join it, is over `limit`.
+#[inline]
+fn high_water(own: &mut Own<'_>, pending: usize, limit: usize) -> SendStatus {
+    if own.out.len() + pending > limit {
+        own.flags.set(super::core::Flags::DRAIN_OWED, true);
+        SendStatus::Backpressure
+    } else {
+        SendStatus::Queued
+    }
+}
+
+/// [`Outbox::send_own`] of a large message with nothing queued before it: written at once
+/// where the backend can, the rest (or all of it) queued. Returns the bytes written.
+#[inline(never)]
+fn write_large(
+    own: &mut Own<'_>,
+    reply: Option<&[u8]>,
+    pool: &mut BufPool,
+    op: OpCode,
+    payload: &[u8],
+) -> u64 {
+    let written = match reply.filter(|f| is_reply(f, op, payload)) {
+        // The message sent back as it came: its frame is already laid out, header and
+        // payload in one piece (one plain `send`, cheaper in the kernel than two pieces:
+        // docs/benchmarks.md, "Issue 14, tenth session").
+        Some(frame) => own
+            .io
+            .write_now(&[std::io::IoSlice::new(frame)])
+            .inspect(|&n| {
+                if n < frame.len() {
+                    own.out.push_parts(pool, &[&frame[n..]]);
+                }
+            }),
+        None => {
+            let header = encode_header(true, op, payload.len() as u64, None);
+            let parts = [
+                std::io::IoSlice::new(&header),
+                std::io::IoSlice::new(payload),
+            ];
+            own.io
+                .write_now(&parts)
+                .inspect(|&n| match n.checked_sub(header.len()) {
+                    None => own.out.push_parts(pool, &[&header[n..], payload]),
+                    Some(p) => own.out.push_parts(pool, &[&payload[p..]]),
+                })
+        }
+    };
+    match written {
+        Some(n) => n as u64,
+        None => {
+            own.out.push_frame(pool, op, payload);
+            0
+        }
+    }
+}
+
 /// What a callback writes through its [`Ctx`]: straight into its own connection's queue
 /// (and its own key and topic bindings), or deferred until the callback returns for other
 /// connections and for publishes.
@@ -169,22 +226,14 @@ impl<'a> Outbox<'a> {
         // A large answer with nothing queued before it: straight to the socket where the
         // backend writes at once, and only the rest queued.
         if payload.len() >= WRITE_NOW_MIN && own.out.is_empty() {
-            self.write_large(op, payload);
+            self.written += write_large(own, self.reply, &mut self.env.pool, op, payload);
         } else {
             own.out.push_frame(&mut self.env.pool, op, payload);
         }
         self.sent += 1;
         // Nothing waits in `deferred`, so the queue alone is compared with the high-water
         // mark.
-        let Some(own) = self.own.as_mut() else {
-            return SendStatus::Closed;
-        };
-        if own.out.len() > self.env.high_water {
-            own.flags.set(super::core::Flags::DRAIN_OWED, true);
-            SendStatus::Backpressure
-        } else {
-            SendStatus::Queued
-        }
+        high_water(own, 0, self.env.high_water)
     }
 
     /// [`Outbox::send_own`] over the write budget: the slow consumer policy decides.
@@ -196,47 +245,6 @@ impl<'a> Outbox<'a> {
             SlowConsumerPolicy::Drop => self.dropped += 1,
         }
         SendStatus::Dropped
-    }
-
-    /// [`Outbox::send_own`] of a large message with nothing queued before it: written at
-    /// once where the backend can, the rest (or all of it) queued.
-    #[inline(never)]
-    fn write_large(&mut self, op: OpCode, payload: &[u8]) {
-        let Some(own) = self.own.as_mut() else {
-            return;
-        };
-        let written = match self.reply.filter(|f| is_reply(f, op, payload)) {
-            // The message sent back as it came: its frame is already laid out, header and
-            // payload in one piece (one plain `send`, cheaper in the kernel than two pieces:
-            // docs/benchmarks.md, "Issue 14, tenth session").
-            Some(frame) => own
-                .io
-                .write_now(&[std::io::IoSlice::new(frame)])
-                .inspect(|&n| {
-                    if n < frame.len() {
-                        own.out.push_parts(&mut self.env.pool, &[&frame[n..]]);
-                    }
-                }),
-            None => {
-                let header = encode_header(true, op, payload.len() as u64, None);
-                let parts = [
-                    std::io::IoSlice::new(&header),
-                    std::io::IoSlice::new(payload),
-                ];
-                own.io
-                    .write_now(&parts)
-                    .inspect(|&n| match n.checked_sub(header.len()) {
-                        None => own
-                            .out
-                            .push_parts(&mut self.env.pool, &[&header[n..], payload]),
-                        Some(p) => own.out.push_parts(&mut self.env.pool, &[&payload[p..]]),
-                    })
-            }
-        };
-        match written {
-            Some(n) => self.written += n as u64,
-            None => own.out.push_frame(&mut self.env.pool, op, payload),
-        }
     }
 
     /// [`Outbox::send_own`] when something is deferred or the connection compresses.
@@ -276,12 +284,7 @@ impl<'a> Outbox<'a> {
                 _ => 0,
             })
             .sum();
-        if own.out.len() + pending > self.env.high_water {
-            own.flags.set(super::core::Flags::DRAIN_OWED, true);
-            SendStatus::Backpressure
-        } else {
-            SendStatus::Queued
-        }
+        high_water(own, pending, self.env.high_water)
     }
 
     /// A message for another connection (or for this one, after what is deferred).
