@@ -138,7 +138,13 @@ fn write_large(
         }
     };
     match written {
-        Some(n) => n as u64,
+        Some(n) => {
+            if n > 0 && !own.out.is_empty() {
+                // A short write: the peer has the frame's start, the queue its rest.
+                own.out.mark_mid_frame();
+            }
+            n as u64
+        }
         None => {
             own.out.push_frame(pool, op, payload);
             0
@@ -398,6 +404,19 @@ mod tests {
         reply: Option<&[u8]>,
         sends: impl FnOnce(&mut Outbox<'_>),
     ) -> (usize, Vec<u8>, Vec<u8>, Vec<usize>) {
+        let (written, got, out, pieces) = with_socket_queue(room, reply, sends);
+        let mut iov = [IoSlice::new(&[]); 8];
+        let n = out.io_slices(&mut iov);
+        let queued = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        (written, got, queued, pieces)
+    }
+
+    /// [`with_socket_reply`], returning the write queue itself.
+    fn with_socket_queue(
+        room: Option<usize>,
+        reply: Option<&[u8]>,
+        sends: impl FnOnce(&mut Outbox<'_>),
+    ) -> (usize, Vec<u8>, WriteQueue, Vec<usize>) {
         let socket = Socket {
             room,
             got: RefCell::new(Vec::new()),
@@ -421,13 +440,10 @@ mod tests {
             Outbox::new(ConnId::with_node(0, 0, 1, 1), Some(own), &mut env).with_reply(reply);
         sends(&mut ob);
         let written = ob.written as usize;
-        let mut iov = [IoSlice::new(&[]); 8];
-        let n = out.io_slices(&mut iov);
-        let queued = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
         (
             written,
             socket.got.into_inner(),
-            queued,
+            out,
             socket.pieces.into_inner(),
         )
     }
@@ -521,6 +537,58 @@ mod tests {
             wire.extend(queued);
             assert_eq!(wire, want, "{room:?}: the frames, whole and in order");
         }
+    }
+
+    /// A large answer cut short by the socket leaves the queue in the middle of a frame until
+    /// its rest is written: a slow consumer's close must not drop that rest and send its close
+    /// frame inside the peer's frame (it closes at once instead).
+    #[test]
+    fn a_large_answer_cut_short_leaves_the_queue_mid_frame() {
+        let big = vec![9u8; WRITE_NOW_MIN + 10];
+        let frame = 4 + big.len();
+        for room in [
+            None,
+            Some(0),
+            Some(1),
+            Some(4),
+            Some(5),
+            Some(frame - 1),
+            Some(frame),
+        ] {
+            let (written, _, mut out, _) = with_socket_queue(room, None, |ob| {
+                assert_eq!(ob.send_own(Message::Binary(&big)), SendStatus::Queued);
+            });
+            let cut = written > 0 && written < frame;
+            assert_eq!(out.at_frame_boundary(), !cut, "{room:?}");
+            if cut {
+                let mut pool = BufPool::default();
+                let rest = out.len();
+                out.advance(rest - 1, &mut pool);
+                assert!(
+                    !out.at_frame_boundary(),
+                    "{room:?}: one byte of the frame left"
+                );
+                out.advance(1, &mut pool);
+                assert!(out.at_frame_boundary(), "{room:?}: the frame is out");
+            }
+        }
+        // Whatever is queued behind the rest waits for it, and the queue is at a boundary
+        // once the rest is out.
+        let (_, _, mut out, _) = with_socket_queue(Some(100), None, |ob| {
+            assert_eq!(ob.send_own(Message::Binary(&big)), SendStatus::Queued);
+            assert_eq!(ob.send_own(Message::Text("next")), SendStatus::Queued);
+        });
+        assert!(!out.at_frame_boundary());
+        let mut pool = BufPool::default();
+        out.advance(frame - 100, &mut pool);
+        assert!(out.at_frame_boundary(), "the next frame starts here");
+        assert_eq!(out.len(), 6);
+        let mut cleared = with_socket_queue(Some(100), None, |ob| {
+            ob.send_own(Message::Binary(&big));
+        })
+        .2;
+        cleared.clear(&mut pool);
+        assert!(cleared.at_frame_boundary(), "nothing left to finish");
     }
 
     /// Behind anything already queued, a large answer is queued too, never written ahead.

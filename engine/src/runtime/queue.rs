@@ -96,6 +96,11 @@ pub(crate) struct WriteQueue {
     /// Chunks (from the front) an asynchronous send is reading from: never appended to,
     /// never freed until [`WriteQueue::end_send`]. Always 0 with a readiness backend.
     inflight: u32,
+    /// `first` begins in the middle of a frame: the frame's start went straight to the
+    /// socket ([`WriteQueue::mark_mid_frame`]), so the peer is owed the rest before any other
+    /// frame. `first` then holds that rest alone (nothing is appended to it), and the flag
+    /// is cleared when it is written out.
+    mid_frame: bool,
 }
 
 /// The chunks after the first: boxed, so that a queue of at most one chunk (every idle
@@ -188,7 +193,16 @@ impl WriteQueue {
 
     /// Whether the next byte to send starts a frame (nothing is half sent).
     pub(crate) fn at_frame_boundary(&self) -> bool {
-        self.offset == 0
+        self.offset == 0 && !self.mid_frame
+    }
+
+    /// The queue, empty before, now holds the rest of a frame whose start was written to the
+    /// socket at once: until that chunk is written out the queue is not at a frame boundary
+    /// (a slow consumer's close must not drop the rest and put its close frame in the middle
+    /// of the peer's frame).
+    pub(crate) fn mark_mid_frame(&mut self) {
+        debug_assert!(self.chunk_count() == 1 && self.offset == 0);
+        self.mid_frame = true;
     }
 
     #[inline]
@@ -198,6 +212,14 @@ impl WriteQueue {
         } else {
             self.rest.push_back(c);
         }
+    }
+
+    /// Whether a new frame may be copied onto the end of the last chunk. Never onto a chunk
+    /// a send is reading from (its buffer could move), nor onto the rest of a half-written
+    /// frame (the boundary after it is known by its chunk's end).
+    #[inline]
+    fn can_append(&self) -> bool {
+        self.chunk_count() > self.inflight as usize && !(self.mid_frame && self.rest.is_empty())
     }
 
     #[inline]
@@ -215,8 +237,7 @@ impl WriteQueue {
             return;
         }
         self.len += n;
-        // Never append to a chunk a send is reading from: its buffer could move.
-        if n < COALESCE_MAX && self.chunk_count() > self.inflight as usize {
+        if n < COALESCE_MAX && self.can_append() {
             if let Some(Chunk::Owned(last)) = self.last_mut() {
                 if last.len() + n <= POOL_BUF_CAP {
                     for p in parts {
@@ -260,8 +281,7 @@ impl WriteQueue {
         let n = 2 + len;
         self.len += n;
         let head = [0x80 | op.as_u8(), len as u8];
-        // Never append to a chunk a send is reading from: its buffer could move.
-        if self.chunk_count() > self.inflight as usize {
+        if self.can_append() {
             if let Some(Chunk::Owned(last)) = self.last_mut() {
                 if last.len() + n <= POOL_BUF_CAP {
                     last.extend_from_slice(&head);
@@ -328,6 +348,7 @@ impl WriteQueue {
             // All of it, one chunk (a turn's frames coalesced): the common case.
             self.len = 0;
             self.offset = 0;
+            self.mid_frame = false;
             if let Some(Chunk::Owned(v)) = self.first.take() {
                 pool.give(v);
             }
@@ -343,6 +364,7 @@ impl WriteQueue {
             }
             n -= rest;
             self.offset = 0;
+            self.mid_frame = false;
             if let Some(Chunk::Owned(v)) = self.first.take() {
                 pool.give(v);
             }
@@ -378,6 +400,7 @@ impl WriteQueue {
         }
         self.rest.release();
         self.offset = 0;
+        self.mid_frame = false;
         self.len = 0;
     }
 }
