@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use volley::{
-    Config, Ctx, Handler, Message, Reject, Request, Server, SlowConsumerPolicy, Target, Upgrade,
+    CloseCode, Config, Ctx, Handler, Message, Reject, Request, Server, SlowConsumerPolicy, Target,
+    Upgrade,
 };
 
 struct Counting;
@@ -182,7 +183,129 @@ fn stalled_connections_have_their_events_dropped_under_the_drop_policy(b: Backen
     assert!(s.drops >= STALLED as u64, "{s:?}");
 }
 
+/// A chat room that announces every departure to the room, as `examples/chat.rs` does.
+#[derive(Clone)]
+struct Room;
+impl Handler for Room {
+    type State = ();
+    fn on_upgrade(&mut self, _: &Request<'_>, _: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, _: &mut ()) {
+        ctx.subscribe("room");
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _: &mut (), msg: Message<'_>) {
+        ctx.publish(Target::Topic("room"), msg);
+    }
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, _: (), _: CloseCode, _: &str) {
+        ctx.publish(Target::Topic("room"), Message::Text("* someone left"));
+    }
+}
+
+/// Members that stopped reading, in a room whose every departure is announced: one event
+/// finds the first of them over the budget and closes it, its `on_close` publishes, that
+/// publish finds the next one over the budget, and so on. Applied where each arose, the chain
+/// nested as deep as the stalled members, and at about 2,500 the worker's stack overflowed
+/// and the process aborted. Now the whole chain is closed in one loop, and the server lives.
+fn a_chain_of_slow_consumer_closes_does_not_nest(b: Backend) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const MEMBERS: usize = 4000;
+    let cfg = Config::new("127.0.0.1:0")
+        .workers(1)
+        .backend(b)
+        .write_budget(256)
+        .max_connections(MEMBERS + 100)
+        .ping(None, Duration::from_secs(10))
+        .idle_timeout(None);
+    let server = Server::start(cfg, Room).unwrap();
+    let addr = server.local_addr();
+    let h = server.handle();
+    let members: Vec<TcpStream> = (0..MEMBERS)
+        .map(|_| {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            // A small receive window: each member is over the budget after a few KiB.
+            sock.set_recv_buffer_size(2048).unwrap();
+            sock.connect(&addr.into()).unwrap();
+            finish_lean_handshake(sock.into())
+        })
+        .collect();
+    while h.stats().opened < MEMBERS as u64 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Fill every member's socket and then its queue, without a close yet: under the budget
+    // each event fits until the kernel's buffers are full.
+    let event = vec![b'e'; 1000];
+    let t = Instant::now();
+    let mut joiner = None;
+    loop {
+        let closed = h.stats().slow_consumer_closes;
+        if closed >= MEMBERS as u64 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{closed} of {MEMBERS} closed"
+        );
+        // One joins during the burst: its queue may be over the budget before its 101 is
+        // out (on io_uring the 101 waits for its send). Then it is dropped, but it never
+        // gets a close frame (or anything) in place of its 101.
+        if closed > 0 && joiner.is_none() {
+            joiner = Some(open_raw_request(addr));
+        }
+        h.publish(Target::Topic("room"), Message::Binary(&event));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut joiner = joiner.unwrap_or_else(|| open_raw_request(addr));
+    let mut first = [0u8; 12];
+    let n = read_up_to(&mut joiner, &mut first);
+    assert!(
+        n == 0 || first[..n] == b"HTTP/1.1 101"[..n],
+        "a 101 or nothing: {:?}",
+        &first[..n]
+    );
+    // Still serving, once the burst is over: a new member joins and hears the room.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut late = RawClient::connect(addr, "/");
+    h.publish(Target::Topic("room"), Message::Text("still here"));
+    loop {
+        match late.recv() {
+            Got::Text(t) if t == "still here" => break,
+            Got::Text(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(members);
+    server.shutdown();
+}
+
+/// Connects and sends the handshake request, without reading the answer.
+fn open_raw_request(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    s
+}
+
+/// Reads until `buf` is full or the peer closes; returns the bytes read.
+fn read_up_to(s: &mut TcpStream, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
+}
+
 both_backends!(
+    a_chain_of_slow_consumer_closes_does_not_nest,
     stalled_connections_are_closed_with_1008_and_readers_get_everything,
     stalled_connections_have_their_events_dropped_under_the_drop_policy,
 );

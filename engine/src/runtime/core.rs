@@ -203,6 +203,9 @@ pub(crate) struct Core<H: Handler, Io> {
     fired: Vec<(u32, u32, u64)>,
     /// Keys with output to flush.
     dirty: Vec<usize>,
+    /// [`Core::apply_deferred_now`] is running: a call from inside it (a slow consumer
+    /// closed by a delivery, whose `on_close` publishes) leaves the new actions to its loop.
+    applying: bool,
     /// Keys whose socket must be closed and slot freed.
     dead: Vec<usize>,
     /// What callbacks write into (pool, deferred actions, key and topic tables).
@@ -344,6 +347,9 @@ impl<H: Handler> Ev<'_, H> {
             return None;
         }
         self.out.push_owned(resp);
+        // Owed whole: a burst delivered before it is flushed may close this connection as a
+        // slow consumer, and then it must not lose its 101 to a close frame.
+        self.out.owe_front();
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
         *self.deflate = agreed.map_or(0, |a| a.window_bits());
         Some(state)
@@ -561,6 +567,7 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
             timers: TimerWheel::new(),
             fired: Vec::new(),
             dirty: Vec::new(),
+            applying: false,
             dead: Vec::new(),
             env: Env {
                 budget,
@@ -925,8 +932,17 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
         }
     }
 
+    /// Applies what callbacks deferred, and what that causes in turn, in one loop. Never
+    /// nested: a delivery can close a slow consumer whose `on_close` publishes, and that
+    /// publish can find the next slow consumer, and so on. Applied where they arose, such
+    /// chains were as deep as the stalled recipients (thousands in a chat room whose members
+    /// stopped reading: the worker's stack overflowed and the process aborted).
     #[inline(never)]
     fn apply_deferred_now(&mut self) {
+        if self.applying {
+            return;
+        }
+        self.applying = true;
         while !self.env.deferred.is_empty() {
             let batch = std::mem::take(&mut self.env.deferred);
             for d in batch {
@@ -940,6 +956,7 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
                 }
             }
         }
+        self.applying = false;
     }
 
     /// Resolves an id on this worker; `None` if it is stale or gone.

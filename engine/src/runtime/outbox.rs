@@ -141,7 +141,7 @@ fn write_large(
         Some(n) => {
             if n > 0 && !own.out.is_empty() {
                 // A short write: the peer has the frame's start, the queue its rest.
-                own.out.mark_mid_frame();
+                own.out.owe_front();
             }
             n as u64
         }
@@ -543,7 +543,7 @@ mod tests {
     /// its rest is written: a slow consumer's close must not drop that rest and send its close
     /// frame inside the peer's frame (it closes at once instead).
     #[test]
-    fn a_large_answer_cut_short_leaves_the_queue_mid_frame() {
+    fn a_large_answer_cut_short_leaves_its_rest_owed_whole() {
         let big = vec![9u8; WRITE_NOW_MIN + 10];
         let frame = 4 + big.len();
         for room in [

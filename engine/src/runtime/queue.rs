@@ -96,11 +96,11 @@ pub(crate) struct WriteQueue {
     /// Chunks (from the front) an asynchronous send is reading from: never appended to,
     /// never freed until [`WriteQueue::end_send`]. Always 0 with a readiness backend.
     inflight: u32,
-    /// `first` begins in the middle of a frame: the frame's start went straight to the
-    /// socket ([`WriteQueue::mark_mid_frame`]), so the peer is owed the rest before any other
-    /// frame. `first` then holds that rest alone (nothing is appended to it), and the flag
-    /// is cleared when it is written out.
-    mid_frame: bool,
+    /// `first` must go out whole before the queue is at a frame boundary
+    /// ([`WriteQueue::owe_front`]): it is the rest of a frame whose start went straight to
+    /// the socket, or the handshake's 101. It then holds that alone (nothing is appended to
+    /// it), and the flag is cleared when it is written out.
+    front_owed: bool,
 }
 
 /// The chunks after the first: boxed, so that a queue of at most one chunk (every idle
@@ -193,16 +193,16 @@ impl WriteQueue {
 
     /// Whether the next byte to send starts a frame (nothing is half sent).
     pub(crate) fn at_frame_boundary(&self) -> bool {
-        self.offset == 0 && !self.mid_frame
+        self.offset == 0 && !self.front_owed
     }
 
-    /// The queue, empty before, now holds the rest of a frame whose start was written to the
-    /// socket at once: until that chunk is written out the queue is not at a frame boundary
-    /// (a slow consumer's close must not drop the rest and put its close frame in the middle
-    /// of the peer's frame).
-    pub(crate) fn mark_mid_frame(&mut self) {
-        debug_assert!(self.chunk_count() == 1 && self.offset == 0);
-        self.mid_frame = true;
+    /// The queue's one chunk is owed to the peer whole: the rest of a frame whose start was
+    /// written to the socket at once, or the handshake's 101. Until it is written out the
+    /// queue is not at a frame boundary: a slow consumer's close must not drop it and send
+    /// its close frame in the middle of the peer's frame, or in place of the 101.
+    pub(crate) fn owe_front(&mut self) {
+        debug_assert_eq!(self.chunk_count(), 1);
+        self.front_owed = true;
     }
 
     #[inline]
@@ -215,11 +215,11 @@ impl WriteQueue {
     }
 
     /// Whether a new frame may be copied onto the end of the last chunk. Never onto a chunk
-    /// a send is reading from (its buffer could move), nor onto the rest of a half-written
-    /// frame (the boundary after it is known by its chunk's end).
+    /// a send is reading from (its buffer could move), nor onto a chunk owed whole (the
+    /// boundary after it is known by its chunk's end).
     #[inline]
     fn can_append(&self) -> bool {
-        self.chunk_count() > self.inflight as usize && !(self.mid_frame && self.rest.is_empty())
+        self.chunk_count() > self.inflight as usize && !(self.front_owed && self.rest.is_empty())
     }
 
     #[inline]
@@ -348,7 +348,7 @@ impl WriteQueue {
             // All of it, one chunk (a turn's frames coalesced): the common case.
             self.len = 0;
             self.offset = 0;
-            self.mid_frame = false;
+            self.front_owed = false;
             if let Some(Chunk::Owned(v)) = self.first.take() {
                 pool.give(v);
             }
@@ -364,7 +364,7 @@ impl WriteQueue {
             }
             n -= rest;
             self.offset = 0;
-            self.mid_frame = false;
+            self.front_owed = false;
             if let Some(Chunk::Owned(v)) = self.first.take() {
                 pool.give(v);
             }
@@ -400,7 +400,7 @@ impl WriteQueue {
         }
         self.rest.release();
         self.offset = 0;
-        self.mid_frame = false;
+        self.front_owed = false;
         self.len = 0;
     }
 }

@@ -495,12 +495,7 @@ pub fn free_port() -> u16 {
 
 /// Opens a bare WebSocket connection (handshake through stack buffers, no heap).
 pub fn open_lean(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    s.write_all(req).unwrap();
-    finish_lean(s)
+    finish_lean_handshake(TcpStream::connect(addr).expect("connect"))
 }
 
 /// [`open_lean`] with `extra` header lines (each ending in CRLF) in the request (this one
@@ -513,6 +508,16 @@ pub fn open_lean_with(addr: SocketAddr, extra: &str) -> TcpStream {
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     );
     s.write_all(req.as_bytes()).unwrap();
+    finish_lean(s)
+}
+
+/// Sends the handshake of [`open_lean`] on a socket the caller connected (with its own
+/// options) and reads the 101.
+pub fn finish_lean_handshake(mut s: TcpStream) -> TcpStream {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    s.write_all(req).unwrap();
     finish_lean(s)
 }
 
