@@ -198,6 +198,30 @@ fn close_code_paths(b: Backend) {
     c.send_close(Some(4000), "");
     c.expect_eof();
     assert_eq!(srv.next_close(), (4000, "as asked".into()));
+    // Handler closes from on_message, with more messages in the same read: they are not
+    // delivered (nothing is echoed or counted as sent after the close).
+    let mut c = RawClient::connect(srv.addr, "/");
+    let sent_before = srv.handle().stats().messages_out;
+    let mut burst = Vec::new();
+    for text in ["close-me", "after", "and after"] {
+        // Masked with a zero key: the payload reads as it is.
+        burst.extend_from_slice(&[0x81, 0x80 | text.len() as u8, 0, 0, 0, 0]);
+        burst.extend_from_slice(text.as_bytes());
+    }
+    c.send_raw(&burst);
+    assert_eq!(
+        c.recv(),
+        Got::Close(Some((4000, "as asked".into()))),
+        "the close, and no echo before it"
+    );
+    c.send_close(Some(4000), "");
+    c.expect_eof();
+    assert_eq!(srv.next_close(), (4000, "as asked".into()));
+    assert_eq!(
+        srv.handle().stats().messages_out,
+        sent_before,
+        "no message was sent (or counted) after the handler's close"
+    );
     // Another thread closes through the Handle.
     let mut c = RawClient::connect(srv.addr, "/");
     let id = loop {

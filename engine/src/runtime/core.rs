@@ -93,6 +93,9 @@ impl Flags {
     /// The write queue went over the high-water mark: `on_drain` is owed once it is down to
     /// half of it.
     pub(crate) const DRAIN_OWED: u8 = 8;
+    /// A callback closed its own connection; the close is applied after the read. Until then
+    /// the read's later messages are not delivered, and callbacks cannot send to it.
+    pub(crate) const CLOSE_ASKED: u8 = 16;
 
     pub(crate) fn has(self, f: u8) -> bool {
         self.0 & f != 0
@@ -257,7 +260,25 @@ impl<H: Handler> Ev<'_, H> {
             return Verdict::Continue;
         };
         add_own(&self.stats.messages_in, 1);
+        if self.flags.has(Flags::CLOSE_ASKED) {
+            // Closed by the application earlier in this read: what follows is not delivered.
+            return Verdict::Continue;
+        }
         self.call_with(app, reply, |h, ctx, s| h.on_message(ctx, s, data))
+    }
+
+    /// [`Ev::call`] for a connection that can no longer send (closing): its callback's sends
+    /// answer `Closed`, as they do in `on_close`.
+    fn call_unsendable(
+        &mut self,
+        app: &mut H::State,
+        f: impl FnOnce(&mut H, &mut Ctx<'_>, &mut H::State),
+    ) {
+        let mut ctx = Ctx {
+            out: Outbox::new(self.id, None, &mut *self.env),
+            handle: self.handle,
+        };
+        f(&mut *self.handler, &mut ctx, app);
     }
 
     /// [`Ev::call`] for a message that arrived in `reply`, the frame that sends it back
@@ -912,8 +933,14 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
     fn callback(&mut self, key: usize, f: impl FnOnce(&mut H, &mut Ctx<'_>, &mut H::State)) {
         let now = self.now;
         self.with_conn(key, |m, ev, _| {
+            let open = m.is_open() && !ev.flags.has(Flags::CLOSE_ASKED);
             let verdict = match m.app_mut() {
-                Some(app) => ev.call(app, f),
+                Some(app) if open => ev.call(app, f),
+                // Closing (our close frame may be out already): nothing more may be sent.
+                Some(app) => {
+                    ev.call_unsendable(app, f);
+                    Verdict::Continue
+                }
                 None => Verdict::Continue,
             };
             if verdict == Verdict::SlowConsumer {

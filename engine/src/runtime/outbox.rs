@@ -301,7 +301,14 @@ impl<'a> Outbox<'a> {
     }
 
     pub(crate) fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
-        self.closing |= id == self.own_id;
+        if id == self.own_id {
+            self.closing = true;
+            // The close is applied after the read: until then the connection's later
+            // callbacks (the read's next messages) see it closed too.
+            if let Some(own) = self.own.as_mut() {
+                own.flags.set(super::core::Flags::CLOSE_ASKED, true);
+            }
+        }
         self.env
             .deferred
             .push(Deferred::Close(id, code, reason.to_owned()));
