@@ -1,6 +1,7 @@
 //! The reference modes' handlers and wire formats (documented in docs/modes.md).
 
 use crate::envelope::parse_json_envelope;
+use std::collections::VecDeque;
 use volley::{CloseCode, Ctx, Handler, HttpResponse, Message, Reject, Request, Target, Upgrade};
 
 /// Which behaviour the server runs.
@@ -29,12 +30,6 @@ impl Mode {
 
 const INDEX_HTML: &str = include_str!("index.html");
 
-/// Receipt tags for notify: the reply goes out in the envelope's format.
-const TAG_BINARY: u64 = 0;
-const TAG_JSON: u64 = 1;
-/// Receipt tag for pubsub: `+PUB topic N`; the topic is kept in the connection state.
-const TAG_PUB: u64 = 2;
-
 /// Binary notify envelope: version byte.
 pub const NOTIFY_V1: u8 = 0x01;
 /// Binary notify receipt: `0x02` + u32 BE connections reached.
@@ -58,17 +53,116 @@ pub struct Reference {
 }
 
 /// Per-connection state: 8 bytes in the connection's slab entry, allocated only while a
-/// mode needs it (notify: from the upgrade to `on_open`; pubsub: from the first publish).
+/// mode needs it (notify: from the upgrade to `on_open`, then from the first event;
+/// pubsub: from the first publish).
 #[derive(Default)]
 pub struct State(Option<Box<Extra>>);
+
+impl State {
+    fn in_flight(&mut self) -> &mut InFlight {
+        &mut self.0.get_or_insert_with(Default::default).in_flight
+    }
+}
 
 #[derive(Default)]
 struct Extra {
     /// notify: the key from `/?id=KEY`, until `on_open` binds the connection to it.
     key: Option<Box<str>>,
-    /// pubsub: topics of publishes awaiting their receipt, in order (receipts of one
-    /// connection's publishes complete in the order they were made).
-    pending_pubs: std::collections::VecDeque<Box<str>>,
+    /// notify and pubsub: replies to events not yet answered, in the order sent.
+    in_flight: InFlight,
+}
+
+/// The reply an event is owed.
+#[derive(Clone, Debug, PartialEq)]
+enum Reply {
+    /// notify, binary envelope: `0x02 | u32 BE reached`.
+    Binary,
+    /// notify, JSON envelope: `{"reached":N}`.
+    Json,
+    /// pubsub: `+PUB <topic> N`.
+    Pub(Box<str>),
+}
+
+/// A connection's tracked publishes, oldest first, each with its receipt once it came.
+///
+/// A publish's tag (what the engine passes back to `on_published`) is its sequence number
+/// on the connection, so a receipt finds its own entry. Receipts need not come in order:
+/// an event completes on whichever worker delivers its last part. When that is another
+/// worker, the receipt waits in this worker's inbox; when it is this worker's own part
+/// (delivered just after the event was handed to the others), `on_published` runs at once
+/// and can overtake the receipt of an earlier event still in the inbox. So with 2 or more
+/// workers receipts can come out of order. Replies leave from the front only, so the
+/// client gets them in the order it sent the events.
+#[derive(Default)]
+struct InFlight {
+    /// The tag of the front entry.
+    first: u64,
+    entries: VecDeque<(Reply, Option<usize>)>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The tag for the next publish; `push` its reply once the publish was accepted.
+    fn next_tag(&self) -> u64 {
+        self.first.wrapping_add(self.entries.len() as u64)
+    }
+
+    fn push(&mut self, reply: Reply) {
+        self.entries.push_back((reply, None));
+    }
+
+    /// Records the receipt for `tag` and sends every reply now due, in order.
+    fn complete(&mut self, tag: u64, reached: usize, mut send: impl FnMut(&Reply, usize)) {
+        let i = tag.wrapping_sub(self.first);
+        match usize::try_from(i)
+            .ok()
+            .and_then(|i| self.entries.get_mut(i))
+        {
+            Some((_, done @ None)) => *done = Some(reached),
+            _ => return,
+        }
+        while let Some(&(_, Some(n))) = self.entries.front() {
+            if let Some((reply, _)) = self.entries.pop_front() {
+                self.first = self.first.wrapping_add(1);
+                send(&reply, n);
+            }
+        }
+    }
+}
+
+/// Makes a tracked publish (`publish(ctx, tag)`) and records the reply it is owed, unless
+/// the engine refused it (false: too many keys; a refused publish gets no receipt).
+fn track(
+    ctx: &mut Ctx<'_>,
+    state: &mut State,
+    reply: Reply,
+    publish: impl FnOnce(&mut Ctx<'_>, u64) -> bool,
+) -> bool {
+    let in_flight = state.in_flight();
+    let ok = publish(ctx, in_flight.next_tag());
+    if ok {
+        in_flight.push(reply);
+    }
+    ok
+}
+
+fn send_reply(ctx: &mut Ctx<'_>, reply: &Reply, reached: usize) {
+    match reply {
+        Reply::Binary => {
+            let mut r = vec![NOTIFY_RECEIPT];
+            r.extend_from_slice(&(reached as u32).to_be_bytes());
+            ctx.send_binary(&r);
+        }
+        Reply::Json => {
+            ctx.send_text(&format!("{{\"reached\":{reached}}}"));
+        }
+        Reply::Pub(topic) => {
+            ctx.send_text(&format!("+PUB {topic} {reached}"));
+        }
+    }
 }
 
 /// Parses a binary notify envelope: `0x01`, u16 BE key count, (u8 length, key bytes) per
@@ -98,7 +192,7 @@ pub fn parse_binary_envelope(b: &[u8]) -> Result<(Vec<&str>, &[u8]), &'static st
 }
 
 impl Reference {
-    fn notify_json(&mut self, ctx: &mut Ctx<'_>, text: &str) {
+    fn notify_json(&mut self, ctx: &mut Ctx<'_>, state: &mut State, text: &str) {
         let reply_err = |ctx: &mut Ctx<'_>, e: &str| {
             ctx.send_text(&serde_json::json!({ "error": e }).to_string());
         };
@@ -107,7 +201,10 @@ impl Reference {
             Err(why) => return reply_err(ctx, &why),
         };
         let keys: Vec<&str> = event.to.iter().map(|k| &**k).collect();
-        if !ctx.publish_tracked(Target::Keys(&keys), Message::Text(&event.data), TAG_JSON) {
+        let published = |ctx: &mut Ctx<'_>, tag| {
+            ctx.publish_tracked(Target::Keys(&keys), Message::Text(&event.data), tag)
+        };
+        if !track(ctx, state, Reply::Json, published) {
             reply_err(ctx, &self.too_many_keys());
         }
     }
@@ -123,7 +220,7 @@ impl Reference {
         )
     }
 
-    fn notify_binary(&mut self, ctx: &mut Ctx<'_>, b: &[u8]) {
+    fn notify_binary(&mut self, ctx: &mut Ctx<'_>, state: &mut State, b: &[u8]) {
         let reply_err = |ctx: &mut Ctx<'_>, e: &str| {
             let mut reply = vec![NOTIFY_ERROR];
             reply.extend_from_slice(e.as_bytes());
@@ -137,7 +234,10 @@ impl Reference {
         }
         match parse_binary_envelope(b) {
             Ok((keys, payload)) => {
-                if !ctx.publish_tracked(Target::Keys(&keys), Message::Binary(payload), TAG_BINARY) {
+                let published = |ctx: &mut Ctx<'_>, tag| {
+                    ctx.publish_tracked(Target::Keys(&keys), Message::Binary(payload), tag)
+                };
+                if !track(ctx, state, Reply::Binary, published) {
                     reply_err(ctx, &self.too_many_keys());
                 }
             }
@@ -172,13 +272,13 @@ impl Reference {
                     ctx.send_text("-ERR invalid topic");
                     return;
                 }
-                let pending = &mut state.0.get_or_insert_with(Default::default).pending_pubs;
-                if pending.len() >= 1024 {
+                if state.in_flight().len() >= 1024 {
                     return ctx.close(CloseCode::POLICY_VIOLATION, "too many publishes in flight");
                 }
-                pending.push_back(topic.into());
                 // A topic target is never refused (only key lists are capped).
-                ctx.publish_tracked(Target::Topic(topic), Message::Text(payload), TAG_PUB);
+                track(ctx, state, Reply::Pub(topic.into()), |ctx, tag| {
+                    ctx.publish_tracked(Target::Topic(topic), Message::Text(payload), tag)
+                });
             }
             "SUB" | "UNSUB" => {
                 ctx.send_text("-ERR invalid topic");
@@ -242,31 +342,78 @@ impl Handler for Reference {
                 ctx.publish(Target::All, msg);
             }
             Mode::Notify => match msg {
-                Message::Text(t) => self.notify_json(ctx, t),
-                Message::Binary(b) => self.notify_binary(ctx, b),
+                Message::Text(t) => self.notify_json(ctx, state, t),
+                Message::Binary(b) => self.notify_binary(ctx, state, b),
             },
             Mode::Pubsub => self.pubsub(ctx, state, msg),
         }
     }
 
     fn on_published(&mut self, ctx: &mut Ctx<'_>, state: &mut State, tag: u64, reached: usize) {
-        match tag {
-            TAG_BINARY => {
-                let mut r = vec![NOTIFY_RECEIPT];
-                r.extend_from_slice(&(reached as u32).to_be_bytes());
-                ctx.send_binary(&r);
-            }
-            TAG_JSON => {
-                ctx.send_text(&format!("{{\"reached\":{reached}}}"));
-            }
-            _ => {
-                let topic = state
-                    .0
-                    .as_mut()
-                    .and_then(|e| e.pending_pubs.pop_front())
-                    .unwrap_or_default();
-                ctx.send_text(&format!("+PUB {topic} {reached}"));
-            }
+        if let Some(e) = state.0.as_mut() {
+            e.in_flight
+                .complete(tag, reached, |reply, n| send_reply(ctx, reply, n));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(f: &mut InFlight, reply: Reply) -> u64 {
+        let tag = f.next_tag();
+        f.push(reply);
+        tag
+    }
+
+    fn complete(f: &mut InFlight, tag: u64, reached: usize) -> Vec<(Reply, usize)> {
+        let mut sent = Vec::new();
+        f.complete(tag, reached, |r, n| sent.push((r.clone(), n)));
+        sent
+    }
+
+    /// Receipts that come out of order (events completing on different workers) are
+    /// matched by tag and answered in the order the events were sent (review s12,
+    /// finding 9: pubsub used to pop the oldest topic for whichever receipt came first).
+    #[test]
+    fn receipts_are_matched_by_tag_and_answered_in_order() {
+        let mut f = InFlight::default();
+        let a = publish(&mut f, Reply::Pub("a".into()));
+        let b = publish(&mut f, Reply::Pub("b".into()));
+        let c = publish(&mut f, Reply::Json);
+        assert_eq!((a, b, c), (0, 1, 2));
+        assert!(complete(&mut f, c, 7).is_empty());
+        assert!(complete(&mut f, b, 5).is_empty());
+        assert_eq!(
+            complete(&mut f, a, 3),
+            [
+                (Reply::Pub("a".into()), 3),
+                (Reply::Pub("b".into()), 5),
+                (Reply::Json, 7)
+            ]
+        );
+        assert_eq!(f.len(), 0);
+        // The next tags go on from there; an in-order receipt goes out at once.
+        let d = publish(&mut f, Reply::Binary);
+        assert_eq!(d, 3);
+        assert_eq!(complete(&mut f, d, 1), [(Reply::Binary, 1)]);
+    }
+
+    /// A tag that is not awaited (answered already, or never given) changes nothing.
+    #[test]
+    fn a_stray_or_repeated_receipt_is_ignored() {
+        let mut f = InFlight::default();
+        let a = publish(&mut f, Reply::Pub("a".into()));
+        let b = publish(&mut f, Reply::Pub("b".into()));
+        assert!(complete(&mut f, b, 2).is_empty());
+        assert!(complete(&mut f, b, 9).is_empty());
+        assert!(complete(&mut f, 99, 9).is_empty());
+        assert!(complete(&mut f, u64::MAX, 9).is_empty());
+        assert_eq!(
+            complete(&mut f, a, 1),
+            [(Reply::Pub("a".into()), 1), (Reply::Pub("b".into()), 2)]
+        );
+        assert!(complete(&mut f, a, 1).is_empty());
     }
 }
