@@ -307,7 +307,77 @@ fn metrics_endpoint_speaks_prometheus_text(b: Backend) {
     assert!(sum("connections") >= 1);
 }
 
+/// A burst of `n` copies of `text` in one write, each masked with a zero key.
+fn burst(text: &str, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.extend_from_slice(&[0x81, 0x80 | text.len() as u8, 0, 0, 0, 0]);
+        out.extend_from_slice(text.as_bytes());
+    }
+    out
+}
+
+/// What a client gets until the server closes: the frames before our close, then what came
+/// after it (nothing may: RFC 6455 5.5.1).
+fn until_close(c: &mut RawClient) -> (usize, Option<(u16, String)>, Vec<Got>) {
+    let mut before = 0;
+    loop {
+        match c.recv() {
+            Got::Close(code) => {
+                let mut after = Vec::new();
+                while let Some(g) = c.recv_within(Duration::from_millis(500)) {
+                    if g == Got::Eof {
+                        break;
+                    }
+                    after.push(g);
+                }
+                return (before, code, after);
+            }
+            Got::Eof => panic!("EOF before a close frame, after {before} frames"),
+            _ => before += 1,
+        }
+    }
+}
+
+/// Past 1,024 events in flight a connection is closed with 1008, and nothing follows the
+/// close frame: the receipts of its earlier events, which come back from the other worker
+/// after the close, are not sent (review s12: 1,024 `+PUB` frames followed the close).
+fn past_1024_events_in_flight_the_close_is_the_last_frame(b: Backend) {
+    let srv = ChildServer::spawn(&[
+        "--backend",
+        backend(b),
+        "--mode",
+        "pubsub",
+        "--workers",
+        "2",
+    ]);
+    for attempt in 0..3 {
+        let mut p = RawClient::connect(srv.addr, "/");
+        p.send_raw(&burst("PUB t x", 1025));
+        let (before, code, after) = until_close(&mut p);
+        assert_eq!(
+            code,
+            Some((1008, "too many events in flight".into())),
+            "attempt {attempt}"
+        );
+        assert!(
+            after.is_empty(),
+            "attempt {attempt}: {} frames after the close",
+            after.len()
+        );
+        assert!(before <= 1024, "attempt {attempt}: {before}");
+    }
+    // notify has the same cap.
+    let srv = ChildServer::spawn(&["--backend", backend(b), "--mode", "notify"]);
+    let mut n = RawClient::connect(srv.addr, "/?id=a");
+    n.send_raw(&burst(r#"{"to":["b"],"data":"x"}"#, 1025));
+    let (_, code, after) = until_close(&mut n);
+    assert_eq!(code, Some((1008, "too many events in flight".into())));
+    assert!(after.is_empty(), "{} frames after the close", after.len());
+}
+
 both_backends!(
+    past_1024_events_in_flight_the_close_is_the_last_frame,
     notify_delivers_to_keys_only_and_answers_how_many_were_reached,
     notify_to_100_keys_among_10000_leaves_the_other_9900_sockets_silent,
     pubsub_text_protocol,

@@ -133,6 +133,19 @@ impl InFlight {
     }
 }
 
+/// Events of one connection awaiting their receipt, at most (notify and pubsub): past it the
+/// connection is closed with 1008, so that a client cannot grow its reply list without end.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Whether `state` is at [`MAX_IN_FLIGHT`]; then the connection is closed with 1008.
+fn over_in_flight(ctx: &mut Ctx<'_>, state: &mut State) -> bool {
+    if state.in_flight().len() < MAX_IN_FLIGHT {
+        return false;
+    }
+    ctx.close(CloseCode::POLICY_VIOLATION, "too many events in flight");
+    true
+}
+
 /// Makes a tracked publish (`publish(ctx, tag)`) and records the reply it is owed, unless
 /// the engine refused it (false: too many keys; a refused publish gets no receipt).
 fn track(
@@ -200,6 +213,9 @@ impl Reference {
             Ok(e) => e,
             Err(why) => return reply_err(ctx, &why),
         };
+        if over_in_flight(ctx, state) {
+            return;
+        }
         let keys: Vec<&str> = event.to.iter().map(|k| &**k).collect();
         let published = |ctx: &mut Ctx<'_>, tag| {
             ctx.publish_tracked(Target::Keys(&keys), Message::Text(&event.data), tag)
@@ -233,6 +249,7 @@ impl Reference {
             }
         }
         match parse_binary_envelope(b) {
+            Ok(_) if over_in_flight(ctx, state) => {}
             Ok((keys, payload)) => {
                 let published = |ctx: &mut Ctx<'_>, tag| {
                     ctx.publish_tracked(Target::Keys(&keys), Message::Binary(payload), tag)
@@ -272,8 +289,8 @@ impl Reference {
                     ctx.send_text("-ERR invalid topic");
                     return;
                 }
-                if state.in_flight().len() >= 1024 {
-                    return ctx.close(CloseCode::POLICY_VIOLATION, "too many publishes in flight");
+                if over_in_flight(ctx, state) {
+                    return;
                 }
                 // A topic target is never refused (only key lists are capped).
                 track(ctx, state, Reply::Pub(topic.into()), |ctx, tag| {
