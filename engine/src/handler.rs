@@ -149,7 +149,10 @@ impl Ctx<'_> {
         self.out.send_to(id, msg);
     }
 
-    /// Starts the close handshake of this connection with `code` and `reason`.
+    /// Starts the close handshake of this connection with `code` and `reason`. The
+    /// connection's later messages in the same read are not delivered. A code that may not
+    /// appear in a close frame ([`CloseCode::is_allowed_on_wire`]: not 1005, 1006, 1015, or
+    /// outside 1000-4999's defined codes) is logged and the frame goes out with no code.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         self.out.close(self.id(), code, reason);
     }

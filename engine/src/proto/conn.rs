@@ -1203,9 +1203,16 @@ enum Small {
     Stop,
 }
 
+/// Queues our close frame. A code that may not appear in one (1005, 1006 and 1015 name what
+/// an endpoint saw, and codes outside the RFC's ranges mean nothing to the peer, RFC 6455
+/// 7.4) goes out as a close frame with no code and no reason: the peer reports 1005.
 fn send_close<S, E: Events<S>>(code: CloseCode, reason: &str, ev: &mut E) {
     let mut frame = Vec::with_capacity(4 + reason.len());
-    encode_close_frame(code, reason, &mut frame);
+    if code.is_allowed_on_wire() {
+        encode_close_frame(code, reason, &mut frame);
+    } else {
+        frame.extend_from_slice(&[0x80 | OpCode::Close.as_u8(), 0]);
+    }
     ev.send(&frame, &[]);
 }
 

@@ -1046,6 +1046,9 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
             return;
         }
         if let Some(key) = self.resolve(id) {
+            if !code.is_allowed_on_wire() {
+                tracing::warn!(conn = %id, code = code.0, "close code not allowed in a close frame (RFC 6455 7.4): the close frame goes out without a code");
+            }
             self.start_close(key, code, reason);
         }
     }

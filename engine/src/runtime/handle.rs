@@ -85,7 +85,10 @@ impl Handle {
         self.send(id, Message::Binary(data));
     }
 
-    /// Starts the close handshake of a connection.
+    /// Starts the close handshake of a connection. A code that may not appear in a close
+    /// frame is logged and the frame goes out with no code (as [`Ctx::close`]).
+    ///
+    /// [`Ctx::close`]: crate::Ctx::close
     pub fn close(&self, id: ConnId, code: CloseCode, reason: &str) {
         if let Some(c) = self.shared.remote(id) {
             return c.close(id, code, reason);

@@ -338,6 +338,30 @@ fn a_peer_that_never_sends_its_fin_is_dropped_at_the_close_timeout() {
     assert!(s.conn.is_closed());
 }
 
+/// A close code that may not appear in a close frame (1005, 1006, 1015, and codes outside
+/// the RFC's ranges) goes out as a close frame with no code; the application's code is what
+/// `on_close` reports. Allowed codes go out as they are.
+#[test]
+fn a_code_not_allowed_on_the_wire_goes_out_as_a_close_without_one() {
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+    ] {
+        let mut s = Sim::open(cfg());
+        s.conn.close(s.now, CloseCode(code), "why", &mut s.ev);
+        assert_eq!(s.ev.queue, [0x88, 0x00], "{code}");
+        s.read(&close_frame(1000, ""));
+        assert_eq!(s.ev.closes, vec![(1, code, "why".into())], "{code}");
+    }
+    for code in [1000u16, 1001, 1003, 1008, 1011, 1014, 3000, 4999] {
+        let mut s = Sim::open(cfg());
+        s.conn.close(s.now, CloseCode(code), "why", &mut s.ev);
+        let mut want = vec![0x88, 5];
+        want.extend_from_slice(&code.to_be_bytes());
+        want.extend_from_slice(b"why");
+        assert_eq!(s.ev.queue, want, "{code}");
+    }
+}
+
 #[test]
 fn data_after_our_close_frame_is_dropped() {
     let mut s = Sim::open(cfg());
