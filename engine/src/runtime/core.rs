@@ -972,6 +972,7 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
         self.applying = true;
         while !self.env.deferred.is_empty() {
             let batch = std::mem::take(&mut self.env.deferred);
+            self.env.deferred_own = 0;
             for d in batch {
                 match d {
                     Deferred::SendOwn(id, frame) => self.send_own(id, frame),

@@ -64,6 +64,10 @@ pub(super) enum Deferred {
 pub(crate) struct Env {
     pub(crate) pool: BufPool,
     pub(super) deferred: Vec<Deferred>,
+    /// Bytes of the `Deferred::SendOwn` frames in `deferred`: they join their connection's
+    /// queue when the callback returns, so they count against its budget now. Reset when
+    /// the list is taken to be applied.
+    pub(super) deferred_own: usize,
     pub(crate) registry: Registry,
     pub(super) budget: usize,
     /// `Config::high_water`: past it a send reports backpressure and `on_drain` is owed.
@@ -217,7 +221,7 @@ impl<'a> Outbox<'a> {
         let Some(own) = self.own.as_mut().filter(|_| !self.closing) else {
             return SendStatus::Closed;
         };
-        if own.out.len() > self.env.budget {
+        if own.out.len() + self.env.deferred_own > self.env.budget {
             return self.over_budget();
         }
         let op = match msg {
@@ -275,22 +279,14 @@ impl<'a> Outbox<'a> {
             let mut frame = Vec::with_capacity(header.len() + payload.len());
             frame.extend_from_slice(&header);
             frame.extend_from_slice(payload);
+            self.env.deferred_own += frame.len();
             self.env
                 .deferred
                 .push(Deferred::SendOwn(self.own_id, frame));
         }
         self.sent += 1;
         // What waits in `deferred` counts too: it is queued as soon as the callback returns.
-        let pending: usize = self
-            .env
-            .deferred
-            .iter()
-            .map(|d| match d {
-                Deferred::SendOwn(_, f) => f.len(),
-                _ => 0,
-            })
-            .sum();
-        high_water(own, pending, self.env.high_water)
+        high_water(own, self.env.deferred_own, self.env.high_water)
     }
 
     /// A message for another connection (or for this one, after what is deferred).
@@ -424,15 +420,25 @@ mod tests {
         reply: Option<&[u8]>,
         sends: impl FnOnce(&mut Outbox<'_>),
     ) -> (usize, Vec<u8>, WriteQueue, Vec<usize>) {
+        let env = Env {
+            budget: usize::MAX,
+            high_water: usize::MAX,
+            ..Env::default()
+        };
+        with_socket_env(room, reply, env, sends)
+    }
+
+    /// [`with_socket_queue`] with the worker's `env` (its budget and policy).
+    fn with_socket_env(
+        room: Option<usize>,
+        reply: Option<&[u8]>,
+        mut env: Env,
+        sends: impl FnOnce(&mut Outbox<'_>),
+    ) -> (usize, Vec<u8>, WriteQueue, Vec<usize>) {
         let socket = Socket {
             room,
             got: RefCell::new(Vec::new()),
             pieces: RefCell::new(Vec::new()),
-        };
-        let mut env = Env {
-            budget: usize::MAX,
-            high_water: usize::MAX,
-            ..Env::default()
         };
         let mut out = WriteQueue::default();
         let (mut subs, mut flags) = (None, super::super::core::Flags::default());
@@ -596,6 +602,44 @@ mod tests {
         .2;
         cleared.clear(&mut pool);
         assert!(cleared.at_frame_boundary(), "nothing left to finish");
+    }
+
+    /// Sends held back behind a publish (they join the queue when the callback returns)
+    /// count against the write budget as the queue does: past it, a send is dropped and the
+    /// slow consumer policy applies (found by review: with a publish first, every reply of a
+    /// read was admitted, 117 times the budget).
+    #[test]
+    fn sends_held_behind_a_publish_count_against_the_budget() {
+        let env = Env {
+            budget: 100,
+            high_water: 60,
+            ..Env::default()
+        };
+        let line = "x".repeat(38); // a 40-byte frame
+        let mut statuses = Vec::new();
+        let mut over = false;
+        let (_, _, out, _) = with_socket_env(None, None, env, |ob| {
+            ob.publish(Target::Topic("t"), Message::Text("first"), None, None);
+            for _ in 0..6 {
+                statuses.push(ob.send_own(Message::Text(&line)));
+            }
+            over = ob.over;
+        });
+        assert!(out.is_empty(), "held back behind the publish");
+        use SendStatus::*;
+        // 40, 80 (over the high-water mark), 120 (over the budget after it), then dropped.
+        assert_eq!(
+            statuses,
+            [
+                Queued,
+                Backpressure,
+                Backpressure,
+                Dropped,
+                Dropped,
+                Dropped
+            ]
+        );
+        assert!(over, "the slow consumer policy applies");
     }
 
     /// Behind anything already queued, a large answer is queued too, never written ahead.
