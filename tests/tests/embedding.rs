@@ -522,7 +522,60 @@ fn deferred_upgrade_never_answered_is_dropped_at_the_handshake_timeout(b: Backen
     server.shutdown();
 }
 
+// ---- a worker's inbox has a capacity ----
+
+/// Blocks its worker for a while on "block" (a worker busy delivering elsewhere); signals
+/// when it has started.
+#[derive(Clone)]
+struct Busy(Arc<Mutex<mpsc::Sender<()>>>);
+
+impl Handler for Busy {
+    type State = ();
+    fn on_upgrade(&mut self, _: &Request<'_>, _: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+    fn on_message(&mut self, _: &mut Ctx<'_>, _: &mut (), msg: Message<'_>) {
+        if msg == Message::Text("block") {
+            let _ = self.0.lock().unwrap().send(());
+            std::thread::sleep(Duration::from_millis(700));
+        }
+    }
+}
+
+/// A producer faster than the worker that delivers its events fills the worker's inbox up to
+/// `Config::inbox_capacity` and no further: the rest is dropped, counted, and `publish`
+/// says so. What was taken is delivered, in order, once the worker is back.
+fn a_full_inbox_drops_and_counts_what_it_cannot_take(b: Backend) {
+    let (tx, rx) = mpsc::channel();
+    let cfg = Config::new("127.0.0.1:0")
+        .workers(1)
+        .backend(b)
+        .inbox_capacity(100);
+    let server = Server::start(cfg, Busy(Arc::new(Mutex::new(tx)))).unwrap();
+    let h = server.handle();
+    let mut c = RawClient::connect(server.local_addr(), "/");
+    c.send_text("block");
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let taken = (0..1000)
+        .filter(|i| h.publish(Target::All, Message::Text(&format!("e{i}"))))
+        .count();
+    assert_eq!(
+        taken, 100,
+        "the inbox takes its capacity while the worker is busy"
+    );
+    assert_eq!(h.stats().inbox_drops, 900);
+    for i in 0..100 {
+        assert_eq!(c.recv(), Got::Text(format!("e{i}")));
+    }
+    // Emptied by the worker, the inbox takes events again.
+    assert!(h.publish(Target::All, Message::Text("again")));
+    assert_eq!(c.recv(), Got::Text("again".into()));
+    drop(c);
+    server.shutdown();
+}
+
 both_backends!(
+    a_full_inbox_drops_and_counts_what_it_cannot_take,
     producer_pauses_on_backpressure_and_resumes_on_drain,
     send_reports_dropped_over_the_budget_and_closed_after_close,
     publish_excluding_the_sender_reaches_everyone_else_once,

@@ -593,7 +593,7 @@ impl Cluster {
             });
             for (w, inbox) in workers.iter().enumerate() {
                 if mask.map_or(true, |m| m[w / 64] & (1 << (w % 64)) != 0) {
-                    inbox.push(Command::Publish(ev.clone()));
+                    inbox.push_event(ev.clone());
                 }
             }
         };
@@ -640,11 +640,13 @@ impl Cluster {
                     None,
                     None,
                     shared.deflate(),
-                    |w, ev| workers[w].push(Command::Publish(ev)),
+                    |w, ev| {
+                        workers[w].push_event(ev);
+                    },
                 );
             }
             Body::Send(id) if mine(&id) => {
-                workers[id.worker()].push(Command::Send(id, frame()));
+                workers[id.worker()].offer(Command::Send(id, frame()));
             }
             Body::Close(id, code, reason) if mine(&id) => {
                 workers[id.worker()].push(Command::Close(id, CloseCode(code), reason.to_owned()));

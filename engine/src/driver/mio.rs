@@ -66,7 +66,10 @@ pub(crate) fn start<H: Handler>(
     for _ in 0..n {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
-        workers.push(WorkerShared::new(Box::new(MioWaker(waker))));
+        workers.push(WorkerShared::new(
+            Box::new(MioWaker(waker)),
+            cfg.inbox_capacity,
+        ));
         polls.push(poll);
     }
     let shared = Arc::new(Shared {

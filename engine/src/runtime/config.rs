@@ -113,6 +113,13 @@ pub struct Config {
     /// Most upgrades one worker lets `Handler::on_upgrade` defer at a time
     /// (`Upgrade::defer`); past it `defer` answers 503 with `Retry-After: 1` at once.
     pub max_pending_upgrades: usize,
+    /// Most messages and events from other threads a worker's inbox holds before it has
+    /// taken them (`Handle::send` and `publish`, `Ctx::send_to` and `publish` across workers,
+    /// a cluster's broker). Past it they are dropped for that worker and counted in
+    /// `Stats::inbox_drops`: a publisher faster than the worker that delivers its events
+    /// (a client publishing into a topic whose subscribers are on another worker) cannot
+    /// grow the inbox without end. Tracked publishes, closes and bindings are never dropped.
+    pub inbox_capacity: usize,
     /// The I/O backend.
     pub backend: Backend,
     /// Join a cluster of volley nodes through a broker (`None`, the default: one node).
@@ -180,6 +187,7 @@ impl Config {
             metrics_addr: None,
             allowed_origins: Vec::new(),
             max_pending_upgrades: 1024,
+            inbox_capacity: 65_536,
             backend: Backend::Auto,
             cluster: None,
             deflate: None,
@@ -321,6 +329,12 @@ impl Config {
     /// count that is not a power of two from 1 to [`Config::MAX_URING_BUFFERS`], or buffers
     /// smaller than 64 bytes.
     pub fn validate(&self) -> io::Result<()> {
+        if self.inbox_capacity == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "inbox_capacity 0: a worker could take no message or event from other threads",
+            ));
+        }
         let Some((count, size)) = self.uring.buffers else {
             return Ok(());
         };
@@ -347,6 +361,12 @@ impl Config {
     /// Sets the most upgrades a worker may have deferred at a time.
     pub fn max_pending_upgrades(mut self, n: usize) -> Self {
         self.max_pending_upgrades = n;
+        self
+    }
+
+    /// Sets the most messages and events a worker's inbox holds ([`Config::inbox_capacity`]).
+    pub fn inbox_capacity(mut self, n: usize) -> Self {
+        self.inbox_capacity = n;
         self
     }
 

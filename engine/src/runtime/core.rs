@@ -1017,7 +1017,7 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
         }
         if id.worker() != self.worker as usize {
             if let Some(w) = self.shared.workers.get(id.worker()) {
-                w.push(Command::Send(id, frame));
+                w.offer(Command::Send(id, frame));
             }
             return;
         }
@@ -1229,7 +1229,7 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
             if w == me {
                 local = Some(ev);
             } else {
-                workers[w].push(Command::Publish(ev));
+                workers[w].push_event(ev);
             }
         });
         if parts == 0 {

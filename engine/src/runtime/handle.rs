@@ -64,14 +64,15 @@ impl Handle {
     /// `publish(Target::Conn(id), msg)` is (one shared frame, queued by reference), in order
     /// with this thread's other sends and publishes. Unknown or closed ids are ignored (and
     /// counted in `Stats::unknown_target` by the node that holds them); the connection's
-    /// write budget applies.
+    /// write budget applies. Dropped (and counted in `Stats::inbox_drops`) if the worker's
+    /// inbox is full (`Config::inbox_capacity`).
     pub fn send(&self, id: ConnId, msg: Message<'_>) {
         let frame = crate::broadcast::encode_shared(msg);
         if let Some(c) = self.shared.remote(id) {
             return c.send(id, &frame);
         }
         if let Some(w) = self.worker(id) {
-            w.push(Command::Send(id, frame));
+            w.offer(Command::Send(id, frame));
         }
     }
 
@@ -103,7 +104,9 @@ impl Handle {
     /// recipient. Events published by one thread reach each recipient in order.
     ///
     /// Returns false, and delivers nothing, if `target` lists more keys than
-    /// `Config::max_keys_per_event` (logged and counted in `publishes_refused`).
+    /// `Config::max_keys_per_event` (logged and counted in `publishes_refused`). Also false
+    /// if a worker's inbox was full (`Config::inbox_capacity`): that worker's recipients miss
+    /// the event, the others' get it (counted in `Stats::inbox_drops`).
     pub fn publish(&self, target: Target<'_>, msg: Message<'_>) -> bool {
         self.publish_inner(target, msg, None, None)
     }
@@ -149,6 +152,7 @@ impl Handle {
             None => target,
         };
         let deflate = self.shared.deflate;
+        let mut dropped = false;
         let parts = crate::broadcast::route(
             frame,
             target,
@@ -156,7 +160,7 @@ impl Handle {
             receipt.clone(),
             except,
             deflate,
-            |w, ev| workers[w].push(Command::Publish(ev)),
+            |w, ev| dropped |= !workers[w].push_event(ev),
         );
         if let (0, Some(crate::broadcast::ReceiptTo::Waiter(cell))) = (parts, &receipt) {
             cell.complete(0); // no worker holds a recipient
@@ -164,7 +168,7 @@ impl Handle {
         if let Some(w) = workers.first() {
             w.stats.events_published.fetch_add(1, Ordering::Relaxed);
         }
-        true
+        !dropped
     }
 
     /// The per-connection caps on keys and topics.

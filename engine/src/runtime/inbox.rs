@@ -40,9 +40,19 @@ pub(crate) trait Wake: Send + Sync {
     fn wake(&self) -> io::Result<()>;
 }
 
+/// A worker's queued commands.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    cmds: Vec<Command>,
+    /// How many of `cmds` could have been dropped ([`WorkerShared::offer`]).
+    droppable: usize,
+}
+
 /// What other threads share with one worker.
 pub(crate) struct WorkerShared {
-    pub(crate) inbox: Mutex<Vec<Command>>,
+    inbox: Mutex<Inbox>,
+    /// `Config::inbox_capacity`: the most droppable commands the inbox holds.
+    capacity: usize,
     /// Set when a wake-up is already on its way: one wake per burst, not per command.
     pub(crate) wake_pending: AtomicBool,
     pub(crate) waker: Box<dyn Wake>,
@@ -56,20 +66,56 @@ impl fmt::Debug for WorkerShared {
 }
 
 impl WorkerShared {
-    pub(crate) fn new(waker: Box<dyn Wake>) -> WorkerShared {
+    pub(crate) fn new(waker: Box<dyn Wake>, capacity: usize) -> WorkerShared {
         WorkerShared {
-            inbox: Mutex::new(Vec::new()),
+            inbox: Mutex::new(Inbox::default()),
+            capacity,
             wake_pending: AtomicBool::new(false),
             waker,
             stats: WorkerStats::default(),
         }
     }
 
+    /// Queues a command that must arrive (a close, a binding, a receipt, a tracked event).
     pub(crate) fn push(&self, cmd: Command) {
         self.inbox
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .cmds
             .push(cmd);
+        self.wake();
+    }
+
+    /// Queues a message or an untracked event unless the inbox holds
+    /// `Config::inbox_capacity` of them already; then drops it, counts it in
+    /// `Stats::inbox_drops` and returns false.
+    pub(crate) fn offer(&self, cmd: Command) -> bool {
+        {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            if inbox.droppable >= self.capacity {
+                drop(inbox);
+                self.stats.inbox_drops.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            inbox.droppable += 1;
+            inbox.cmds.push(cmd);
+        }
+        self.wake();
+        true
+    }
+
+    /// [`WorkerShared::push`] of an event: offered unless it is tracked (its receipt waits
+    /// for every worker's part).
+    pub(crate) fn push_event(&self, ev: Arc<crate::broadcast::Event>) -> bool {
+        if ev.tracker.is_some() {
+            self.push(Command::Publish(ev));
+            true
+        } else {
+            self.offer(Command::Publish(ev))
+        }
+    }
+
+    fn wake(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             if let Err(e) = self.waker.wake() {
                 tracing::warn!("waking a worker failed: {e}");
@@ -81,7 +127,8 @@ impl WorkerShared {
     pub(crate) fn drain(&self, into: &mut Vec<Command>) {
         self.wake_pending.store(false, Ordering::Release);
         let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *inbox, into);
+        std::mem::swap(&mut inbox.cmds, into);
+        inbox.droppable = 0;
     }
 }
 

@@ -128,6 +128,8 @@ stats! {
     bindings_refused,
     /// Publishes refused for listing more keys than `Config::max_keys_per_event`.
     publishes_refused,
+    /// Messages and events dropped for a worker whose inbox was full (`Config::inbox_capacity`).
+    inbox_drops,
     /// Messages compressed (permessage-deflate): at most one per broadcast event, one per compressed direct send.
     messages_deflated,
     /// Compressed messages received and inflated.

@@ -156,7 +156,10 @@ pub(crate) fn start<H: Handler>(
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let dup = owned.try_clone()?;
-        workers.push(WorkerShared::new(Box::new(EventFd(owned))));
+        workers.push(WorkerShared::new(
+            Box::new(EventFd(owned)),
+            cfg.inbox_capacity,
+        ));
         wake_fds.push(dup);
     }
     let shared = Arc::new(Shared {
