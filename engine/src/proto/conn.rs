@@ -844,6 +844,13 @@ impl<S> Conn<S> {
                     match ev.request(&buf[..n]) {
                         Head::Deferred => {
                             self.phase = Phase::Awaiting { since };
+                            // What came early in the same read is kept under the same
+                            // bound as what comes in later reads (a whole receive buffer
+                            // per pending upgrade otherwise).
+                            if buf.len() - pos > cfg.max_head {
+                                self.abort(CloseCode::ABNORMAL, "data before the answer", ev);
+                                return Err(buf.len());
+                            }
                             return Err(pos);
                         }
                         Head::Open(app) => {

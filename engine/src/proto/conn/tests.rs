@@ -719,6 +719,23 @@ fn early_bytes_past_a_request_head_drop_a_deferred_upgrade() {
     assert_eq!(s.ev.settled, 1);
 }
 
+/// Early bytes in the same read as the request head are held under the same bound.
+#[test]
+fn early_bytes_with_the_head_past_a_request_head_drop_a_deferred_upgrade() {
+    let mut c = cfg();
+    c.max_head = 256;
+    let mut s = deferred(c);
+    let mut read = HEAD.to_vec();
+    read.extend_from_slice(&[0u8; 256]);
+    s.read(&read);
+    assert!(s.conn.is_awaiting(), "up to max_head is kept");
+    let mut s = deferred(c);
+    read.push(0);
+    s.read(&read);
+    assert!(s.conn.is_closed());
+    assert_eq!(s.ev.settled, 1);
+}
+
 #[test]
 fn eof_while_an_upgrade_is_deferred_settles_it_once() {
     let mut s = deferred(cfg());
