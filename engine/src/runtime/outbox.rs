@@ -221,7 +221,7 @@ impl<'a> Outbox<'a> {
         let Some(own) = self.own.as_mut().filter(|_| !self.closing) else {
             return SendStatus::Closed;
         };
-        if own.out.len() + self.env.deferred_own > self.env.budget {
+        if own.out.len() > self.env.budget {
             return self.over_budget();
         }
         let op = match msg {
@@ -263,6 +263,11 @@ impl<'a> Outbox<'a> {
         let Some(own) = self.own.as_mut() else {
             return SendStatus::Closed;
         };
+        // Sends held back behind a publish count against the budget too (the fast path
+        // checked the queue alone: with nothing deferred, that is all there is).
+        if own.out.len() + self.env.deferred_own > self.env.budget {
+            return self.over_budget();
+        }
         let header = encode_header(true, op, payload.len() as u64, None);
         // Straight into the own queue, unless something is deferred before it (a publish):
         // then it waits its turn, so this connection sees both in the order they were made.

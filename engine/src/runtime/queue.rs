@@ -25,13 +25,30 @@ pub(crate) enum Chunk {
     Owned(Vec<u8>),
     /// A complete frame shared with other connections.
     Shared(Arc<[u8]>),
+    /// Bytes owed to the peer whole before the queue is at a frame boundary
+    /// ([`WriteQueue::owe_front`]): the rest of a frame whose start went straight to the
+    /// socket, or the handshake's 101. Nothing is appended to it, so the boundary after it
+    /// is its end.
+    /// (A boxed slice, not a `Vec`: the enum keeps the 24 bytes of a `Vec`, the tags in its
+    /// capacity's niche, and the slab entry does not grow.)
+    Owed(Box<[u8]>),
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Owned(v) => v,
+            Chunk::Owed(b) => b,
             Chunk::Shared(a) => a,
+        }
+    }
+
+    /// Its buffer, to go back to the pool (a shared frame's is not ours).
+    fn into_buf(self) -> Option<Vec<u8>> {
+        match self {
+            Chunk::Owned(v) => Some(v),
+            Chunk::Owed(b) => Some(b.into_vec()),
+            Chunk::Shared(_) => None,
         }
     }
 }
@@ -96,11 +113,6 @@ pub(crate) struct WriteQueue {
     /// Chunks (from the front) an asynchronous send is reading from: never appended to,
     /// never freed until [`WriteQueue::end_send`]. Always 0 with a readiness backend.
     inflight: u32,
-    /// `first` must go out whole before the queue is at a frame boundary
-    /// ([`WriteQueue::owe_front`]): it is the rest of a frame whose start went straight to
-    /// the socket, or the handshake's 101. It then holds that alone (nothing is appended to
-    /// it), and the flag is cleared when it is written out.
-    front_owed: bool,
 }
 
 /// The chunks after the first: boxed, so that a queue of at most one chunk (every idle
@@ -193,7 +205,7 @@ impl WriteQueue {
 
     /// Whether the next byte to send starts a frame (nothing is half sent).
     pub(crate) fn at_frame_boundary(&self) -> bool {
-        self.offset == 0 && !self.front_owed
+        self.offset == 0 && !matches!(self.first, Some(Chunk::Owed(_)))
     }
 
     /// The queue's one chunk is owed to the peer whole: the rest of a frame whose start was
@@ -202,7 +214,10 @@ impl WriteQueue {
     /// its close frame in the middle of the peer's frame, or in place of the 101.
     pub(crate) fn owe_front(&mut self) {
         debug_assert_eq!(self.chunk_count(), 1);
-        self.front_owed = true;
+        self.first = match self.first.take() {
+            Some(Chunk::Owned(v)) => Some(Chunk::Owed(v.into_boxed_slice())),
+            other => other,
+        };
     }
 
     #[inline]
@@ -214,12 +229,12 @@ impl WriteQueue {
         }
     }
 
-    /// Whether a new frame may be copied onto the end of the last chunk. Never onto a chunk
-    /// a send is reading from (its buffer could move), nor onto a chunk owed whole (the
-    /// boundary after it is known by its chunk's end).
+    /// Whether a new frame may be copied onto the end of the last chunk (if it is
+    /// `Chunk::Owned`: never onto a shared frame or a chunk owed whole). Never onto a chunk
+    /// a send is reading from: its buffer could move.
     #[inline]
     fn can_append(&self) -> bool {
-        self.chunk_count() > self.inflight as usize && !(self.front_owed && self.rest.is_empty())
+        self.chunk_count() > self.inflight as usize
     }
 
     #[inline]
@@ -348,8 +363,7 @@ impl WriteQueue {
             // All of it, one chunk (a turn's frames coalesced): the common case.
             self.len = 0;
             self.offset = 0;
-            self.front_owed = false;
-            if let Some(Chunk::Owned(v)) = self.first.take() {
+            if let Some(v) = self.first.take().and_then(Chunk::into_buf) {
                 pool.give(v);
             }
             return;
@@ -364,8 +378,7 @@ impl WriteQueue {
             }
             n -= rest;
             self.offset = 0;
-            self.front_owed = false;
-            if let Some(Chunk::Owned(v)) = self.first.take() {
+            if let Some(v) = self.first.take().and_then(Chunk::into_buf) {
                 pool.give(v);
             }
             self.first = self.rest.pop_front();
@@ -381,10 +394,8 @@ impl WriteQueue {
     pub(crate) fn clear(&mut self, pool: &mut BufPool) {
         if self.inflight > 0 {
             let keep = self.inflight as usize - 1; // `first` is pinned; keep this many of `rest`
-            for c in self.rest.drain_from(keep) {
-                if let Chunk::Owned(v) = c {
-                    pool.give(v);
-                }
+            for v in self.rest.drain_from(keep).filter_map(Chunk::into_buf) {
+                pool.give(v);
             }
             let first = self
                 .first
@@ -394,13 +405,12 @@ impl WriteQueue {
             return;
         }
         for c in self.first.take().into_iter().chain(self.rest.drain_from(0)) {
-            if let Chunk::Owned(v) = c {
+            if let Some(v) = c.into_buf() {
                 pool.give(v);
             }
         }
         self.rest.release();
         self.offset = 0;
-        self.front_owed = false;
         self.len = 0;
     }
 }
