@@ -220,7 +220,8 @@ impl Ctx<'_> {
         self.added(added, limit)
     }
 
-    /// Unbinds this connection from an application key; false if it was not bound.
+    /// Unbinds this connection from an application key; false if it was not bound, or if
+    /// the connection is closing (its bindings all go when it closes).
     pub fn unbind_key(&mut self, key: &str) -> bool {
         self.out
             .bindings(false, |r, s, slot| r.unbind(s, slot, key))
@@ -256,7 +257,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// Unsubscribes this connection from a topic; false if it was not subscribed.
+    /// Unsubscribes this connection from a topic; false if it was not subscribed, or if the
+    /// connection is closing (its bindings all go when it closes).
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
         self.out
             .bindings(false, |r, s, slot| r.unsubscribe(s, slot, topic))

@@ -574,7 +574,44 @@ fn a_full_inbox_drops_and_counts_what_it_cannot_take(b: Backend) {
     server.shutdown();
 }
 
+// ---- a receipt's answer keeps its place behind earlier sends ----
+
+/// On "go": a tracked publish, then "accepted"; its receipt answers "delivered".
+#[derive(Clone)]
+struct Acks;
+
+impl Handler for Acks {
+    type State = ();
+    fn on_upgrade(&mut self, _: &Request<'_>, _: &mut Upgrade) -> Result<(), Reject> {
+        Ok(())
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _: &mut (), _: Message<'_>) {
+        ctx.publish_tracked(Target::Topic("nobody"), Message::Text("x"), 7);
+        ctx.send_text("accepted");
+    }
+    fn on_published(&mut self, ctx: &mut Ctx<'_>, _: &mut (), tag: u64, reached: usize) {
+        ctx.send_text(&format!("delivered {tag} {reached}"));
+    }
+}
+
+/// A send held back behind a publish goes out before what the publish's receipt sends, even
+/// when the receipt comes while the held-back actions are applied (review of session 12:
+/// with one worker "delivered" overtook "accepted").
+fn a_receipt_answer_keeps_its_place_behind_earlier_sends(b: Backend) {
+    let cfg = Config::new("127.0.0.1:0").workers(1).backend(b);
+    let server = Server::start(cfg, Acks).unwrap();
+    let mut c = RawClient::connect(server.local_addr(), "/");
+    for _ in 0..3 {
+        c.send_text("go");
+        assert_eq!(c.recv(), Got::Text("accepted".into()));
+        assert_eq!(c.recv(), Got::Text("delivered 7 0".into()));
+    }
+    drop(c);
+    server.shutdown();
+}
+
 both_backends!(
+    a_receipt_answer_keeps_its_place_behind_earlier_sends,
     a_full_inbox_drops_and_counts_what_it_cannot_take,
     producer_pauses_on_backpressure_and_resumes_on_drain,
     send_reports_dropped_over_the_budget_and_closed_after_close,

@@ -360,7 +360,8 @@ impl<H: Handler> Ev<'_, H> {
         if let Some(a) = agreed {
             extra.push(("Sec-WebSocket-Extensions".into(), a.response()));
         }
-        let mut resp = self.env.pool.take(256);
+        // Not from the pool: the 101 is owed whole (below), and goes when it is written.
+        let mut resp = Vec::with_capacity(256);
         if !upgrade::write_accept(&mut resp, accept, protocol, &extra) {
             // The handler's state is dropped: the connection never opened.
             drop(state);
@@ -970,17 +971,19 @@ impl<H: Handler, Io: WriteNow> Core<H, Io> {
             return;
         }
         self.applying = true;
-        while !self.env.deferred.is_empty() {
-            let batch = std::mem::take(&mut self.env.deferred);
-            self.env.deferred_own = 0;
-            for d in batch {
-                match d {
-                    Deferred::SendOwn(id, frame) => self.send_own(id, frame),
-                    Deferred::Send(id, frame) => self.send_shared(id, frame),
-                    Deferred::Close(id, code, reason) => self.close_id(id, code, &reason),
-                    Deferred::Publish(frame, target, tag, except) => {
-                        self.publish(frame, target, tag, except)
-                    }
+        // One at a time from the front: what is not applied yet stays in the list, so a
+        // callback run by an item (`on_published` when a tracked publish completes here)
+        // queues its own sends behind its connection's earlier ones, not ahead of them.
+        while let Some(d) = self.env.deferred.pop_front() {
+            match d {
+                Deferred::SendOwn(id, frame) => {
+                    self.env.deferred_own = self.env.deferred_own.saturating_sub(frame.len());
+                    self.send_own(id, frame)
+                }
+                Deferred::Send(id, frame) => self.send_shared(id, frame),
+                Deferred::Close(id, code, reason) => self.close_id(id, code, &reason),
+                Deferred::Publish(frame, target, tag, except) => {
+                    self.publish(frame, target, tag, except)
                 }
             }
         }

@@ -63,10 +63,10 @@ pub(super) enum Deferred {
 #[derive(Debug, Default)]
 pub(crate) struct Env {
     pub(crate) pool: BufPool,
-    pub(super) deferred: Vec<Deferred>,
+    pub(super) deferred: std::collections::VecDeque<Deferred>,
     /// Bytes of the `Deferred::SendOwn` frames in `deferred`: they join their connection's
-    /// queue when the callback returns, so they count against its budget now. Reset when
-    /// the list is taken to be applied.
+    /// queue when the callback returns, so they count against its budget now. Each is
+    /// taken off as its frame is applied.
     pub(super) deferred_own: usize,
     pub(crate) registry: Registry,
     pub(super) budget: usize,
@@ -287,7 +287,7 @@ impl<'a> Outbox<'a> {
             self.env.deferred_own += frame.len();
             self.env
                 .deferred
-                .push(Deferred::SendOwn(self.own_id, frame));
+                .push_back(Deferred::SendOwn(self.own_id, frame));
         }
         self.sent += 1;
         // What waits in `deferred` counts too: it is queued as soon as the callback returns.
@@ -298,7 +298,7 @@ impl<'a> Outbox<'a> {
     pub(crate) fn send_to(&mut self, id: ConnId, msg: Message<'_>) {
         self.env
             .deferred
-            .push(Deferred::Send(id, encode_shared(msg)));
+            .push_back(Deferred::Send(id, encode_shared(msg)));
     }
 
     pub(crate) fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
@@ -312,7 +312,7 @@ impl<'a> Outbox<'a> {
         }
         self.env
             .deferred
-            .push(Deferred::Close(id, code, reason.to_owned()));
+            .push_back(Deferred::Close(id, code, reason.to_owned()));
     }
 
     pub(crate) fn publish(
@@ -324,7 +324,7 @@ impl<'a> Outbox<'a> {
     ) {
         let frame = encode_shared(msg);
         let tag = tag.map(|t| (self.own_id, t));
-        self.env.deferred.push(Deferred::Publish(
+        self.env.deferred.push_back(Deferred::Publish(
             frame,
             OwnedTarget::from_target(&target),
             tag,

@@ -43,12 +43,12 @@ impl Chunk {
         }
     }
 
-    /// Its buffer, to go back to the pool (a shared frame's is not ours).
+    /// Its buffer, to go back to the pool: not a shared frame's (not ours), nor an owed
+    /// chunk's (shrunk to its bytes, it would only make the pool's buffers small).
     fn into_buf(self) -> Option<Vec<u8>> {
         match self {
             Chunk::Owned(v) => Some(v),
-            Chunk::Owed(b) => Some(b.into_vec()),
-            Chunk::Shared(_) => None,
+            Chunk::Owed(_) | Chunk::Shared(_) => None,
         }
     }
 }
