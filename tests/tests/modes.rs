@@ -307,16 +307,6 @@ fn metrics_endpoint_speaks_prometheus_text(b: Backend) {
     assert!(sum("connections") >= 1);
 }
 
-/// A burst of `n` copies of `text` in one write, each masked with a zero key.
-fn burst(text: &str, n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.extend_from_slice(&[0x81, 0x80 | text.len() as u8, 0, 0, 0, 0]);
-        out.extend_from_slice(text.as_bytes());
-    }
-    out
-}
-
 /// What a client gets until the server closes: the frames before our close, then what came
 /// after it (nothing may: RFC 6455 5.5.1).
 fn until_close(c: &mut RawClient) -> (usize, Option<(u16, String)>, Vec<Got>) {
@@ -353,7 +343,7 @@ fn past_1024_events_in_flight_the_close_is_the_last_frame(b: Backend) {
     ]);
     for attempt in 0..3 {
         let mut p = RawClient::connect(srv.addr, "/");
-        p.send_raw(&burst("PUB t x", 1025));
+        p.send_raw(&masked_texts(std::iter::repeat_n("PUB t x", 1025)));
         let (before, code, after) = until_close(&mut p);
         assert_eq!(
             code,
@@ -370,7 +360,10 @@ fn past_1024_events_in_flight_the_close_is_the_last_frame(b: Backend) {
     // notify has the same cap.
     let srv = ChildServer::spawn(&["--backend", backend(b), "--mode", "notify"]);
     let mut n = RawClient::connect(srv.addr, "/?id=a");
-    n.send_raw(&burst(r#"{"to":["b"],"data":"x"}"#, 1025));
+    n.send_raw(&masked_texts(std::iter::repeat_n(
+        r#"{"to":["b"],"data":"x"}"#,
+        1025,
+    )));
     let (_, code, after) = until_close(&mut n);
     assert_eq!(code, Some((1008, "too many events in flight".into())));
     assert!(after.is_empty(), "{} frames after the close", after.len());

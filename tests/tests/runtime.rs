@@ -202,13 +202,7 @@ fn close_code_paths(b: Backend) {
     // delivered (nothing is echoed or counted as sent after the close).
     let mut c = RawClient::connect(srv.addr, "/");
     let sent_before = srv.handle().stats().messages_out;
-    let mut burst = Vec::new();
-    for text in ["close-me", "after", "and after"] {
-        // Masked with a zero key: the payload reads as it is.
-        burst.extend_from_slice(&[0x81, 0x80 | text.len() as u8, 0, 0, 0, 0]);
-        burst.extend_from_slice(text.as_bytes());
-    }
-    c.send_raw(&burst);
+    c.send_raw(&masked_texts(["close-me", "after", "and after"]));
     assert_eq!(
         c.recv(),
         Got::Close(Some((4000, "as asked".into()))),

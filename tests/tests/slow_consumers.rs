@@ -251,12 +251,12 @@ fn a_chain_of_slow_consumer_closes_does_not_nest(b: Backend) {
         // out (on io_uring the 101 waits for its send). Then it is dropped, but it never
         // gets a close frame (or anything) in place of its 101.
         if closed > 0 && joiner.is_none() {
-            joiner = Some(open_raw_request(addr));
+            joiner = Some(open_unanswered(addr));
         }
         h.publish(Target::Topic("room"), Message::Binary(&event));
         std::thread::sleep(Duration::from_millis(2));
     }
-    let mut joiner = joiner.unwrap_or_else(|| open_raw_request(addr));
+    let mut joiner = joiner.unwrap_or_else(|| open_unanswered(addr));
     let mut first = [0u8; 12];
     let n = read_up_to(&mut joiner, &mut first);
     assert!(
@@ -277,19 +277,6 @@ fn a_chain_of_slow_consumer_closes_does_not_nest(b: Backend) {
     }
     drop(members);
     server.shutdown();
-}
-
-/// Connects and sends the handshake request, without reading the answer.
-fn open_raw_request(addr: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::io::Write::write_all(
-        &mut s,
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
-    s
 }
 
 /// Reads until `buf` is full or the peer closes; returns the bytes read.

@@ -514,11 +514,33 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext
 /// Sends the handshake of [`open_lean`] on a socket the caller connected (with its own
 /// options) and reads the 101.
 pub fn finish_lean_handshake(mut s: TcpStream) -> TcpStream {
+    send_lean_request(&mut s);
+    finish_lean(s)
+}
+
+/// Connects and sends [`open_lean`]'s request, without reading the answer.
+pub fn open_unanswered(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    send_lean_request(&mut s);
+    s
+}
+
+/// Writes the handshake request of a lean connection (a fixed key, no heap).
+fn send_lean_request(s: &mut TcpStream) {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     s.write_all(req).unwrap();
-    finish_lean(s)
+}
+
+/// Text messages as the bytes of one client write (each frame masked, as a client's are):
+/// the server gets them in one read.
+pub fn masked_texts<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in texts {
+        encode_client_frame(OpCode::Text, true, t.as_bytes(), rand_bytes(), &mut out);
+    }
+    out
 }
 
 /// Reads a lean connection's 101 through a stack buffer.
